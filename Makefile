@@ -1,0 +1,20 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/chatbot: setup.cfg setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip wheel
+	$(BIN)/pip install -e '.[embedded,test]'
+	touch $@
+
+install: $(BIN)/chatbot
+
+run: install
+	$(BIN)/chatbot up
+
+test: install
+	$(BIN)/pytest
+
+.PHONY: install run test

@@ -1,0 +1,3 @@
+from chatbot import create_app
+
+celery = create_app().extensions["celery"]

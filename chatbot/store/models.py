@@ -1,0 +1,45 @@
+"""Tables: one row per session, one row per message of a session's per-model thread."""
+from datetime import datetime, timezone
+
+from flask_sqlalchemy import SQLAlchemy
+
+db = SQLAlchemy()
+
+
+def utcnow():
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class ChatSession(db.Model):
+    __tablename__ = "sessions"
+
+    id = db.Column(db.String(36), primary_key=True)
+    title = db.Column(db.String(200))
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    last_access = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
+    archived = db.Column(db.Boolean, nullable=False, default=False)
+    meta = db.Column(db.JSON, nullable=False, default=dict)
+
+
+class Message(db.Model):
+    __tablename__ = "messages"
+    __table_args__ = (db.Index("ix_messages_thread", "session_id", "model", "id"),)
+
+    id = db.Column(db.Integer, primary_key=True, autoincrement=True)
+    session_id = db.Column(db.String(36), db.ForeignKey("sessions.id", ondelete="CASCADE"),
+                           nullable=False)
+    model = db.Column(db.String(200), nullable=False)
+    role = db.Column(db.String(16), nullable=False)
+    content = db.Column(db.Text, nullable=False, default="")
+    # Fields Ollama carries beside content: images, tool_calls, thinking, tool_name.
+    extra = db.Column(db.JSON)
+    tokens = db.Column(db.Integer, nullable=False, default=0)
+    # ok | cancelled | failed: only ok messages are replayed to the model.
+    status = db.Column(db.String(16), nullable=False, default="ok")
+    request_id = db.Column(db.String(36))
+    started_at = db.Column(db.DateTime)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+
+    def as_chat(self):
+        """The Ollama message this row stores."""
+        return {"role": self.role, "content": self.content, **(self.extra or {})}

@@ -1,0 +1,59 @@
+"""Celery in Flask's pattern: tasks run inside an app context. Tasks stay thin: build the
+shared store, run the flow."""
+import logging
+
+from celery import Celery, Task, shared_task
+from flask import current_app
+
+from chatbot import queueing
+from chatbot.flow.flow import create_chat_flow
+from chatbot.store.models import utcnow
+
+log = logging.getLogger(__name__)
+QUEUE = "ollama"
+
+
+def celery_init_app(app):
+    class FlaskTask(Task):
+        def __call__(self, *args, **kwargs):
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery = Celery(app.name, task_cls=FlaskTask)
+    celery.config_from_object({
+        "broker_url": app.config["REDIS_URL"],
+        "task_ignore_result": True,
+        "task_routes": {"chatbot.*": {"queue": QUEUE}},
+        # One request at a time, and none held back in the worker while another runs.
+        "worker_prefetch_multiplier": 1,
+        "worker_disable_prefetch": True,
+        "task_acks_late": True,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+    })
+    celery.set_default()
+    app.extensions["celery"] = celery
+    return celery
+
+
+@shared_task(name="chatbot.run_request")
+def run_request(job):
+    """job: {request_id, session_id, kind, model, messages, options} (plain data, no ORM)."""
+    relay, line = current_app.extensions["relay"], queueing.get()
+    request_id = job["request_id"]
+    line.started(request_id, QUEUE)
+    emit = lambda event: relay.publish(request_id, event)  # noqa: E731
+    emit({"t": "started"})
+    if line.is_cancelled(request_id):  # the client left while waiting: never reach the model
+        emit({"t": "error", "status": 499, "error": "request cancelled"})
+        return
+    shared = {
+        "job": job, "emit": emit, "started_at": utcnow(),
+        "cancelled": lambda: line.is_cancelled(request_id),
+        "upstream": current_app.extensions["upstream"],
+    }
+    try:
+        create_chat_flow().run(shared)
+    except Exception as exc:  # the waiting client must hear of it rather than hang
+        log.exception("request %s failed", request_id)
+        emit({"t": "error", "status": 500, "error": f"internal error: {exc}"})

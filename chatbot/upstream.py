@@ -1,0 +1,62 @@
+"""The one place that talks HTTP to an Ollama host."""
+import json
+
+import requests
+
+
+class UpstreamError(Exception):
+    """An Ollama-style error: the status to answer with and the message."""
+
+    def __init__(self, status, error):
+        super().__init__(error)
+        self.status, self.error = status, error
+
+
+class Upstream:
+    def __init__(self, host, connect_timeout=2.0, read_timeout=300.0):
+        self.host = host
+        self.timeout = (connect_timeout, read_timeout)
+        self.http = requests.Session()
+
+    def request(self, method, path, **kwargs):
+        try:
+            resp = self.http.request(method, self.host + path, timeout=self.timeout, **kwargs)
+        except requests.ConnectionError as exc:
+            raise UpstreamError(503, f"could not connect to ollama at {self.host}: {_reason(exc)}")
+        except requests.Timeout:
+            raise UpstreamError(503, f"ollama at {self.host} did not answer in time")
+        if resp.status_code >= 400:
+            error = _error_text(resp)
+            resp.close()
+            raise UpstreamError(resp.status_code, error)
+        return resp
+
+    def get_json(self, path):
+        return self.request("GET", path).json()
+
+    def post_json(self, path, body):
+        return self.request("POST", path, json=body).json()
+
+    def stream(self, path, body):
+        """Yield (raw line, parsed chunk) as the upstream sends them; closing stops the upstream."""
+        resp = self.request("POST", path, json={**body, "stream": True}, stream=True)
+        try:
+            for line in resp.iter_lines(chunk_size=None):
+                if line:
+                    yield line, json.loads(line)
+        except requests.RequestException as exc:
+            raise UpstreamError(502, f"ollama at {self.host} broke off the reply: {_reason(exc)}")
+        finally:
+            resp.close()
+
+
+def _error_text(resp):
+    try:
+        return resp.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return resp.text.strip() or f"upstream answered {resp.status_code}"
+
+
+def _reason(exc):
+    text = str(exc)
+    return "connection refused" if "refused" in text.lower() else text[:200]

@@ -1,0 +1,3 @@
+from chatbot import create_app
+
+app = create_app()

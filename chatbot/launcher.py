@@ -1,20 +1,113 @@
-"""The `chatbot` console script: `chatbot up` (everything, one command) and `chatbot engine`."""
+"""The `chatbot` console script.
+
+`chatbot up`      everything on one machine: Redis (REDIS_URL, else the bundled redis-server),
+                  the upstream (OLLAMA_HOST if it answers, else the bundled engine), migrations,
+                  one Celery worker and the web server. Ctrl-C or SIGTERM stops every child.
+`chatbot engine`  the bundled Ollama-compatible engine alone.
+"""
 import argparse
+import os
+import signal
 import sys
+import time
+
+from chatbot import procs
+from chatbot.config import normalize_host
+
+ENGINE_MODEL = "smollm2:135m"
+
+
+def up(host, port, engine_port):
+    children = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        env = {}
+        redis_url = os.environ.get("REDIS_URL")
+        if not redis_url:
+            proc, redis_url = procs.start_redis(procs.free_port())
+            children.append(("redis", proc))
+        elif not procs.redis_ok(redis_url):
+            sys.exit(f"REDIS_URL={redis_url} does not answer")
+        env["REDIS_URL"] = redis_url
+
+        ollama = normalize_host(os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"))
+        if not procs.http_ok(ollama + "/api/version"):
+            print(f"no Ollama at {ollama}: starting the bundled engine ({ENGINE_MODEL})", flush=True)
+            proc, ollama = procs.start_engine(engine_port)
+            children.append(("engine", proc))
+            env.setdefault("DEFAULT_MODEL", os.environ.get("DEFAULT_MODEL") or ENGINE_MODEL)
+        env["OLLAMA_HOST"] = ollama
+        os.environ.update(env)
+
+        _migrate()
+        children.append(("worker", procs.start_worker(env)))
+        web = procs.spawn([sys.executable, "-m", "chatbot.launcher", "web", "--host", host,
+                           "--port", str(port)], env=env)
+        children.append(("web", web))
+        url = f"http://{host}:{port}"
+        procs.wait_until(lambda: procs.http_ok(url + "/"), 30, web, "web server")
+        print(f"\nchatbot is up at {url}  (upstream {ollama}, redis {redis_url})\n"
+              f"  OLLAMA_HOST={url} ollama run {os.environ.get('DEFAULT_MODEL') or '<model>'}\n"
+              f"  curl {url}/api/chat -d '{{\"model\": \"{os.environ.get('DEFAULT_MODEL') or '<model>'}\", "
+              f"\"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'\n"
+              "Ctrl-C stops everything.", flush=True)
+        while all(proc.poll() is None for _, proc in children):
+            time.sleep(0.5)
+        name = next(name for name, proc in children if proc.poll() is not None)
+        print(f"{name} exited; stopping the rest", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for _, proc in reversed(children):
+            procs.stop(proc)
+
+
+def _migrate():
+    import flask_migrate
+
+    from chatbot import create_app
+
+    with create_app().app_context():
+        flask_migrate.upgrade()
+
+
+def web(host, port):
+    """A threaded server for `chatbot up` (production runs gunicorn with gevent, see docker/)."""
+    from werkzeug.serving import make_server
+
+    from chatbot import create_app
+
+    server = make_server(host, port, create_app(), threaded=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="chatbot")
     sub = parser.add_subparsers(dest="command", required=True)
-    engine = sub.add_parser("engine", help="run the bundled Ollama-compatible engine")
-    engine.add_argument("--host", default="127.0.0.1")
-    engine.add_argument("--port", type=int, default=11435)
+    p_up = sub.add_parser("up", help="run everything: redis, engine if needed, worker, web")
+    p_up.add_argument("--host", default="127.0.0.1")
+    p_up.add_argument("--port", type=int, default=8000)
+    p_up.add_argument("--engine-port", type=int, default=11435)
+    p_engine = sub.add_parser("engine", help="run the bundled Ollama-compatible engine")
+    p_engine.add_argument("--host", default="127.0.0.1")
+    p_engine.add_argument("--port", type=int, default=11435)
+    p_web = sub.add_parser("web", help="serve the web app alone (threaded)")
+    p_web.add_argument("--host", default="127.0.0.1")
+    p_web.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    if args.command == "engine":
-        from chatbot.engine.server import serve
+    if args.command == "up":
+        return up(args.host, args.port, args.engine_port)
+    if args.command == "web":
+        return web(args.host, args.port)
+    from chatbot.engine.server import serve
 
-        return serve(args.host, args.port)
-    return 0
+    return serve(args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,15 @@ def bin_path(name):
     return str(Path(sys.executable).with_name(name))
 
 
-def spawn(argv, env=None, log=None):
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def spawn(argv, env=None, log=None, cwd=None):
     """Start a child in its own process group so that stop() reaches its children too."""
     out = open(log, "ab") if log else None
     return subprocess.Popen(
         argv, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT if out else None,
-        start_new_session=True,
+        start_new_session=True, cwd=cwd,
     )
 
 
@@ -97,5 +100,5 @@ def start_worker(env, queues="ollama", log=None):
     """One Celery worker, concurrency 1, prefork (control commands answer while a task runs)."""
     proc = spawn([bin_path("celery"), "-A", "celery_app", "worker", "-Q", queues, "-c", "1",
                   "-P", "prefork", "--without-gossip", "--without-mingle", "-l", "INFO"],
-                 env=env, log=log)
+                 env=env, log=log, cwd=PROJECT_ROOT)  # celery_app.py lives there
     return proc

@@ -1,7 +1,7 @@
 """Ollama's native API. Views are thin: validate, then queue or pass through."""
 import json
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app
 
 from chatbot.api import shapes, turns, validate
 
@@ -17,14 +17,20 @@ def root():
     return Response("Ollama is running", mimetype="text/plain")
 
 
+def passthrough(method, path, body=None):
+    """The upstream's answer, byte for byte."""
+    resp = upstream().request(method, path, json=body)
+    return Response(resp.content, resp.status_code, content_type=resp.headers.get("Content-Type"))
+
+
 @bp.get("/api/version")
 def version():
-    return jsonify(upstream().get_json("/api/version"))
+    return passthrough("GET", "/api/version")
 
 
 @bp.get("/api/tags")
 def tags():
-    return jsonify(upstream().get_json("/api/tags"))
+    return passthrough("GET", "/api/tags")
 
 
 @bp.post("/api/show")
@@ -33,7 +39,7 @@ def show():
     if not body.get("model") and body.get("name"):  # older clients send `name`
         body["model"] = body["name"]
     validate.model_name(body)
-    return jsonify(upstream().post_json("/api/show", body))
+    return passthrough("POST", "/api/show", body)
 
 
 @bp.post("/api/chat")

@@ -1,7 +1,7 @@
 """A chat or generate request's life on the web side: queue it, then answer from its events."""
 import uuid
 
-from flask import Response, current_app, jsonify
+from flask import Response, current_app
 
 from chatbot import queueing
 from chatbot.api import ApiError, error_response
@@ -37,9 +37,8 @@ def respond(request_id, session_id, stream, chunk_shape, final_shape):
         rest = first if first["t"] == "done" else _last(events)
         if rest["t"] == "error":
             return error_response(rest["status"], rest["error"], headers)
-        resp = jsonify(final_shape(rest["d"], rest["reply"], session_id, True))
-        resp.headers.update(headers)
-        return resp
+        body = dumps(final_shape(rest["d"], rest["reply"], session_id, True))
+        return Response(body, mimetype="application/json", headers=headers)
     return Response(_ndjson(first, events, request_id, session_id, chunk_shape, final_shape),
                     mimetype="application/x-ndjson", headers=headers)
 

@@ -124,7 +124,8 @@ class Finish(Node):
         elif reply["status"] == "cancelled":
             emit({"t": "error", "status": 499, "error": "request cancelled"})
         else:
-            emit({"t": "done", "d": reply["final"]})
+            whole = {k: reply[k] for k in ("content", "thinking", "tool_calls")}
+            emit({"t": "done", "d": reply["final"], "reply": whole})
 
 
 def _wire(message):

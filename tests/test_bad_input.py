@@ -1,0 +1,65 @@
+"""Bad requests get Ollama-style errors before anything is queued or stored."""
+import time
+
+import pytest
+import requests
+
+from chatbot import create_app, procs
+from tests.conftest import MODEL
+
+GOOD = {"role": "user", "content": "hi"}
+
+
+@pytest.mark.parametrize("path,body,status,error", [
+    ("/api/chat", b"{not json", 400, "invalid JSON"),
+    ("/api/chat", b"", 400, "missing request body"),
+    ("/api/chat", {"messages": [GOOD]}, 400, "model is required"),
+    ("/api/chat", {"model": "", "messages": [GOOD]}, 400, "model is required"),
+    ("/api/chat", {"model": "nope:1b", "messages": [GOOD]}, 404, "model 'nope:1b' not found"),
+    ("/api/chat", {"model": MODEL, "messages": "hi"}, 400,
+     "cannot unmarshal string into Go struct field ChatRequest.messages"),
+    ("/api/chat", {"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400,
+     "invalid message role 'wizard'"),
+    ("/api/chat", {"model": MODEL, "messages": [GOOD], "session_id": "abc"}, 400,
+     "invalid session_id 'abc': must be a UUID"),
+    ("/api/chat", {"model": MODEL, "messages": [GOOD], "stream": "yes"}, 400, "stream"),
+    ("/api/generate", {"prompt": "hi"}, 400, "model is required"),
+    ("/api/generate", {"model": "nope", "prompt": "hi"}, 404, "model 'nope' not found"),
+    ("/api/generate", {"model": MODEL, "prompt": 5}, 400, "GenerateRequest.prompt"),
+    ("/api/show", {"model": "nope"}, 404, "not found"),
+    ("/api/nowhere", {}, 404, "404 page not found"),
+])
+def test_bad_input_is_refused_and_nothing_is_stored(stack, path, body, status, error):
+    before = stack.count("messages"), stack.count("sessions")
+    send = {"data": body} if isinstance(body, bytes) else {"json": body}
+    resp = requests.post(stack.url + path, timeout=10, **send)
+    assert resp.status_code == status
+    assert resp.headers["Content-Type"].startswith("application/json")
+    assert error in resp.json()["error"]
+    assert (stack.count("messages"), stack.count("sessions")) == before
+
+
+def test_bad_session_header_is_refused(stack):
+    resp = requests.post(stack.url + "/api/chat", json={"model": MODEL, "messages": [GOOD]},
+                         headers={"X-Session-ID": "12"}, timeout=10)
+    assert resp.status_code == 400 and "invalid session_id" in resp.json()["error"]
+
+
+def test_unreachable_upstream_is_503_naming_the_host_within_2s(redis_url, tmp_path):
+    host = f"http://127.0.0.1:{procs.free_port()}"  # nothing listens there
+    app = create_app({"OLLAMA_HOST": host, "REDIS_URL": redis_url,
+                      "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'x.db'}"})
+    started = time.monotonic()
+    resp = app.test_client().post("/api/chat", json={"model": MODEL, "messages": [GOOD]})
+    assert time.monotonic() - started < 2
+    assert resp.status_code == 503 and host in resp.get_json()["error"]
+
+
+def test_root_version_tags_show_come_through(stack, engine_url):
+    assert requests.get(stack.url + "/", timeout=5).text == "Ollama is running"
+    assert requests.head(stack.url + "/", timeout=5).status_code == 200
+    ours = requests.get(stack.url + "/api/tags", timeout=5).json()
+    assert ours == requests.get(engine_url + "/api/tags", timeout=5).json()
+    assert requests.get(stack.url + "/api/version", timeout=5).json()["version"]
+    show = requests.post(stack.url + "/api/show", json={"model": MODEL}, timeout=30).json()
+    assert "general.architecture" in show["model_info"]

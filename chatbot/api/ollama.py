@@ -1,9 +1,7 @@
 """Ollama's native API. Views are thin: validate, then queue or pass through."""
-import json
-
 from flask import Blueprint, Response, current_app
 
-from chatbot.api import shapes, turns, validate
+from chatbot.api import turns, validate, wire
 
 bp = Blueprint("ollama", __name__)
 
@@ -47,7 +45,7 @@ def chat():
     body = validate.json_body("ChatRequest")
     model = validate.model_name(body)
     messages = validate.chat_messages(body)
-    return _turn("chat", body, model, messages, None, shapes.chat_final)
+    return _turn("chat", body, model, messages, wire.OllamaChat)
 
 
 @bp.post("/api/generate")
@@ -55,13 +53,14 @@ def generate():
     body = validate.json_body("GenerateRequest")
     model = validate.model_name(body)
     messages = validate.prompt_messages(body)
-    chunk = lambda raw: shapes.generate_chunk(json.loads(raw))  # noqa: E731
-    return _turn("generate", body, model, messages, chunk, shapes.generate_final)
+    return _turn("generate", body, model, messages, wire.OllamaGenerate)
 
 
-def _turn(kind, body, model, messages, chunk_shape, final_shape):
+def _turn(kind, body, model, messages, wire_class):
     stream = validate.stream_flag(body)
     session_id = validate.session_id(body)
     current_app.extensions["catalog"].require(model)
-    request_id = turns.submit(kind, model, messages, body, session_id)
-    return turns.respond(request_id, session_id, stream, chunk_shape, final_shape)
+    # Every field Ollama knows goes upstream untouched; the session and messages are ours.
+    upstream_body = {k: v for k, v in body.items() if k not in ("session_id", "messages", "stream")}
+    request_id = turns.submit(kind, model, messages, upstream_body, session_id)
+    return turns.respond(request_id, session_id, stream, wire_class(session_id))

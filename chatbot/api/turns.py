@@ -4,43 +4,41 @@ import uuid
 from flask import Response, current_app
 
 from chatbot import queueing
-from chatbot.api import ApiError, error_response
-from chatbot.api.shapes import dumps
+from chatbot.api import ApiError
 from chatbot.tasks import QUEUE, run_request
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
-# Upstream body fields a chat carries through; the rest of a request is ours or generate's.
-CHAT_FIELDS = ("options", "format", "keep_alive", "think", "tools")
 
 
-def submit(kind, model, messages, body, session_id):
+def submit(kind, model, messages, upstream_body, session_id):
+    """Queue a turn. `messages` are what the session gains; `upstream_body` the rest of what
+    is sent upstream (chat's context is added by the flow)."""
     request_id = str(uuid.uuid4())
     try:
         queueing.get().admit(request_id, QUEUE)
     except queueing.QueueFull:
         raise ApiError(503, BUSY)
     job = {"request_id": request_id, "session_id": session_id, "kind": kind, "model": model,
-           "messages": messages, "options": {k: body[k] for k in CHAT_FIELDS if k in body}}
+           "messages": messages, "upstream": {**upstream_body, "model": model}}
     run_request.apply_async(args=[job], task_id=request_id, queue=QUEUE)
     return request_id
 
 
-def respond(request_id, session_id, stream, chunk_shape, final_shape):
+def respond(request_id, session_id, stream, wire):
     """Wait for the first reply event, so that an upstream error still sets the HTTP status,
-    then stream NDJSON (or answer once with the whole reply)."""
+    then stream (or answer once with the whole reply)."""
     events = current_app.extensions["relay"].events(request_id)
     headers = {"X-Session-ID": session_id, "X-Request-ID": request_id}
     first = _first_reply_event(events, request_id)
     if first["t"] == "error":
-        return error_response(first["status"], first["error"], headers)
-    if not stream:
-        rest = first if first["t"] == "done" else _last(events)
-        if rest["t"] == "error":
-            return error_response(rest["status"], rest["error"], headers)
-        body = dumps(final_shape(rest["d"], rest["reply"], session_id, True))
-        return Response(body, mimetype="application/json", headers=headers)
-    return Response(_ndjson(first, events, request_id, session_id, chunk_shape, final_shape),
-                    mimetype="application/x-ndjson", headers=headers)
+        resp = wire.failure(first["status"], first["error"])
+    elif not stream:
+        last = first if first["t"] == "done" else _last(events)
+        resp = wire.failure(last["status"], last["error"]) if last["t"] == "error" else wire.whole(last)
+    else:
+        resp = Response(_lines(first, events, request_id, wire), mimetype=wire.mimetype)
+    resp.headers.update(headers)
+    return resp
 
 
 def _first_reply_event(events, request_id):
@@ -48,8 +46,6 @@ def _first_reply_event(events, request_id):
         for event in events:
             if event["t"] != "started":
                 return event
-    except GeneratorExit:
-        raise
     except BaseException:
         queueing.get().cancel(request_id)
         raise
@@ -61,18 +57,18 @@ def _last(events):
             return event
 
 
-def _ndjson(first, events, request_id, session_id, chunk_shape, final_shape):
+def _lines(first, events, request_id, wire):
     finished = False
     try:
         for event in _chain(first, events):
             if event["t"] == "chunk":
-                yield (event["raw"] if chunk_shape is None else dumps(chunk_shape(event["raw"]))) + "\n"
+                yield wire.chunk(event["raw"])
             elif event["t"] == "done":
                 finished = True
-                yield dumps(final_shape(event["d"], event["reply"], session_id, False)) + "\n"
+                yield wire.final(event)
             elif event["t"] == "error":  # after the first byte: one error line, status stays 200
                 finished = True
-                yield dumps({"error": event["error"]}) + "\n"
+                yield wire.error_line(event["error"])
     finally:
         if not finished:  # the client went away mid-stream: stop the generation
             queueing.get().cancel(request_id)

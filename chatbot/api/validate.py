@@ -50,7 +50,7 @@ def chat_messages(body):
 
 
 def prompt_messages(body):
-    """generate as a single-turn chat: optional system, then the prompt (and images)."""
+    """What a generate request adds to its session: optional system, then the prompt."""
     prompt, system = body.get("prompt") or "", body.get("system") or ""
     for name, value in (("prompt", prompt), ("system", system)):
         if not isinstance(value, str):

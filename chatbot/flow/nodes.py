@@ -1,7 +1,8 @@
 """The chat flow's nodes. `exec` works only on what `prep` hands it; `post` writes `shared`.
 
 Shared store (built by chatbot.tasks):
-  job       {request_id, session_id, kind, model, messages, options: upstream body fields}
+  job       {request_id, session_id, kind: chat|generate, model, messages: what the session
+            gains, upstream: the request's own fields, sent upstream untouched}
   emit      callable(event) -> None: relays an event to the waiting web request
   cancelled callable() -> bool: the client went away
   upstream  chatbot.upstream.Upstream
@@ -62,19 +63,22 @@ class StoreRequest(Node):
 class CallUpstream(Node):
     def prep(self, shared):
         job = shared["job"]
-        body = {**job["options"], "model": job["model"], "messages": shared["context"]}
-        return shared["upstream"], body, shared["emit"], shared["cancelled"]
+        if job["kind"] == "chat":
+            path, body = "/api/chat", {**job["upstream"], "messages": shared["context"]}
+        else:  # generate keeps its own endpoint: raw, suffix, template, context mean nothing to chat
+            path, body = "/api/generate", job["upstream"]
+        return shared["upstream"], path, body, shared["emit"], shared["cancelled"]
 
     def exec(self, prep_res):
-        upstream, body, emit, cancelled = prep_res
+        upstream, path, body, emit, cancelled = prep_res
         reply = {"content": "", "thinking": "", "tool_calls": [], "final": None,
                  "status": "ok", "error": None}
         try:
-            for raw, chunk in upstream.stream("/api/chat", body):
+            for raw, chunk in upstream.stream(path, body):
                 if "error" in chunk:
                     raise UpstreamError(500, chunk["error"])
-                message = chunk.get("message") or {}
-                reply["content"] += message.get("content") or ""
+                message = chunk.get("message") or chunk  # generate's chunk is its own message
+                reply["content"] += message.get("content") or message.get("response") or ""
                 reply["thinking"] += message.get("thinking") or ""
                 reply["tool_calls"] += message.get("tool_calls") or []
                 if chunk.get("done"):

@@ -1,0 +1,59 @@
+"""How a queued turn is written back to the client: Ollama's NDJSON (chat and generate).
+
+A wire turns relay events into the response: `chunk(raw)` a streamed line, `final(event)` the
+last line, `whole(event)` the non-streamed body, `failure(status, error)` an error response.
+"""
+import json
+
+from flask import Response
+
+_GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
+def dumps(obj):
+    """JSON as Go's encoding/json writes it (compact, UTF-8, HTML characters escaped)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).translate(_GO_ESCAPES)
+
+
+class OllamaChat:
+    mimetype = "application/x-ndjson"
+
+    def __init__(self, session_id):
+        self.session_id = session_id
+
+    def chunk(self, raw):
+        return raw + "\n"  # the upstream's own bytes
+
+    def final(self, event):
+        return dumps({**event["d"], "session_id": self.session_id}) + "\n"
+
+    def error_line(self, error):
+        return dumps({"error": error}) + "\n"
+
+    def whole(self, event):
+        return Response(dumps({**self.merged(event), "session_id": self.session_id}),
+                        mimetype="application/json")
+
+    def merged(self, event):
+        """The final chunk carrying the whole reply, as Ollama answers when not streaming."""
+        reply, out = event["reply"], dict(event["d"])
+        message = {"role": "assistant", "content": reply["content"]}
+        if reply.get("thinking"):
+            message["thinking"] = reply["thinking"]
+        if reply.get("tool_calls"):
+            message["tool_calls"] = reply["tool_calls"]
+        out["message"] = message
+        return out
+
+    def failure(self, status, error):
+        resp = Response(dumps({"error": error}), status=status, mimetype="application/json")
+        return resp
+
+
+class OllamaGenerate(OllamaChat):
+    def merged(self, event):
+        reply, out = event["reply"], dict(event["d"])
+        out["response"] = reply["content"]
+        if reply.get("thinking"):
+            out["thinking"] = reply["thinking"]
+        return out

@@ -23,9 +23,10 @@ def error_response(status, error, headers=None):
 
 
 def init_app(app):
-    from chatbot.api import ollama
+    from chatbot.api import ollama, openai
 
     app.register_blueprint(ollama.bp)
+    app.register_blueprint(openai.bp)
 
     @app.errorhandler(ApiError)
     @app.errorhandler(UpstreamError)

@@ -1,5 +1,5 @@
 """Ollama's native API. Views are thin: validate, then queue or pass through."""
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 
 from chatbot.api import turns, validate, wire
 
@@ -15,10 +15,11 @@ def root():
     return Response("Ollama is running", mimetype="text/plain")
 
 
-def passthrough(method, path, body=None):
-    """The upstream's answer, byte for byte."""
-    resp = upstream().request(method, path, json=body)
-    return Response(resp.content, resp.status_code, content_type=resp.headers.get("Content-Type"))
+def passthrough(method, path, body=None, data=None):
+    """The upstream's answer, byte for byte, streamed as it comes (pull progress lines)."""
+    resp = upstream().request(method, path, json=body, data=data, stream=True)
+    return Response(resp.iter_content(chunk_size=None), resp.status_code,
+                    content_type=resp.headers.get("Content-Type"))
 
 
 @bp.get("/api/version")
@@ -38,6 +39,33 @@ def show():
         body["model"] = body["name"]
     validate.model_name(body)
     return passthrough("POST", "/api/show", body)
+
+
+@bp.get("/api/ps")
+def ps():
+    return passthrough("GET", "/api/ps")
+
+
+@bp.post("/api/embed")
+@bp.post("/api/embeddings")
+@bp.post("/api/pull")
+@bp.post("/api/push")
+@bp.post("/api/create")
+@bp.post("/api/copy")
+@bp.delete("/api/delete")
+def model_passthrough():
+    """Embeddings and model management go straight to the upstream, not through the queue."""
+    body = validate.json_body("Request")
+    if not body.get("model") and body.get("name"):  # older clients send `name`
+        body["model"] = body["name"]
+    if request.path not in ("/api/copy",):
+        validate.model_name(body)
+    return passthrough(request.method, request.path, body)
+
+
+@bp.route("/api/blobs/<digest>", methods=["POST", "HEAD"])
+def blobs(digest):
+    return passthrough(request.method, f"/api/blobs/{digest}", data=request.stream)
 
 
 @bp.post("/api/chat")

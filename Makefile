@@ -14,7 +14,11 @@ install: $(BIN)/chatbot
 run: install
 	$(BIN)/chatbot up
 
-test: install
+tests/js/node_modules: tests/js/package.json
+	npm install --prefix tests/js --no-audit --no-fund
+	touch $@
+
+test: install tests/js/node_modules
 	$(BIN)/pytest
 
 .PHONY: install run test

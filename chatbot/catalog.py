@@ -1,27 +1,35 @@
-"""Which models the upstream has, cached briefly so a chat doesn't cost an extra round trip."""
+"""Which models an upstream has, cached briefly so a chat doesn't cost an extra round trip.
+A host that does not answer is skipped for a few seconds rather than asked on every request."""
 import time
 
 from chatbot.upstream import UpstreamError
 
 TTL_SECONDS = 10.0
+DOWN_SECONDS = 3.0
 
 
 class Catalog:
     def __init__(self, upstream):
         self.upstream = upstream
         self.names, self.fetched_at = set(), 0.0
+        self.down_until, self.down_error = 0.0, None
 
     def _refresh(self):
-        models = self.upstream.get_json("/api/tags").get("models") or []
+        if time.monotonic() < self.down_until:
+            raise self.down_error
+        try:
+            models = self.upstream.get_json("/api/tags").get("models") or []
+        except UpstreamError as exc:
+            self.down_until, self.down_error = time.monotonic() + DOWN_SECONDS, exc
+            raise
         self.names = {m.get("name") or m.get("model") for m in models}
         self.fetched_at = time.monotonic()
 
-    def require(self, model):
-        """Raise the Ollama 404 unless the upstream serves `model` (a fresh look before a 404)."""
-        if time.monotonic() - self.fetched_at > TTL_SECONDS or not self._has(model):
+    def has(self, model):
+        """Whether the upstream serves `model` (looking again before saying no)."""
+        if time.monotonic() - self.fetched_at > TTL_SECONDS or not self._known(model):
             self._refresh()
-        if not self._has(model):
-            raise UpstreamError(404, f"model '{model}' not found")
+        return self._known(model)
 
-    def _has(self, model):
+    def _known(self, model):
         return model in self.names or (":" not in model and f"{model}:latest" in self.names)

@@ -18,7 +18,9 @@ def load(instance_path):
     load_dotenv()
     instance = Path(instance_path)
     return {
-        "OLLAMA_HOST": normalize_host(os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434")),
+        "OLLAMA_HOSTS": [normalize_host(h) for h in (
+            os.environ.get("OLLAMA_HOSTS") or os.environ.get("OLLAMA_HOST") or "127.0.0.1:11434"
+        ).split(",") if h.strip()],
         "DEFAULT_MODEL": os.environ.get("DEFAULT_MODEL", ""),
         "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         "SQLALCHEMY_DATABASE_URI": os.environ.get(

@@ -1,22 +1,38 @@
-"""The waiting line in Redis: bound, positions and cancel flags."""
+"""The waiting line in Redis: bound, positions, who runs, cancel flags, and the SSE notices
+that go with each change (flask-sse's message format, published in the same round trip).
+
+Keys: waiting:<queue> zset of request ids by enqueue time · running:<queue> the running
+request's id, kept alive by the worker's heartbeat · req:<id> hash of what the request is ·
+cancel:<id> flag.
+"""
+import json
 import time
 
 import redis
 from flask import current_app
+from flask_sse import Message
 
 
 class QueueFull(Exception):
     pass
 
 
-WAITING = "chatbot:waiting:{queue}"
+WAITING, RUNNING = "chatbot:waiting:{}", "chatbot:running:{}"
+INFO, CANCEL = "chatbot:req:{}", "chatbot:cancel:{}"
+QUEUE_CHANNEL = "queue"
+INFO_TTL = 3600
+HEARTBEAT_TTL = 5  # seconds a running request survives without a heartbeat from its worker
 # Check and join the line atomically, so that concurrent requests cannot overshoot the bound.
 ADMIT = """
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-return 1
+return redis.call('ZCARD', KEYS[1])
 """
-CANCEL = "chatbot:cancel:{request_id}"
+
+
+def sse(pipe, channel, type_, data):
+    """Queue a flask-sse notice on `pipe` (flask-sse itself opens a connection per publish)."""
+    pipe.publish(channel, json.dumps(Message(data, type=type_).to_dict()))
 
 
 class Queueing:
@@ -25,18 +41,89 @@ class Queueing:
         self.max_queue = max_queue
         self._admit = self.redis.register_script(ADMIT)
 
-    def admit(self, request_id, queue):
-        """Take a place in line, or raise QueueFull when MAX_QUEUE requests already wait."""
-        if not self._admit(keys=[WAITING.format(queue=queue)],
-                           args=[self.max_queue, time.time(), request_id]):
+    def admit(self, request_id, queue, info):
+        """Take a place in line and return it, or raise QueueFull at MAX_QUEUE waiting."""
+        position = self._admit(keys=[WAITING.format(queue)],
+                               args=[self.max_queue, time.time(), request_id])
+        if not position:
             raise QueueFull()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(INFO.format(request_id), mapping={**info, "queue": queue, "state": "queued",
+                                                    "queued_at": time.time()})
+        pipe.expire(INFO.format(request_id), INFO_TTL)
+        sse(pipe, request_id, "queued", {"position": position})
+        sse(pipe, QUEUE_CHANNEL, "depth", {"queue": queue, "waiting": position})
+        pipe.execute()
+        return position
 
     def start(self, request_id, queue):
-        """Leave the line; True if the client already cancelled (one round trip)."""
+        """Leave the line and become the running request; True if the client already left."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zrem(WAITING.format(queue=queue), request_id)
-        pipe.exists(CANCEL.format(request_id=request_id))
-        return bool(pipe.execute()[1])
+        pipe.zrem(WAITING.format(queue), request_id)
+        pipe.exists(CANCEL.format(request_id))
+        pipe.set(RUNNING.format(queue), request_id, ex=HEARTBEAT_TTL)
+        pipe.hset(INFO.format(request_id), mapping={"state": "running", "started_at": time.time()})
+        sse(pipe, request_id, "started", {})
+        cancelled = pipe.execute()[1]
+        self.announce(queue)
+        return bool(cancelled)
+
+    def heartbeat(self, request_id, queue):
+        self.redis.set(RUNNING.format(queue), request_id, ex=HEARTBEAT_TTL)
+
+    def finish(self, request_id, queue, state):
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(INFO.format(request_id), mapping={"state": state, "finished_at": time.time()})
+        pipe.execute()
+        # Only our own entry: a later request may already run.
+        if self.redis.get(RUNNING.format(queue)) == request_id.encode():
+            self.redis.delete(RUNNING.format(queue))
+        self.announce(queue)
+
+    def load(self, queue):
+        """Requests waiting plus the one running: what a new request would wait behind."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(WAITING.format(queue))
+        pipe.exists(RUNNING.format(queue))
+        waiting, running = pipe.execute()
+        return waiting + running
+
+    def is_running(self, request_id, queue):
+        return self.redis.get(RUNNING.format(queue)) == request_id.encode()
+
+    def announce(self, queue):
+        """Tell every waiting request its (new) position, and the queue channel the depth."""
+        waiting = self.redis.zrange(WAITING.format(queue), 0, -1)
+        pipe = self.redis.pipeline(transaction=False)
+        for position, request_id in enumerate(waiting, 1):
+            sse(pipe, request_id.decode(), "queued", {"position": position})
+        sse(pipe, QUEUE_CHANNEL, "depth", {"queue": queue, "waiting": len(waiting)})
+        pipe.execute()
+
+    def position(self, request_id, queue):
+        rank = self.redis.zrank(WAITING.format(queue), request_id)
+        return None if rank is None else rank + 1
+
+    def info(self, request_id):
+        raw = self.redis.hgetall(INFO.format(request_id))
+        return {k.decode(): _number(v.decode()) for k, v in raw.items()}
+
+    def cancel(self, request_id):
+        """Flag the request; if it still waits, it leaves the line now."""
+        info = self.info(request_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(CANCEL.format(request_id), 1, ex=INFO_TTL)
+        if info.get("queue"):
+            pipe.zrem(WAITING.format(info["queue"]), request_id)
+        if info.get("state") == "queued":
+            pipe.hset(INFO.format(request_id), "state", "cancelled")
+        removed = pipe.execute()[1] if info.get("queue") else 0
+        if removed:
+            self.announce(info["queue"])
+        return info
+
+    def is_cancelled(self, request_id):
+        return bool(self.redis.exists(CANCEL.format(request_id)))
 
     def cancel_probe(self, request_id, every=0.25):
         """A cheap `cancelled()` for a per-token loop: asks Redis at most every `every` s."""
@@ -51,15 +138,35 @@ class Queueing:
 
         return cancelled
 
-    def position(self, request_id, queue):
-        rank = self.redis.zrank(WAITING.format(queue=queue), request_id)
-        return None if rank is None else rank + 1
+    def snapshot(self, queue):
+        """Depth, the running request and the waiting ones, for GET /api/queue."""
+        now = time.time()
+        running = self.redis.get(RUNNING.format(queue))
+        waiting = self.redis.zrange(WAITING.format(queue), 0, -1, withscores=True)
+        ids = ([running] if running else []) + [rid for rid, _ in waiting]
+        pipe = self.redis.pipeline(transaction=False)
+        for rid in ids:
+            pipe.hgetall(INFO.format(rid.decode()))
+        infos = [{k.decode(): _number(v.decode()) for k, v in raw.items()} for raw in pipe.execute()]
+        describe = lambda rid, info: {  # noqa: E731
+            "request_id": rid.decode(), "model": info.get("model"),
+            "session_id": info.get("session_id")}
+        out = {"queue": queue, "depth": len(waiting), "running": None, "waiting": []}
+        if running:
+            info = infos.pop(0)
+            out["running"] = {**describe(running, info),
+                              "running_for": round(now - info.get("started_at", now), 3)}
+        for position, ((rid, queued_at), info) in enumerate(zip(waiting, infos), 1):
+            out["waiting"].append({**describe(rid, info), "position": position,
+                                   "age": round(now - queued_at, 3)})
+        return out
 
-    def cancel(self, request_id, ttl=3600):
-        self.redis.set(CANCEL.format(request_id=request_id), 1, ex=ttl)
 
-    def is_cancelled(self, request_id):
-        return bool(self.redis.exists(CANCEL.format(request_id=request_id)))
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def init_app(app):

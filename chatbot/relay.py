@@ -9,6 +9,8 @@ import json
 
 import redis
 
+from chatbot.queueing import sse
+
 FINAL = ("done", "error")
 
 
@@ -23,27 +25,47 @@ class Relay:
         self.ttl = ttl
 
     def publish(self, request_id, event):
+        """Append the event, and tell SSE listeners of the request in the same round trip."""
         key = stream_key(request_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(key, {"e": json.dumps(event)})
         if event["t"] in ("started",) + FINAL:
             pipe.expire(key, self.ttl)
+        if event["t"] == "chunk":
+            sse(pipe, request_id, "token", event["raw"])
+        elif event["t"] == "done":
+            sse(pipe, request_id, "done", event["d"])
+        elif event["t"] == "error":
+            sse(pipe, request_id, "error", {"error": event["error"], "status": event["status"]})
         pipe.execute()
 
-    def events(self, request_id, last_id="0-0", block_ms=1000, idle=None):
-        """Yield events until a final one. `idle()` is called on each empty wait; it may raise."""
+    def events(self, request_id, last_id="0-0", block_ms=500, check=None):
+        """Yield events until a final one.
+
+        `check()` runs after every read; when it returns an event (the client left, the worker
+        died), that event ends the stream, unless a final event has landed meanwhile.
+        """
         key = stream_key(request_id)
         while True:
             reply = self.redis.xread({key: last_id}, block=block_ms, count=256)
-            if not reply:
-                if idle:
-                    idle()
-                continue
-            for last_id, fields in reply[0][1]:
+            for last_id, fields in (reply[0][1] if reply else ()):
                 event = json.loads(fields[b"e"])
                 yield event
                 if event["t"] in FINAL:
                     return
+            verdict = check() if check else None
+            if verdict:
+                for last_id, fields in self._tail(key, last_id):
+                    event = json.loads(fields[b"e"])
+                    yield event
+                    if event["t"] in FINAL:
+                        return
+                yield verdict
+                return
+
+    def _tail(self, key, last_id):
+        reply = self.redis.xread({key: last_id}, count=10_000)
+        return reply[0][1] if reply else ()
 
 
 def init_app(app):

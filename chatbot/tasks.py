@@ -1,6 +1,7 @@
 """Celery in Flask's pattern: tasks run inside an app context. Tasks stay thin: build the
 shared store, run the flow."""
 import logging
+import threading
 
 from celery import Celery, Task, shared_task
 from celery.signals import worker_process_init
@@ -43,23 +44,57 @@ def _warm_up(**_):
     encoding()  # load the tokenizer before the first request, not during it
 
 
+class Heartbeat(threading.Thread):
+    """Keeps the request marked running while this process lives: if the worker dies, the
+    mark expires and the waiting web request answers with an error instead of hanging."""
+
+    def __init__(self, line, request_id, queue):
+        super().__init__(daemon=True)
+        self.line, self.request_id, self.queue = line, request_id, queue
+        self.stopped = threading.Event()
+
+    def run(self):
+        while not self.stopped.wait(1.0):
+            self.line.heartbeat(self.request_id, self.queue)
+
+
 @shared_task(name="chatbot.run_request")
 def run_request(job):
-    """job: {request_id, session_id, kind, model, messages, options} (plain data, no ORM)."""
+    """job: {request_id, session_id, kind, model, messages, upstream} (plain data, no ORM)."""
     relay, line = current_app.extensions["relay"], queueing.get()
-    request_id = job["request_id"]
+    request_id, queue = job["request_id"], job.get("queue", QUEUE)
     emit = lambda event: relay.publish(request_id, event)  # noqa: E731
-    emit({"t": "started"})
-    if line.start(request_id, QUEUE):  # the client left while waiting: never reach the model
+    if line.start(request_id, queue):  # the client left while waiting: never reach the model
         emit({"t": "error", "status": 499, "error": "request cancelled"})
+        line.finish(request_id, queue, "cancelled")
         return
+    emit({"t": "started"})
+    heartbeat = Heartbeat(line, request_id, queue)
+    heartbeat.start()
     shared = {
         "job": job, "emit": emit, "started_at": utcnow(),
         "cancelled": line.cancel_probe(request_id),
-        "upstream": current_app.extensions["upstream"],
+        "upstream": current_app.extensions["router"].upstream(job.get("host")),
     }
     try:
         create_chat_flow().run(shared)
     except Exception as exc:  # the waiting client must hear of it rather than hang
         log.exception("request %s failed", request_id)
         emit({"t": "error", "status": 500, "error": f"internal error: {exc}"})
+    finally:
+        heartbeat.stopped.set()
+        line.finish(request_id, queue, _state(shared))
+
+
+def cancel_request(request_id):
+    """Cancel wherever it is: a queued request leaves the line and its task is revoked; a
+    running one sees the flag within a quarter second and closes the upstream connection."""
+    info = queueing.get().cancel(request_id)
+    if info.get("state") == "queued":
+        current_app.extensions["celery"].control.revoke(request_id)
+    return info
+
+
+def _state(shared):
+    reply = shared.get("reply") or {}
+    return {"ok": "done"}.get(reply.get("status"), reply.get("status") or "failed")

@@ -1,18 +1,21 @@
 """HTTP layer: blueprints and Ollama-style JSON errors for everything, including unknown routes."""
 import logging
+import re
+import uuid
 
-from flask import jsonify
+from flask import g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from chatbot.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 
 
 class ApiError(Exception):
-    def __init__(self, status, error):
+    def __init__(self, status, error, headers=None):
         super().__init__(error)
-        self.status, self.error = status, error
+        self.status, self.error, self.headers = status, error, headers or {}
 
 
 def error_response(status, error, headers=None):
@@ -23,15 +26,26 @@ def error_response(status, error, headers=None):
 
 
 def init_app(app):
-    from chatbot.api import ollama, openai
+    from chatbot.api import ollama, openai, queue
 
     app.register_blueprint(ollama.bp)
     app.register_blueprint(openai.bp)
+    queue.init_app(app)
+
+    @app.before_request
+    def _request_id():
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if REQUEST_ID.fullmatch(given) else str(uuid.uuid4())
+
+    @app.after_request
+    def _echo_request_id(resp):
+        resp.headers.setdefault("X-Request-ID", g.request_id)
+        return resp
 
     @app.errorhandler(ApiError)
     @app.errorhandler(UpstreamError)
     def _api_error(exc):
-        return error_response(exc.status, exc.error)
+        return error_response(exc.status, exc.error, getattr(exc, "headers", None))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc):

@@ -87,8 +87,7 @@ def generate():
 def _turn(kind, body, model, messages, wire_class):
     stream = validate.stream_flag(body)
     session_id = validate.session_id(body)
-    current_app.extensions["catalog"].require(model)
     # Every field Ollama knows goes upstream untouched; the session and messages are ours.
     upstream_body = {k: v for k, v in body.items() if k not in ("session_id", "messages", "stream")}
-    request_id = turns.submit(kind, model, messages, upstream_body, session_id)
-    return turns.respond(request_id, session_id, stream, wire_class(session_id))
+    request_id, queue = turns.submit(kind, model, messages, upstream_body, session_id)
+    return turns.respond(request_id, queue, session_id, stream, wire_class(session_id))

@@ -90,10 +90,9 @@ def embeddings():
 def _turn(kind, body, model, messages, upstream_body, wire_class):
     stream = validate.stream_flag({"stream": body.get("stream", False)})  # OpenAI: not streamed
     session_id = validate.session_id({})
-    current_app.extensions["catalog"].require(model)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    request_id = turns.submit(kind, model, messages, upstream_body, session_id)
-    return turns.respond(request_id, session_id, stream, wire_class(model, include_usage))
+    request_id, queue = turns.submit(kind, model, messages, upstream_body, session_id)
+    return turns.respond(request_id, queue, session_id, stream, wire_class(model, include_usage))
 
 
 def _list(body, name):

@@ -1,33 +1,63 @@
 """A chat or generate request's life on the web side: queue it, then answer from its events."""
+import time
 import uuid
 
-from flask import Response, current_app
+from flask import Response, current_app, g, request
 
-from chatbot import queueing
+from chatbot import queueing, routing
 from chatbot.api import ApiError
-from chatbot.tasks import QUEUE, run_request
+from chatbot.api.disconnect import client_gone, client_socket
+from chatbot.tasks import cancel_request, run_request
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
+RETRY_AFTER_SECONDS = 5
+CHECK_EVERY = 0.5  # seconds between looks at the client socket and the worker's heartbeat
 
 
 def submit(kind, model, messages, upstream_body, session_id):
     """Queue a turn. `messages` are what the session gains; `upstream_body` the rest of what
-    is sent upstream (chat's context is added by the flow)."""
-    request_id = str(uuid.uuid4())
+    is sent upstream (chat's context is added by the flow). Returns (request_id, queue)."""
+    host, queue = routing.get().choose(model, session_id)
+    request_id = g.request_id
+    if queueing.get().info(request_id):  # a client reusing an id must not read another's reply
+        request_id = g.request_id = str(uuid.uuid4())
     try:
-        queueing.get().admit(request_id, QUEUE)
+        queueing.get().admit(request_id, queue, {"model": model, "session_id": session_id,
+                                                 "host": host})
     except queueing.QueueFull:
-        raise ApiError(503, BUSY)
+        raise ApiError(503, BUSY, {"Retry-After": str(RETRY_AFTER_SECONDS)})
     job = {"request_id": request_id, "session_id": session_id, "kind": kind, "model": model,
-           "messages": messages, "upstream": {**upstream_body, "model": model}}
-    run_request.apply_async(args=[job], task_id=request_id, queue=QUEUE)
-    return request_id
+           "messages": messages, "upstream": {**upstream_body, "model": model},
+           "host": host, "queue": queue}
+    run_request.apply_async(args=[job], task_id=request_id, queue=queue)
+    return request_id, queue
 
 
-def respond(request_id, session_id, stream, wire):
+def watchdog(request_id, queue):
+    """A relay check: ends the wait when the client left or the worker running us died."""
+    sock, line = client_socket(request.environ), queueing.get()
+    state = {"next": time.monotonic() + CHECK_EVERY}
+
+    def check():
+        now = time.monotonic()
+        if now < state["next"]:
+            return None
+        state["next"] = now + CHECK_EVERY
+        if client_gone(sock):
+            cancel_request(request_id)
+            return {"t": "error", "status": 499, "error": "client disconnected"}
+        if line.info(request_id).get("state") == "running" and not line.is_running(request_id, queue):
+            line.finish(request_id, queue, "lost")
+            return {"t": "error", "status": 500, "error": "the worker running this request died"}
+        return None
+
+    return check
+
+
+def respond(request_id, queue, session_id, stream, wire):
     """Wait for the first reply event, so that an upstream error still sets the HTTP status,
     then stream (or answer once with the whole reply)."""
-    events = current_app.extensions["relay"].events(request_id)
+    events = current_app.extensions["relay"].events(request_id, check=watchdog(request_id, queue))
     headers = {"X-Session-ID": session_id, "X-Request-ID": request_id}
     first = _first_reply_event(events, request_id)
     if first["t"] == "error":
@@ -47,7 +77,7 @@ def _first_reply_event(events, request_id):
             if event["t"] != "started":
                 return event
     except BaseException:
-        queueing.get().cancel(request_id)
+        cancel_request(request_id)
         raise
 
 
@@ -71,7 +101,7 @@ def _lines(first, events, request_id, wire):
                 yield wire.error_line(event["error"])
     finally:
         if not finished:  # the client went away mid-stream: stop the generation
-            queueing.get().cancel(request_id)
+            cancel_request(request_id)
 
 
 def _chain(first, events):

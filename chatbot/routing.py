@@ -1,0 +1,58 @@
+"""Which Ollama host serves a request: one that has the model, shortest queue first; a session
+sticks to the host that served it while that host is healthy (its KV cache is warm).
+
+Each host has its own Celery queue, consumed by its own concurrency-1 worker.
+"""
+from flask import current_app
+
+from chatbot.catalog import Catalog
+from chatbot.upstream import Upstream, UpstreamError
+
+STICKY = "chatbot:sticky:{}"
+STICKY_TTL = 24 * 3600
+
+
+def queue_name(index, count):
+    return "ollama" if count == 1 else f"ollama-{index + 1}"
+
+
+class Router:
+    def __init__(self, hosts, connect_timeout, read_timeout, queueing):
+        self.hosts = hosts
+        self.queues = {h: queue_name(i, len(hosts)) for i, h in enumerate(hosts)}
+        self.upstreams = {h: Upstream(h, connect_timeout, read_timeout) for h in hosts}
+        self.catalogs = {h: Catalog(self.upstreams[h]) for h in hosts}
+        self.queueing = queueing
+
+    def upstream(self, host=None):
+        host = host or self.hosts[0]
+        if host not in self.upstreams:  # a worker may be told of a host its config lacks
+            first = self.upstreams[self.hosts[0]]
+            self.upstreams[host] = Upstream(host, *first.timeout)
+        return self.upstreams[host]
+
+    def choose(self, model, session_id):
+        """(host, queue) for a request, or the Ollama error: 404 no host has the model,
+        503 no host answers."""
+        candidates, errors = [], []
+        for host in self.hosts:
+            try:
+                if self.catalogs[host].has(model):
+                    candidates.append(host)
+            except UpstreamError as exc:
+                errors.append(exc)
+        if not candidates:
+            if errors and len(errors) == len(self.hosts):
+                raise errors[0]
+            raise UpstreamError(404, f"model '{model}' not found")
+        redis = self.queueing.redis
+        sticky = redis.get(STICKY.format(session_id))
+        host = sticky.decode() if sticky and sticky.decode() in candidates else None
+        if host is None:
+            host = min(candidates, key=lambda h: self.queueing.load(self.queues[h]))
+            redis.set(STICKY.format(session_id), host, ex=STICKY_TTL)
+        return host, self.queues[host]
+
+
+def get():
+    return current_app.extensions["router"]

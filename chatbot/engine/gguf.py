@@ -25,7 +25,7 @@ FILE_TYPES = {
 
 @dataclass
 class GGUFInfo:
-    metadata: dict = field(default_factory=dict)  # arrays are None unless keep_arrays
+    metadata: dict = field(default_factory=dict)  # arrays None unless kept (see read_gguf)
     parameter_count: int = 0
     tensor_count: int = 0
 
@@ -64,6 +64,8 @@ class _Reader:
         self.f.seek(self.unpack("<Q"), 1)
 
     def value(self, vtype, keep_arrays):
+        if vtype == 6:  # float32: shortest repr, as Go prints it (1e-05, not 9.99e-06)
+            return float(f"{self.unpack('<f'):.7g}")
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
         if vtype == _STRING:
@@ -95,7 +97,9 @@ def read_gguf(path, keep_arrays=False):
         metadata = {}
         for _ in range(n_kv):
             key = r.string()
-            metadata[key] = r.value(r.unpack("<I"), keep_arrays)
+            # The vocabulary is kept: chat templates need the BOS/EOS token texts.
+            keep = keep_arrays or key == "tokenizer.ggml.tokens"
+            metadata[key] = r.value(r.unpack("<I"), keep)
         params = 0
         for _ in range(n_tensors):
             r.skip_string()
@@ -106,3 +110,10 @@ def read_gguf(path, keep_arrays=False):
                 n *= d
             params += n
     return GGUFInfo(metadata=metadata, parameter_count=params, tensor_count=n_tensors)
+
+
+def token_text(info, key):
+    """The text of a special token named by metadata, e.g. "tokenizer.ggml.bos_token_id"."""
+    tokens = info.metadata.get("tokenizer.ggml.tokens") or []
+    token_id = info.metadata.get(key)
+    return tokens[token_id] if isinstance(token_id, int) and 0 <= token_id < len(tokens) else ""

@@ -1,0 +1,140 @@
+"""Ollama's informational endpoints and embeddings."""
+import logging
+import time
+
+from flask import Blueprint, Response, jsonify
+
+from .ollama_format import (VERSION, ApiError, details, from_timestamp, keep_alive_seconds,
+                            model_info, modelfile_text, parameters_text, rfc3339)
+from .completions import supports_tools
+from .generation import load_options
+from .parsing import engine, read_body, require_model, typed
+
+bp = Blueprint("engine_api", __name__)
+log = logging.getLogger(__name__)
+
+
+@bp.route("/", methods=["GET", "HEAD"])
+def root():
+    return Response("Ollama is running", mimetype="text/plain")
+
+
+@bp.get("/api/version")
+def version():
+    return jsonify(version=VERSION)
+
+
+def _summary(model):
+    registry = engine().registry
+    st = model.stat()
+    return {"name": model.name, "model": model.name, "modified_at": from_timestamp(st.st_mtime),
+            "size": st.st_size, "digest": registry.digest(model),
+            "details": details(registry.info(model))}
+
+
+@bp.get("/api/tags")
+def tags():
+    models = []
+    for model in engine().registry.files():
+        try:
+            models.append(_summary(model))
+        except (OSError, ValueError) as exc:  # one bad file must not hide the others
+            log.warning("skipping %s: %s", model.path, exc)
+    return jsonify(models=models)
+
+
+@bp.get("/api/ps")
+def ps():
+    eng = engine()
+    if eng.lock.acquire(blocking=False):  # never unload under a running generation
+        try:
+            eng.registry.sweep()
+        finally:
+            eng.lock.release()
+    models = []
+    for loaded in eng.registry.running():
+        entry = _summary(loaded.model)
+        del entry["modified_at"]
+        entry.update(expires_at=rfc3339(loaded.expires_at), size_vram=0,
+                     context_length=loaded.n_ctx)
+        models.append(entry)
+    return jsonify(models=models)
+
+
+@bp.post("/api/show")
+def show():
+    body = read_body("ShowRequest")
+    name, model = require_model(body, "ShowRequest", legacy_name=True)
+    registry = engine().registry
+    verbose = bool(typed(body, "verbose", bool, "bool", "ShowRequest"))
+    info = registry.info(model)
+    if verbose:  # arrays (vocabulary, merges) are only read when asked for
+        from .gguf import read_gguf
+
+        full = read_gguf(model.path, keep_arrays=True)
+        full.metadata.pop("tokenizer.chat_template", None)
+        shown = model_info(full, verbose=True)
+    else:
+        shown = model_info(info)
+    return jsonify(
+        license=str(info.metadata.get("general.license", "")),
+        modelfile=modelfile_text(name, model.path, info),
+        parameters=parameters_text(info),
+        template=info.chat_template,
+        details=details(info),
+        model_info=shown,
+        capabilities=["completion"] + (["tools"] if supports_tools(info) else []),
+        modified_at=from_timestamp(model.stat().st_mtime),
+    )
+
+
+def _embed(body, struct, inputs, normalize):
+    """Vectors for `inputs` with the model's embedding instance, under the engine lock."""
+    received = time.perf_counter_ns()
+    name, model = require_model(body, struct)
+    keep_alive = keep_alive_seconds(body.get("keep_alive"))
+    truncate = typed(body, "truncate", bool, "bool", struct)
+    options = typed(body, "options", dict, "map[string]interface {}", struct) or {}
+    num_ctx, _ = load_options(options)
+    eng = engine()
+    with eng.lock:
+        eng.registry.sweep()
+        llm, load_ns = eng.registry.load_embed(model, num_ctx)
+        vectors, count = [], 0
+        if inputs:
+            lengths = [len(llm.tokenize(text.encode("utf-8"))) for text in inputs]
+            if 0 in lengths:
+                raise ApiError(400, "input cannot be empty")
+            if truncate is False and max(lengths) > llm.n_batch:
+                raise ApiError(400, "input exceeds maximum context length")
+            # Llama.embed cuts each input at n_batch, which we made equal to n_ctx.
+            vectors, count = llm.embed(inputs, normalize=normalize, truncate=True,
+                                       return_count=True)
+        eng.registry.touch(model.name, keep_alive)
+    return name, vectors, count, load_ns, time.perf_counter_ns() - received
+
+
+@bp.post("/api/embed")
+def embed():
+    body = read_body("EmbedRequest")
+    raw = body.get("input")
+    if isinstance(raw, str):
+        inputs = [raw] if raw else []  # Ollama answers "" with no embeddings
+    elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        inputs = raw
+    elif raw is None:
+        inputs = []
+    else:
+        raise ApiError(400, "invalid input type")
+    name, vectors, count, load_ns, total = _embed(body, "EmbedRequest", inputs, True)
+    return jsonify(model=name, embeddings=vectors, total_duration=total, load_duration=load_ns,
+                   prompt_eval_count=count)
+
+
+@bp.post("/api/embeddings")
+def embeddings():
+    """The legacy endpoint: one prompt, an unnormalised vector."""
+    body = read_body("EmbeddingRequest")
+    prompt = typed(body, "prompt", str, "string", "EmbeddingRequest") or ""
+    _, vectors, _, _, _ = _embed(body, "EmbeddingRequest", [prompt] if prompt else [], False)
+    return jsonify(embedding=vectors[0] if vectors else [])

@@ -33,6 +33,9 @@ def celery_init_app(app):
         "task_acks_late": True,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
+        # Task events let Flower show the queue live.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
     })
     celery.set_default()
     app.extensions["celery"] = celery

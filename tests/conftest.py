@@ -41,8 +41,8 @@ def engine_url(logs):
 class Stack:
     """The app served over HTTP in this process, its worker in another."""
 
-    def __init__(self, app, url, env):
-        self.app, self.url, self.env = app, url, env
+    def __init__(self, app, url, env, worker):
+        self.app, self.url, self.env, self.worker = app, url, env, worker
 
     def rows(self, session_id):
         from chatbot.store import Message, db
@@ -81,6 +81,6 @@ def stack(redis_url, engine_url, tmp_path_factory, logs):
     procs.wait_until(lambda: app.extensions["celery"].control.ping(timeout=0.5), 60, worker,
                      "celery worker")
     server, url = serve(app)
-    yield Stack(app, url, env)
+    yield Stack(app, url, env, worker)
     server.shutdown()
     procs.stop(worker)

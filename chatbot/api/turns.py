@@ -2,7 +2,7 @@
 import time
 import uuid
 
-from flask import Response, current_app, g, request
+from flask import Response, current_app, g, request, stream_with_context
 
 from chatbot import queueing, routing
 from chatbot.api import ApiError
@@ -66,7 +66,9 @@ def respond(request_id, queue, session_id, stream, wire):
         last = first if first["t"] == "done" else _last(events)
         resp = wire.failure(last["status"], last["error"]) if last["t"] == "error" else wire.whole(last)
     else:
-        resp = Response(_lines(first, events, request_id, wire), mimetype=wire.mimetype)
+        # The context stays pushed while streaming: the watchdog and a cancel on close need it.
+        resp = Response(stream_with_context(_lines(first, events, request_id, wire)),
+                        mimetype=wire.mimetype)
     resp.headers.update(headers)
     return resp
 

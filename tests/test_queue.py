@@ -1,0 +1,221 @@
+"""The queue: positions, the bound, cancellation, worker death, SSE, several hosts, Flower."""
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from chatbot import create_app, procs
+from tests.conftest import MODEL, serve
+
+BUSY = "server busy, please try again.  maximum pending requests exceeded"
+LONG = {"temperature": 0, "seed": 42, "num_predict": 400}
+SHORT = {"temperature": 0, "seed": 42, "num_predict": 2}
+ESSAY = [{"role": "user", "content": "Write a long essay about the history of the sea."}]
+
+
+def chat_body(options, session_id=None, stream=True):
+    body = {"model": MODEL, "messages": ESSAY, "options": options, "stream": stream}
+    if session_id:
+        body["session_id"] = session_id
+    return body
+
+
+class Background(threading.Thread):
+    """A request sent from another thread; keeps its response or error."""
+
+    def __init__(self, url, body, request_id=None, timeout=120):
+        super().__init__(daemon=True)
+        self.url, self.body, self.timeout = url, body, timeout
+        self.headers = {"X-Request-ID": request_id} if request_id else {}
+        self.response, self.lines = None, []
+        self.start()
+
+    def run(self):
+        with requests.post(self.url + "/api/chat", json=self.body, headers=self.headers,
+                           stream=True, timeout=self.timeout) as resp:
+            self.response = resp
+            self.lines = [json.loads(line) for line in resp.iter_lines() if line]
+
+
+def wait_for(predicate, timeout=30, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def queue_state(url):
+    return requests.get(url + "/api/queue", timeout=5).json()["queues"][0]
+
+
+def running_id(url):
+    running = queue_state(url)["running"]
+    return running and running["request_id"]
+
+
+def start_slow(stack):
+    rid = f"slow-{uuid.uuid4()}"
+    slow = Background(stack.url, chat_body(LONG), rid)
+    wait_for(lambda: running_id(stack.url) == rid, what="the slow request to run")
+    return rid, slow
+
+
+def cancel(stack, rid):
+    return requests.delete(f"{stack.url}/api/queue/{rid}", timeout=5)
+
+
+def test_positions_count_down_as_the_queue_drains(stack):
+    slow_id, slow = start_slow(stack)
+    ids = [f"wait-{i}-{uuid.uuid4()}" for i in range(3)]
+    events = requests.get(f"{stack.url}/api/events?channel={ids[2]}", stream=True, timeout=60)
+    waiting = []
+    for rid in ids:
+        waiting.append(Background(stack.url, chat_body(SHORT, stream=False), rid))
+        wait_for(lambda: rid in [w["request_id"] for w in queue_state(stack.url)["waiting"]])
+    state = queue_state(stack.url)
+    assert [(w["request_id"], w["position"]) for w in state["waiting"]] == list(zip(ids, (1, 2, 3)))
+    assert state["depth"] == 3 and state["running"]["request_id"] == slow_id
+    assert all(w["model"] == MODEL and w["age"] >= 0 for w in state["waiting"])
+    one = requests.get(f"{stack.url}/api/queue/{ids[1]}", timeout=5).json()
+    assert one["position"] == 2 and one["state"] == "queued"
+    assert cancel(stack, slow_id).status_code == 200
+    for thread in waiting:
+        thread.join(60)
+        assert thread.response.status_code == 200 and thread.lines[-1]["done"]
+    slow.join(30)
+    seen = []
+    for line in events.iter_lines(decode_unicode=True):
+        if line.startswith("event:"):
+            kind = line.split(":", 1)[1]
+        elif line.startswith("data:"):
+            seen.append((kind, line.split(":", 1)[1]))
+            if kind == "done":
+                break
+    events.close()
+    positions = [json.loads(data)["position"] for kind, data in seen if kind == "queued"]
+    assert positions[0] == 3 and positions[-1] == 1 and positions == sorted(positions, reverse=True)
+    kinds = [kind for kind, _ in seen]
+    assert kinds.index("started") > kinds.index("queued") and "token" in kinds
+
+
+def test_full_queue_answers_503_with_retry_after(stack):
+    small = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
+                        "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"], "MAX_QUEUE": 2})
+    server, url = serve(small)
+    try:
+        slow_id, slow = start_slow(stack)
+        queued = [Background(url, chat_body(SHORT, stream=False), f"q-{i}-{uuid.uuid4()}")
+                  for i in range(2)]
+        wait_for(lambda: queue_state(url)["depth"] == 2, what="two waiting")
+        refused = requests.post(url + "/api/chat", json=chat_body(SHORT, stream=False), timeout=10)
+        assert refused.status_code == 503 and refused.json() == {"error": BUSY}
+        assert int(refused.headers["Retry-After"]) > 0
+        cancel(stack, slow_id)
+        for thread in queued:
+            thread.join(60)
+            assert thread.response.status_code == 200
+        slow.join(30)
+    finally:
+        server.shutdown()
+
+
+def test_disconnected_stream_stops_the_generation(stack, engine_url):
+    sid = str(uuid.uuid4())
+    resp = requests.post(stack.url + "/api/chat", json=chat_body(LONG, sid), stream=True, timeout=60)
+    lines = resp.iter_lines()
+    next(lines), next(lines)
+    resp.close()
+    closed = time.monotonic()
+    # The engine runs one generation at a time: it answers once ours has stopped.
+    requests.post(engine_url + "/api/generate", json={"model": MODEL, "prompt": "hi",
+                                                      "options": SHORT, "stream": False}, timeout=60)
+    assert time.monotonic() - closed < 2.0
+    rows = wait_for(lambda: [r for r in stack.rows(sid) if r.role == "assistant"], what="reply row")
+    assert rows[0].status == "cancelled" and rows[0].content
+
+
+def test_disconnected_queued_request_never_reaches_the_model(stack):
+    slow_id, slow = start_slow(stack)
+    sid, rid = str(uuid.uuid4()), f"gone-{uuid.uuid4()}"
+    client = raw_request(stack.url, "/api/chat", chat_body(SHORT, sid), {"X-Request-ID": rid})
+    wait_for(lambda: requests.get(f"{stack.url}/api/queue/{rid}", timeout=5).ok)
+    client.close()  # the client gives up while still in line
+    wait_for(lambda: requests.get(f"{stack.url}/api/queue/{rid}", timeout=5).json()["state"]
+             == "cancelled", what="the queued request to be cancelled")
+    cancel(stack, slow_id)
+    slow.join(30)
+    assert queue_state(stack.url)["depth"] == 0
+    assert stack.rows(sid) == []  # never started: nothing stored, nothing generated
+
+
+def test_killed_worker_does_not_leave_the_client_hanging(stack):
+    sid = str(uuid.uuid4())
+    rid = f"doomed-{uuid.uuid4()}"
+    doomed = Background(stack.url, chat_body(LONG, sid), rid)
+    wait_for(lambda: running_id(stack.url) == rid, what="the request to run")
+    child = pool_child(stack.worker.pid)
+    os.kill(child, signal.SIGKILL)
+    killed = time.monotonic()
+    doomed.join(30)
+    assert not doomed.is_alive() and time.monotonic() - killed < 15
+    assert "error" in doomed.lines[-1]
+    assert [r.role for r in stack.rows(sid)] == ["user"]  # the question is kept
+    assert queue_state(stack.url)["running"] is None
+    # The worker replaces its child and serves the next request.
+    ok = requests.post(stack.url + "/api/chat", json=chat_body(SHORT, stream=False), timeout=60)
+    assert ok.status_code == 200
+
+
+def raw_request(url, path, body, headers):
+    """Send a request on a bare socket, so the test can hang up before any answer."""
+    host, port = url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(data)}\r\n{head}\r\n".encode() + data)
+    return sock
+
+
+def pool_child(worker_pid):
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == worker_pid:
+                return int(stat.parent.name)
+        except (OSError, ValueError):
+            continue
+    raise AssertionError("no pool child")
+
+
+def test_explicit_cancel_of_unknown_request_is_404(stack):
+    resp = cancel(stack, "no-such-request-id")
+    assert resp.status_code == 404 and "not found" in resp.json()["error"]
+
+
+def test_flower_starts_against_the_same_broker(stack, logs):
+    port = procs.free_port()
+    flower = procs.spawn([procs.bin_path("celery"), "-A", "celery_app", "flower",
+                          f"--port={port}", "--address=127.0.0.1"], env=stack.env,
+                         log=logs / "flower.log", cwd=procs.PROJECT_ROOT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        procs.wait_until(lambda: procs.http_ok(url + "/healthcheck"), 60, flower, "flower")
+        assert requests.get(url + "/healthcheck", timeout=5).text == "OK"
+
+        def flower_saw_a_task():  # the worker sends task events; Flower counts them
+            requests.post(stack.url + "/api/chat", json=chat_body(SHORT, stream=False), timeout=60)
+            return 'task="chatbot.run_request"' in requests.get(url + "/metrics", timeout=10).text
+
+        wait_for(flower_saw_a_task, timeout=30, what="flower to see our task")
+    finally:
+        procs.stop(flower)

@@ -27,7 +27,8 @@ def version():
 def _summary(model):
     registry = engine().registry
     st = model.stat()
-    return {"name": model.name, "model": model.name, "modified_at": from_timestamp(st.st_mtime),
+    return {"name": model.name, "model": model.name,
+            "modified_at": from_timestamp(model.modified_at()),
             "size": st.st_size, "digest": registry.digest(model),
             "details": details(registry.info(model))}
 
@@ -84,7 +85,7 @@ def show():
         details=details(info),
         model_info=shown,
         capabilities=["completion"] + (["tools"] if supports_tools(info) else []),
-        modified_at=from_timestamp(model.stat().st_mtime),
+        modified_at=from_timestamp(model.modified_at()),
     )
 
 
@@ -110,7 +111,7 @@ def _embed(body, struct, inputs, normalize):
             # Llama.embed cuts each input at n_batch, which we made equal to n_ctx.
             vectors, count = llm.embed(inputs, normalize=normalize, truncate=True,
                                        return_count=True)
-        eng.registry.touch(model.name, keep_alive)
+        eng.registry.touch(model, keep_alive)
     return name, vectors, count, load_ns, time.perf_counter_ns() - received
 
 

@@ -83,7 +83,7 @@ class Run:
         if self._locked:
             self._locked = False
             try:
-                self.engine.registry.touch(self.model.name, self.keep_alive)
+                self.engine.registry.touch(self.model, self.keep_alive)
             finally:
                 self.engine.lock.release()
 
@@ -126,11 +126,11 @@ def _load_only(kind, name, model, keep_alive, stream, options):
     num_ctx, num_thread = generation.load_options(options)
     with eng.lock:
         if keep_alive == 0:
-            eng.registry.unload(model.name)
+            eng.registry.unload(model)
             reason = "unload"
         else:
             eng.registry.load_chat(model, num_ctx, num_thread)
-            eng.registry.touch(model.name, keep_alive)
+            eng.registry.touch(model, keep_alive)
             reason = "load"
     chunk = final_chunk(kind, name, "", {"done_reason": reason})
     if stream:

@@ -1,12 +1,13 @@
-"""The models the engine serves: GGUF files, their metadata and digests, loaded Llamas.
+"""The models the engine serves: GGUF files, their names and digests, loaded Llamas.
+
+A name is the bundled model, a GGUF in CHATBOT_ENGINE_MODELS (name = file stem), or a copy
+made by /api/copy or /api/create (see store.py); /api/delete forgets names. Loaded Llamas
+are kept per file, as Ollama keeps one runner per blob: a copy shares its source's instance.
 
 Loading and unloading are not thread-safe on purpose: the server calls them only while it
 holds the engine lock, the same lock that serialises generation.
 """
-import hashlib
-import json
 import os
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from .gguf import read_gguf
 from .ollama_format import expires_at
+from .store import DigestCache, NameStore, canonical, display_name, file_signature
 
 DEFAULT_NAME = "smollm2:135m"
 CTX_CAP = 8192  # trained contexts of 128k would allocate gigabytes of KV cache
@@ -31,12 +33,6 @@ def default_model_path():
     return found[0] if found else None
 
 
-def canonical(name):
-    """Ollama's name matching: case-insensitive, a missing tag means ":latest"."""
-    name = name.strip().lower()
-    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
-
-
 def default_threads():
     # llama-cpp-python defaults to half the cores; like Ollama, use every core we may run on.
     try:
@@ -49,82 +45,121 @@ def default_threads():
 class ModelFile:
     name: str
     path: Path
+    copied_at: float = None  # set for names made by /api/copy or /api/create
 
     def stat(self):
         return self.path.stat()
 
+    def modified_at(self):
+        """A copy's creation time (Ollama lists a manifest's mtime), else the file's mtime."""
+        return self.copied_at if self.copied_at is not None else self.stat().st_mtime
+
 
 @dataclass
 class Loaded:
-    model: ModelFile
+    model: ModelFile  # the name it was last used under: what /api/ps shows
     llm: object
     n_ctx: int
     threads: int
     expires_at: datetime
 
 
-class DigestCache:
-    """sha256 of model files, remembered on disk by path + mtime + size (hashing costs ~0.3 s)."""
-
-    def __init__(self, path=None):
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        self.path = Path(path) if path else base / "chatbot" / "engine-digests.json"
-        self._lock = threading.Lock()
-        self._entries = None
-
-    def _load(self):
-        if self._entries is None:
-            try:
-                self._entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self._entries = {}
-        return self._entries
-
-    def digest(self, path):
-        path = Path(path).resolve()
-        st = path.stat()
-        signature = [st.st_mtime_ns, st.st_size]
-        with self._lock:
-            entry = self._load().get(str(path))
-            if entry and entry.get("signature") == signature:
-                return entry["sha256"]
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        with self._lock:
-            self._entries[str(path)] = {"signature": signature, "sha256": h.hexdigest()}
-            try:  # best effort: a read-only home only costs a re-hash next start
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(self._entries))
-                os.replace(tmp, self.path)
-            except OSError:
-                pass
-        return h.hexdigest()
+def _key(model):
+    """Loaded instances are kept per file path; a ModelFile or a key may be passed."""
+    return model if isinstance(model, str) else str(model.path)
 
 
 class Registry:
-    def __init__(self, models_dir=None, default_path=None, digests=None):
+    def __init__(self, models_dir=None, default_path=None, digests=None, names=None):
         self.models_dir = models_dir or os.environ.get("CHATBOT_ENGINE_MODELS") or None
         self.default_path = default_path or default_model_path()
         self.threads = int(os.environ.get("CHATBOT_ENGINE_THREADS") or 0) or default_threads()
         self.digests = digests or DigestCache()
+        self.names = names or NameStore()
+        self.hidden = set()  # canonical names of the bundled model deleted in this process
         self._infos = {}
-        self.chat = {}  # name -> Loaded
-        self.embed = {}  # name -> Loaded
+        self.chat = {}  # file path -> Loaded
+        self.embed = {}  # file path -> Loaded
 
-    # -- files -----------------------------------------------------------------
-    def files(self):
-        """Rescanned on every call so that a GGUF dropped into the folder shows up at once."""
+    # -- names -------------------------------------------------------------------
+    def base_files(self):
+        """The bundled model and the folder's GGUFs, before copies and deletions."""
         found = [ModelFile(DEFAULT_NAME, Path(self.default_path))] if self.default_path else []
         if self.models_dir and Path(self.models_dir).is_dir():
-            found += [ModelFile(p.stem, p) for p in sorted(Path(self.models_dir).glob("*.gguf"))]
+            folder = Path(os.path.abspath(self.models_dir))
+            found += [ModelFile(p.stem, p) for p in sorted(folder.glob("*.gguf"))]
         return found
+
+    def _is_bundled(self, model):
+        return self.default_path is not None and model.path == Path(self.default_path)
+
+    def files(self):
+        """Every name served. Rescanned on every call so that a GGUF dropped into the folder,
+        or a name made by another engine sharing the cache dir, shows up at once."""
+        names = self.names.snapshot()
+        found, taken = [], set(names["copies"])
+        for model in self.base_files():
+            key = canonical(model.name)
+            if key in taken or self._deleted(names, key, model):
+                continue
+            taken.add(key)
+            found.append(model)
+        for entry in names["copies"].values():
+            path = Path(entry["path"])
+            if entry["bundled"] and self.default_path:  # survives a reinstall of the wheel
+                path = Path(self.default_path)
+            if path.is_file():
+                found.append(ModelFile(entry["name"], path, entry["modified_at"]))
+        return found
+
+    def _deleted(self, names, key, model):
+        if self._is_bundled(model):
+            return key in self.hidden
+        entry = names["deleted"].get(key)
+        try:  # a folder model stays deleted until its file is replaced
+            return bool(entry) and entry["path"] == str(model.path) and \
+                entry["signature"] == file_signature(model.path)
+        except OSError:
+            return False
 
     def resolve(self, name):
         want = canonical(name)
         return next((m for m in self.files() if canonical(m.name) == want), None)
+
+    def by_digest(self, sha256):
+        """A served model whose file has this sha256 (hex), or None."""
+        for model in self.files():
+            try:
+                if self.digest(model) == sha256:
+                    return model
+            except OSError:
+                continue
+        return None
+
+    def copy(self, model, destination):
+        """Make `destination` another name for `model`'s file (replacing what it named)."""
+        name = display_name(destination)
+        if canonical(name) == canonical(model.name):
+            return
+        entry = {"name": name, "path": str(model.path), "bundled": self._is_bundled(model),
+                 "modified_at": time.time()}
+        with self.names.edit() as names:
+            names["copies"][canonical(name)] = entry
+
+    def delete(self, model):
+        """Forget the name (never the file). The bundled model is only hidden in this process;
+        a folder model stays hidden, across restarts, until its file changes."""
+        key = canonical(model.name)
+        bases = [b for b in self.base_files() if canonical(b.name) == key]
+        if any(self._is_bundled(b) for b in bases):
+            self.hidden.add(key)
+        folder = [b for b in bases if not self._is_bundled(b)]
+        if folder or key in self.names.snapshot()["copies"]:
+            with self.names.edit() as names:
+                names["copies"].pop(key, None)
+                for base in folder:
+                    names["deleted"][key] = {"path": str(base.path),
+                                             "signature": file_signature(base.path)}
 
     def info(self, model):
         st = model.stat()
@@ -141,23 +176,25 @@ class Registry:
         """The generation Llama for `model`; reloaded when num_ctx or num_thread change."""
         n_ctx = int(num_ctx) if num_ctx else min(self.info(model).context_length, CTX_CAP)
         threads = int(num_thread) if num_thread else self.threads
-        current = self.chat.get(model.name)
+        current = self.chat.get(_key(model))
         if current and (current.n_ctx, current.threads) == (n_ctx, threads):
+            current.model = model
             return current.llm, 0
-        self.unload(model.name, embed=False)
+        self.unload(model, embed=False)
         started = time.perf_counter_ns()
         llm = _llama(model.path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads)
-        self.chat[model.name] = Loaded(model, llm, n_ctx, threads, expires_at(None))
+        self.chat[_key(model)] = Loaded(model, llm, n_ctx, threads, expires_at(None))
         return llm, time.perf_counter_ns() - started
 
     def load_embed(self, model, num_ctx=None):
         """The embedding Llama for `model` (a separate context: embedding=True, pooled)."""
         info = self.info(model)
         n_ctx = int(num_ctx) if num_ctx else min(info.context_length, EMBED_CTX_CAP)
-        current = self.embed.get(model.name)
+        current = self.embed.get(_key(model))
         if current and current.n_ctx == n_ctx:
+            current.model = model
             return current.llm, 0
-        self.unload(model.name, chat=False)
+        self.unload(model, chat=False)
         import llama_cpp
 
         # Decoder LLMs carry no pooling type; Ollama then takes the last token's embedding.
@@ -166,41 +203,48 @@ class Registry:
         started = time.perf_counter_ns()
         llm = _llama(model.path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, embedding=True,
                      pooling_type=pooling, n_threads=self.threads, n_threads_batch=self.threads)
-        self.embed[model.name] = Loaded(model, llm, n_ctx, self.threads, expires_at(None))
+        self.embed[_key(model)] = Loaded(model, llm, n_ctx, self.threads, expires_at(None))
         return llm, time.perf_counter_ns() - started
 
-    def touch(self, name, keep_alive):
+    def touch(self, model, keep_alive):
         """Set when the model expires; keep_alive is seconds or None (forever)."""
         for table in (self.chat, self.embed):
-            if name in table:
-                table[name].expires_at = expires_at(keep_alive)
+            if _key(model) in table:
+                table[_key(model)].expires_at = expires_at(keep_alive)
         if keep_alive == 0:
-            self.unload(name)
+            self.unload(model)
 
-    def unload(self, name, chat=True, embed=True):
+    def unload(self, model, chat=True, embed=True):
         for wanted, table in ((chat, self.chat), (embed, self.embed)):
-            loaded = table.pop(name, None) if wanted else None
+            loaded = table.pop(_key(model), None) if wanted else None
             if loaded:
                 loaded.llm.close()
 
     def sweep(self):
+        """Unload what expired or what no name refers to anymore (after /api/delete); a
+        loaded model whose name was deleted is shown under another name of its file."""
         now = datetime.now(timezone.utc)
+        names = {}
+        for model in self.files():
+            names.setdefault(_key(model), {})[canonical(model.name)] = model
         for table in (self.chat, self.embed):
-            for name, loaded in list(table.items()):
-                if loaded.expires_at <= now:
-                    self.unload(name)
+            for key, loaded in list(table.items()):
+                if loaded.expires_at <= now or key not in names:
+                    self.unload(key)
+                elif canonical(loaded.model.name) not in names[key]:
+                    loaded.model = next(iter(names[key].values()))
 
     def running(self):
-        """Loaded models, one entry per name (the chat instance wins over the embedder)."""
+        """Loaded models, one entry per file (the chat instance wins over the embedder)."""
         seen = {}
         for table in (self.embed, self.chat):
-            for name, loaded in list(table.items()):
-                seen[name] = loaded
+            for key, loaded in list(table.items()):
+                seen[key] = loaded
         return list(seen.values())
 
     def close(self):
-        for name in {*self.chat, *self.embed}:
-            self.unload(name)
+        for key in {*self.chat, *self.embed}:
+            self.unload(key)
 
 
 def _llama(path, **kwargs):

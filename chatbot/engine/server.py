@@ -25,7 +25,7 @@ class Engine:
 
 
 def create_engine_app(models_dir=None):
-    from . import api, completions
+    from . import api, completions, manage
 
     app = Flask(__name__)
     app.json.sort_keys = False  # keep Ollama's field order; some people diff responses
@@ -33,6 +33,7 @@ def create_engine_app(models_dir=None):
     app.extensions["chatbot_engine"] = Engine(Registry(models_dir))
     app.register_blueprint(api.bp)
     app.register_blueprint(completions.bp)
+    app.register_blueprint(manage.bp)
 
     # Clients parse every error body as JSON: never let Flask render an HTML page.
     @app.errorhandler(ApiError)

@@ -11,7 +11,9 @@ def create_app(config=None):
     app = Flask(__name__, instance_relative_config=True)
     app.config.update(settings.load(app.instance_path))
     app.config.update(config or {})
-    if "OLLAMA_HOST" in (config or {}):  # a test or caller naming one host
+    if "OLLAMA_HOSTS" in (config or {}):
+        app.config["OLLAMA_HOSTS"] = [settings.normalize_host(h) for h in config["OLLAMA_HOSTS"]]
+    elif "OLLAMA_HOST" in (config or {}):  # a test or caller naming one host
         app.config["OLLAMA_HOSTS"] = [settings.normalize_host(config["OLLAMA_HOST"])]
     os.makedirs(app.instance_path, exist_ok=True)
     store.init_app(app)

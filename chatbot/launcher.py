@@ -30,17 +30,22 @@ def up(host, port, engine_port):
             sys.exit(f"REDIS_URL={redis_url} does not answer")
         env["REDIS_URL"] = redis_url
 
+        hosts = [normalize_host(h) for h in os.environ.get("OLLAMA_HOSTS", "").split(",") if h.strip()]
         ollama = normalize_host(os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"))
-        if not procs.http_ok(ollama + "/api/version"):
+        if hosts:  # several upstreams: each gets its own queue and worker, no bundled engine
+            env["OLLAMA_HOSTS"], ollama = ",".join(hosts), ", ".join(hosts)
+        elif not procs.http_ok(ollama + "/api/version"):
             print(f"no Ollama at {ollama}: starting the bundled engine ({ENGINE_MODEL})", flush=True)
             proc, ollama = procs.start_engine(engine_port)
             children.append(("engine", proc))
             env.setdefault("DEFAULT_MODEL", os.environ.get("DEFAULT_MODEL") or ENGINE_MODEL)
-        env["OLLAMA_HOST"] = ollama
+        if not hosts:
+            env["OLLAMA_HOST"] = ollama
         os.environ.update(env)
 
         _migrate()
-        children.append(("worker", procs.start_worker(env)))
+        for queue in _queues(len(hosts) or 1):
+            children.append((f"worker {queue}", procs.start_worker(env, queues=queue)))
         web = procs.spawn([sys.executable, "-m", "chatbot.launcher", "web", "--host", host,
                            "--port", str(port)], env=env)
         children.append(("web", web))
@@ -61,6 +66,12 @@ def up(host, port, engine_port):
     finally:
         for _, proc in reversed(children):
             procs.stop(proc)
+
+
+def _queues(count):
+    from chatbot.routing import queue_name
+
+    return [queue_name(i, count) for i in range(count)]
 
 
 def _migrate():

@@ -30,6 +30,14 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 
+def connect(redis_url, max_connections=64):
+    """A client whose threads queue for a connection rather than fail when hundreds of
+    requests touch Redis at once."""
+    pool = redis.BlockingConnectionPool.from_url(redis_url, max_connections=max_connections,
+                                                 timeout=30)
+    return redis.Redis(connection_pool=pool)
+
+
 def sse(pipe, channel, type_, data):
     """Queue a flask-sse notice on `pipe` (flask-sse itself opens a connection per publish)."""
     pipe.publish(channel, json.dumps(Message(data, type=type_).to_dict()))
@@ -37,7 +45,7 @@ def sse(pipe, channel, type_, data):
 
 class Queueing:
     def __init__(self, redis_url, max_queue):
-        self.redis = redis.Redis.from_url(redis_url)
+        self.redis = connect(redis_url)
         self.max_queue = max_queue
         self._admit = self.redis.register_script(ADMIT)
 
@@ -92,11 +100,14 @@ class Queueing:
         return self.redis.get(RUNNING.format(queue)) == request_id.encode()
 
     def announce(self, queue):
-        """Tell every waiting request its (new) position, and the queue channel the depth."""
+        """Tell every waiting request that listens its (new) position, and the queue channel
+        the depth. Only listeners: a mass hang-up must not cost a publish per pair."""
         waiting = self.redis.zrange(WAITING.format(queue), 0, -1)
+        listening = dict(self.redis.pubsub_numsub(*waiting)) if waiting else {}
         pipe = self.redis.pipeline(transaction=False)
         for position, request_id in enumerate(waiting, 1):
-            sse(pipe, request_id.decode(), "queued", {"position": position})
+            if listening.get(request_id):
+                sse(pipe, request_id.decode(), "queued", {"position": position})
         sse(pipe, QUEUE_CHANNEL, "depth", {"queue": queue, "waiting": len(waiting)})
         pipe.execute()
 

@@ -1,5 +1,4 @@
 """A chat or generate request's life on the web side: queue it, then answer from its events."""
-import time
 import uuid
 
 from flask import Response, current_app, g, request, stream_with_context
@@ -36,17 +35,12 @@ def submit(kind, model, messages, upstream_body, session_id):
 def watchdog(request_id, queue):
     """A relay check: ends the wait when the client left or the worker running us died."""
     sock, line = client_socket(request.environ), queueing.get()
-    state = {"next": time.monotonic() + CHECK_EVERY}
 
-    def check():
-        now = time.monotonic()
-        if now < state["next"]:
-            return None
-        state["next"] = now + CHECK_EVERY
+    def check(started):
         if client_gone(sock):
             cancel_request(request_id)
             return {"t": "error", "status": 499, "error": "client disconnected"}
-        if line.info(request_id).get("state") == "running" and not line.is_running(request_id, queue):
+        if started and not line.is_running(request_id, queue):
             line.finish(request_id, queue, "lost")
             return {"t": "error", "status": 500, "error": "the worker running this request died"}
         return None
@@ -57,7 +51,8 @@ def watchdog(request_id, queue):
 def respond(request_id, queue, session_id, stream, wire):
     """Wait for the first reply event, so that an upstream error still sets the HTTP status,
     then stream (or answer once with the whole reply)."""
-    events = current_app.extensions["relay"].events(request_id, check=watchdog(request_id, queue))
+    events = current_app.extensions["relay"].events(request_id, check=watchdog(request_id, queue),
+                                                    every=CHECK_EVERY)
     headers = {"X-Session-ID": session_id, "X-Request-ID": request_id}
     first = _first_reply_event(events, request_id)
     if first["t"] == "error":

@@ -5,7 +5,8 @@ from flask import Flask
 
 
 def create_app(config=None):
-    from chatbot import api, config as settings, queueing, relay, store, tasks
+    from chatbot import api, config as settings, metrics, queueing, relay, store, tasks
+    from chatbot.flow.window import Calibration, Windows
     from chatbot.routing import Router
 
     app = Flask(__name__, instance_relative_config=True)
@@ -19,6 +20,9 @@ def create_app(config=None):
     store.init_app(app)
     relay.init_app(app)
     queueing.init_app(app)
+    metrics.init_app(app)
+    app.extensions["windows"] = Windows()
+    app.extensions["calibration"] = Calibration(app.extensions["queueing"].redis)
     router = Router(app.config["OLLAMA_HOSTS"], app.config["UPSTREAM_CONNECT_TIMEOUT"],
                     app.config["UPSTREAM_READ_TIMEOUT"], app.extensions["queueing"])
     app.extensions["router"] = router

@@ -74,10 +74,13 @@ def run_request(job):
     emit({"t": "started"})
     heartbeat = Heartbeat(line, request_id, queue)
     heartbeat.start()
+    ext = current_app.extensions
     shared = {
         "job": job, "emit": emit, "started_at": utcnow(),
         "cancelled": line.cancel_probe(request_id),
-        "upstream": current_app.extensions["router"].upstream(job.get("host")),
+        "upstream": ext["router"].upstream(job.get("host")),
+        "windows": ext["windows"], "calibration": ext["calibration"], "metrics": ext["metrics"],
+        "reserve": current_app.config["CONTEXT_REPLY_RESERVE"],
     }
     try:
         create_chat_flow().run(shared)

@@ -1,10 +1,12 @@
 """The chat flow the worker runs for every chat and generate request, streamed or not."""
 from pocketflow import Flow
 
-from chatbot.flow.nodes import BuildContext, CallUpstream, Finish, LoadSession, StoreReply, StoreRequest
+from chatbot.flow.nodes import (BuildContext, Calibrate, CallUpstream, Finish, LoadSession,
+                                SizeWindow, StoreReply, StoreRequest)
 
 
 def create_chat_flow():
-    load = LoadSession()
-    load >> BuildContext() >> StoreRequest() >> CallUpstream() >> StoreReply() >> Finish()
+    load, build, finish = LoadSession(), BuildContext(), Finish()
+    load >> SizeWindow() >> build >> StoreRequest() >> CallUpstream() >> StoreReply() >> Calibrate() >> finish
+    build - "too_long" >> finish  # nothing stored, nothing sent: the client gets a 400
     return Flow(start=load)

@@ -1,7 +1,8 @@
 """Sessions and messages: the SQLAlchemy models and the functions that read and write them."""
 from chatbot.store.models import db, ChatSession, Message  # noqa: F401
 from chatbot.store.sessions import (  # noqa: F401
-    open_session, load_thread, append_messages, thread_length,
+    append_messages, chain, leading_system, load_thread, newest_first, open_session,
+    note_truncation, thread_length, thread_tail,
 )
 
 

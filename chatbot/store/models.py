@@ -36,6 +36,11 @@ class Message(db.Model):
     tokens = db.Column(db.Integer, nullable=False, default=0)
     # ok | cancelled | failed: only ok messages are replayed to the model.
     status = db.Column(db.String(16), nullable=False, default="ok")
+    # Position in the model's thread (ok messages only) and a hash chained over the thread's
+    # (role, content) pairs: the newest row alone tells whether a resent conversation starts
+    # with the stored one, so no turn ever needs the whole history.
+    seq = db.Column(db.Integer)
+    chain = db.Column(db.String(64))
     request_id = db.Column(db.String(36))
     started_at = db.Column(db.DateTime)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)

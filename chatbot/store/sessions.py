@@ -1,7 +1,16 @@
-"""Reading and appending to sessions. Appends are inserts: a turn never rewrites history."""
+"""Reading and appending to sessions. Appends are inserts: a turn never rewrites history, and
+nothing here reads a whole thread, so a turn costs the same at message 10,000 as at 10."""
+import hashlib
+
 from chatbot.store.models import ChatSession, Message, db, utcnow
 
 MESSAGE_FIELDS = ("images", "tool_calls", "thinking", "tool_name")
+PAGE = 256
+
+
+def chain(previous, role, content):
+    """The thread's hash after one more (role, content)."""
+    return hashlib.sha256(f"{previous}\0{role}\0{content or ''}".encode()).hexdigest()
 
 
 def open_session(session_id):
@@ -16,8 +25,56 @@ def open_session(session_id):
     return session
 
 
+def note_truncation(session_id, model, dropped):
+    """Record in the session's metadata that its context was cut."""
+    session = db.session.get(ChatSession, session_id)
+    meta = dict(session.meta or {})
+    meta["truncations"] = meta.get("truncations", 0) + 1
+    meta["last_truncation"] = {"model": model, "dropped": dropped, "at": utcnow().isoformat() + "Z"}
+    session.meta = meta
+    db.session.commit()
+
+
+def thread_tail(session_id, model):
+    """(seq, chain) of the thread's newest ok message; (0, "") for an empty thread."""
+    row = db.session.execute(
+        db.select(Message.seq, Message.chain)
+        .where(Message.session_id == session_id, Message.model == model, Message.seq.is_not(None))
+        .order_by(Message.id.desc()).limit(1)
+    ).first()
+    return (row.seq, row.chain) if row else (0, "")
+
+
+def leading_system(session_id, model, limit=2):
+    """The thread's first system messages (kept whatever else is truncated)."""
+    rows = db.session.execute(
+        db.select(Message).where(Message.session_id == session_id, Message.model == model,
+                                 Message.seq.is_not(None), Message.role == "system")
+        .order_by(Message.id).limit(limit)
+    ).scalars()
+    return [row.as_chat() | {"tokens": row.tokens, "seq": row.seq} for row in rows]
+
+
+def newest_first(session_id, model):
+    """The thread's ok messages from the newest back, fetched a page at a time."""
+    before = None
+    while True:
+        query = (db.select(Message)
+                 .where(Message.session_id == session_id, Message.model == model,
+                        Message.seq.is_not(None))
+                 .order_by(Message.id.desc()).limit(PAGE))
+        if before is not None:
+            query = query.where(Message.id < before)
+        rows = db.session.execute(query).scalars().all()
+        for row in rows:
+            yield row.as_chat() | {"tokens": row.tokens, "seq": row.seq}
+        if len(rows) < PAGE:
+            return
+        before = rows[-1].id
+
+
 def load_thread(session_id, model):
-    """The messages of one model's thread that the model should see again."""
+    """The whole thread, oldest first (admin and export only, never on the request path)."""
     rows = db.session.execute(
         db.select(Message).where(Message.session_id == session_id, Message.model == model,
                                  Message.status == "ok").order_by(Message.id)
@@ -33,13 +90,17 @@ def thread_length(session_id, model=None):
 
 
 def append_messages(session_id, model, messages, request_id, status="ok", started_at=None):
-    """Insert messages ({role, content, tokens, ...}) at the end of the thread."""
+    """Insert messages ({role, content, tokens, ...}) at the end of the thread. Only ok
+    messages join the thread (seq and chain); cancelled or failed replies are kept aside."""
+    seq, last = thread_tail(session_id, model) if status == "ok" else (None, None)
     for message in messages:
         extra = {k: message[k] for k in MESSAGE_FIELDS if message.get(k)}
+        if status == "ok":
+            seq, last = seq + 1, chain(last, message["role"], message.get("content"))
         db.session.add(Message(
             session_id=session_id, model=model, role=message["role"],
             content=message.get("content") or "", extra=extra or None,
             tokens=message.get("tokens", 0), status=status, request_id=request_id,
-            started_at=started_at,
+            started_at=started_at, seq=seq, chain=last,
         ))
     db.session.commit()

@@ -66,9 +66,15 @@ def fit(system, newest_first, new, budget, stored):
         kept.append(message)
     dropped = stored - len(system) - len(kept)
     context = list(system)
-    if dropped > 0:
-        note = {"role": "system", "content": NOTE.format(dropped=dropped, s="" if dropped == 1 else "s")}
-        note["tokens"] = count_tokens(note)
+    if dropped > 0:  # make room for the note, dropping more of the oldest if need be
+        note = {"role": "system", "content": ""}
+        while True:
+            note["content"] = NOTE.format(dropped=dropped, s="" if dropped == 1 else "s")
+            note["tokens"] = count_tokens(note)
+            if used + cost(note) <= budget or not kept:
+                break
+            used -= cost(kept.pop())
+            dropped += 1
         used += cost(note)
         context.append(note)
     return context + kept[::-1] + list(new), used, max(dropped, 0)

@@ -33,7 +33,7 @@ class LoadSession(Node):
 
     def exec(self, prep_res):
         session_id, model, kind = prep_res
-        store.open_session(session_id)
+        store.open_session(session_id, commit=False)
         if kind != "chat":  # generate is single-turn: its turns are stored, history not replayed
             return (0, ""), []
         return store.thread_tail(session_id, model), store.leading_system(session_id, model)
@@ -100,10 +100,8 @@ class StoreRequest(Node):
 
     def exec(self, prep_res):
         session_id, model, new, request_id, dropped = prep_res
-        if new:
-            store.append_messages(session_id, model, new, request_id)
-        if dropped:
-            store.note_truncation(session_id, model, dropped)
+        # Always commits: the session's last use counts even for a load or a pure resend.
+        store.append_messages(session_id, model, new, request_id, truncated=dropped)
 
     def post(self, shared, prep_res, exec_res):
         if shared["dropped"]:

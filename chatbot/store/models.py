@@ -23,7 +23,12 @@ class ChatSession(db.Model):
 
 class Message(db.Model):
     __tablename__ = "messages"
-    __table_args__ = (db.Index("ix_messages_thread", "session_id", "model", "id"),)
+    __table_args__ = (
+        db.Index("ix_messages_thread", "session_id", "model", "id"),
+        # Finds a thread's system messages without scanning the thread.
+        db.Index("ix_messages_system", "session_id", "model", "id",
+                 sqlite_where=db.text("role = 'system'"), postgresql_where=db.text("role = 'system'")),
+    )
 
     id = db.Column(db.Integer, primary_key=True, autoincrement=True)
     session_id = db.Column(db.String(36), db.ForeignKey("sessions.id", ondelete="CASCADE"),

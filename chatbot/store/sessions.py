@@ -5,7 +5,6 @@ import hashlib
 from chatbot.store.models import ChatSession, Message, db, utcnow
 
 MESSAGE_FIELDS = ("images", "tool_calls", "thinking", "tool_name")
-PAGE = 256
 
 
 def chain(previous, role, content):
@@ -13,26 +12,29 @@ def chain(previous, role, content):
     return hashlib.sha256(f"{previous}\0{role}\0{content or ''}".encode()).hexdigest()
 
 
-def open_session(session_id):
-    """Get or create the session and mark it used (an archived session comes back)."""
+def open_session(session_id, commit=True):
+    """Get or create the session and mark it used (an archived session comes back).
+    The request path passes commit=False: the turn's first append commits it all at once."""
     session = db.session.get(ChatSession, session_id)
     if session is None:
         session = ChatSession(id=session_id, meta={})
         db.session.add(session)
     session.last_access = utcnow()
     session.archived = False
-    db.session.commit()
+    if commit:
+        db.session.commit()
+    else:
+        db.session.flush()
     return session
 
 
 def note_truncation(session_id, model, dropped):
-    """Record in the session's metadata that its context was cut."""
+    """Record in the session's metadata that its context was cut (committed with the turn)."""
     session = db.session.get(ChatSession, session_id)
     meta = dict(session.meta or {})
     meta["truncations"] = meta.get("truncations", 0) + 1
     meta["last_truncation"] = {"model": model, "dropped": dropped, "at": utcnow().isoformat() + "Z"}
     session.meta = meta
-    db.session.commit()
 
 
 def thread_tail(session_id, model):
@@ -55,22 +57,25 @@ def leading_system(session_id, model, limit=2):
     return [row.as_chat() | {"tokens": row.tokens, "seq": row.seq} for row in rows]
 
 
-def newest_first(session_id, model):
-    """The thread's ok messages from the newest back, fetched a page at a time."""
-    before = None
+def newest_first(session_id, model, first_page=32):
+    """The thread's ok messages from the newest back, fetched in growing pages (a context
+    usually needs a few dozen, so a turn reads about what it sends)."""
+    columns = (Message.id, Message.role, Message.content, Message.extra, Message.tokens, Message.seq)
+    before, page = None, first_page
     while True:
-        query = (db.select(Message)
+        query = (db.select(*columns)
                  .where(Message.session_id == session_id, Message.model == model,
                         Message.seq.is_not(None))
-                 .order_by(Message.id.desc()).limit(PAGE))
+                 .order_by(Message.id.desc()).limit(page))
         if before is not None:
             query = query.where(Message.id < before)
-        rows = db.session.execute(query).scalars().all()
+        rows = db.session.execute(query).all()
         for row in rows:
-            yield row.as_chat() | {"tokens": row.tokens, "seq": row.seq}
-        if len(rows) < PAGE:
+            yield {"role": row.role, "content": row.content, **(row.extra or {}),
+                   "tokens": row.tokens, "seq": row.seq}
+        if len(rows) < page:
             return
-        before = rows[-1].id
+        before, page = rows[-1].id, page * 2
 
 
 def load_thread(session_id, model):
@@ -89,9 +94,14 @@ def thread_length(session_id, model=None):
     return db.session.execute(query).scalar_one()
 
 
-def append_messages(session_id, model, messages, request_id, status="ok", started_at=None):
-    """Insert messages ({role, content, tokens, ...}) at the end of the thread. Only ok
-    messages join the thread (seq and chain); cancelled or failed replies are kept aside."""
+def append_messages(session_id, model, messages, request_id, status="ok", started_at=None,
+                    truncated=0):
+    """Insert messages ({role, content, tokens, ...}) at the end of the thread, in one commit
+    with the session's pending changes. Only ok messages join the thread (seq and chain);
+    cancelled or failed replies are kept aside. `truncated`: messages this turn's context left
+    out, noted in the session's metadata."""
+    if truncated:
+        note_truncation(session_id, model, truncated)
     seq, last = thread_tail(session_id, model) if status == "ok" else (None, None)
     for message in messages:
         extra = {k: message[k] for k in MESSAGE_FIELDS if message.get(k)}

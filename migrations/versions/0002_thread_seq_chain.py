@@ -1,4 +1,4 @@
-"""thread position and chained hash on messages
+"""thread position and chained hash on messages; index of system messages
 
 Revision ID: 0002
 Revises: 0001
@@ -18,6 +18,9 @@ def upgrade():
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.add_column(sa.Column("seq", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("chain", sa.String(length=64), nullable=True))
+    op.create_index("ix_messages_system", "messages", ["session_id", "model", "id"],
+                    sqlite_where=sa.text("role = 'system'"),
+                    postgresql_where=sa.text("role = 'system'"))
     # Number and chain the ok messages already stored, thread by thread.
     conn = op.get_bind()
     rows = conn.execute(sa.text(
@@ -34,6 +37,7 @@ def upgrade():
 
 
 def downgrade():
+    op.drop_index("ix_messages_system", table_name="messages")
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_column("chain")
         batch_op.drop_column("seq")

@@ -5,7 +5,7 @@ from flask import Flask
 
 
 def create_app(config=None):
-    from chatbot import api, config as settings, metrics, queueing, relay, store, tasks
+    from chatbot import api, cli, config as settings, logs, metrics, queueing, relay, store, tasks
     from chatbot.flow.window import Calibration, Windows
     from chatbot.routing import Router
 
@@ -17,6 +17,7 @@ def create_app(config=None):
     elif "OLLAMA_HOST" in (config or {}):  # a test or caller naming one host
         app.config["OLLAMA_HOSTS"] = [settings.normalize_host(config["OLLAMA_HOST"])]
     os.makedirs(app.instance_path, exist_ok=True)
+    logs.init_app(app)
     store.init_app(app)
     relay.init_app(app)
     queueing.init_app(app)
@@ -24,9 +25,11 @@ def create_app(config=None):
     app.extensions["windows"] = Windows()
     app.extensions["calibration"] = Calibration(app.extensions["queueing"].redis)
     router = Router(app.config["OLLAMA_HOSTS"], app.config["UPSTREAM_CONNECT_TIMEOUT"],
-                    app.config["UPSTREAM_READ_TIMEOUT"], app.extensions["queueing"])
+                    app.config["UPSTREAM_READ_TIMEOUT"], app.extensions["queueing"],
+                    app.config["UPSTREAM_RETRIES"])
     app.extensions["router"] = router
     app.extensions["upstream"] = router.upstream()  # model management and listings
     tasks.celery_init_app(app)
     api.init_app(app)
+    cli.init_app(app)  # `flask sessions ...`
     return app

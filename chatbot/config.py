@@ -32,6 +32,8 @@ def load(instance_path):
         "UPSTREAM_READ_TIMEOUT": _float("UPSTREAM_READ_TIMEOUT", 300.0),
         "RELAY_TTL_SECONDS": _int("RELAY_TTL_SECONDS", 3600),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+        "LOG_FORMAT": os.environ.get("LOG_FORMAT", "json"),
+        "UPSTREAM_RETRIES": _int("UPSTREAM_RETRIES", 2),
     }
 
 

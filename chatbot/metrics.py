@@ -76,3 +76,42 @@ def init_app(app):
     from chatbot.queueing import connect
 
     app.extensions["metrics"] = Metrics(connect(app.config["REDIS_URL"]))
+
+
+def _labels(labels):
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())) + "}" if labels else ""
+
+
+def _escape(value):
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value):
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def render(metrics, gauges):
+    """Prometheus text format: the stored counters and histograms, then `gauges`
+    ({name: (help, [(labels, value)])}) read fresh by the caller."""
+    pipe = metrics.redis.pipeline(transaction=False)
+    for name in METRICS:
+        pipe.hgetall(PREFIX + name)
+    lines = []
+    for (name, (kind, help_text, buckets)), stored in zip(METRICS.items(), pipe.execute()):
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        fields = {k.decode(): float(v) for k, v in stored.items()}
+        if kind == "counter":
+            for field, value in sorted(fields.items()):
+                lines.append(f"{name}{_labels(json.loads(field))} {_number(value)}")
+            continue
+        for field in sorted({f.rsplit("|", 1)[0] for f in fields}):
+            labels, running = json.loads(field), 0
+            for bound in [str(b) for b in buckets] + ["+Inf"]:
+                running += fields.get(f"{field}|{bound}", 0)
+                lines.append(f"{name}_bucket{_labels({**labels, 'le': bound})} {_number(running)}")
+            lines.append(f"{name}_sum{_labels(labels)} {_number(fields.get(field + '|sum', 0))}")
+            lines.append(f"{name}_count{_labels(labels)} {_number(running)}")
+    for name, (help_text, samples) in gauges.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [f"{name}{_labels(labels)} {_number(value)}" for labels, value in samples]
+    return "\n".join(lines) + "\n"

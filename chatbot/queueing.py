@@ -65,16 +65,19 @@ class Queueing:
         return position
 
     def start(self, request_id, queue):
-        """Leave the line and become the running request; True if the client already left."""
+        """Leave the line and become the running request. Returns (the client already left,
+        seconds waited in line)."""
+        now = time.time()
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(WAITING.format(queue), request_id)
         pipe.exists(CANCEL.format(request_id))
+        pipe.hget(INFO.format(request_id), "queued_at")
         pipe.set(RUNNING.format(queue), request_id, ex=HEARTBEAT_TTL)
-        pipe.hset(INFO.format(request_id), mapping={"state": "running", "started_at": time.time()})
+        pipe.hset(INFO.format(request_id), mapping={"state": "running", "started_at": now})
         sse(pipe, request_id, "started", {})
-        cancelled = pipe.execute()[1]
+        _, cancelled, queued_at, *_ = pipe.execute()
         self.announce(queue)
-        return bool(cancelled)
+        return bool(cancelled), max(0.0, now - float(queued_at or now))
 
     def heartbeat(self, request_id, queue):
         self.redis.set(RUNNING.format(queue), request_id, ex=HEARTBEAT_TTL)

@@ -17,18 +17,18 @@ def queue_name(index, count):
 
 
 class Router:
-    def __init__(self, hosts, connect_timeout, read_timeout, queueing):
+    def __init__(self, hosts, connect_timeout, read_timeout, queueing, retries=2):
         self.hosts = hosts
         self.queues = {h: queue_name(i, len(hosts)) for i, h in enumerate(hosts)}
-        self.upstreams = {h: Upstream(h, connect_timeout, read_timeout) for h in hosts}
+        self.settings = (connect_timeout, read_timeout, retries)
+        self.upstreams = {h: Upstream(h, *self.settings) for h in hosts}
         self.catalogs = {h: Catalog(self.upstreams[h]) for h in hosts}
         self.queueing = queueing
 
     def upstream(self, host=None):
         host = host or self.hosts[0]
         if host not in self.upstreams:  # a worker may be told of a host its config lacks
-            first = self.upstreams[self.hosts[0]]
-            self.upstreams[host] = Upstream(host, *first.timeout)
+            self.upstreams[host] = Upstream(host, *self.settings)
         return self.upstreams[host]
 
     def choose(self, model, session_id):

@@ -4,16 +4,19 @@ import logging
 import threading
 
 from celery import Celery, Task, shared_task
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_process_init
 from flask import current_app
 
-from chatbot import queueing
+from chatbot import logs, queueing
 from chatbot.flow.context import encoding
 from chatbot.flow.flow import create_chat_flow
 from chatbot.store.models import utcnow
 
+from chatbot import lifecycle  # noqa: F401  registers chatbot.archive_idle_sessions
+
 log = logging.getLogger(__name__)
 QUEUE = "ollama"
+MAINTENANCE_QUEUE = "maintenance"
 
 
 def celery_init_app(app):
@@ -26,7 +29,12 @@ def celery_init_app(app):
     celery.config_from_object({
         "broker_url": app.config["REDIS_URL"],
         "task_ignore_result": True,
-        "task_routes": {"chatbot.*": {"queue": QUEUE}},
+        # Housekeeping never waits behind (or blocks) the single-slot model queue; an exact
+        # name wins over the glob.
+        "task_routes": {"chatbot.archive_idle_sessions": {"queue": MAINTENANCE_QUEUE},
+                        "chatbot.*": {"queue": QUEUE}},
+        "beat_schedule": {"archive-idle-sessions": {"task": "chatbot.archive_idle_sessions",
+                                                    "schedule": 15 * 60}},
         # One request at a time, and none held back in the worker while another runs.
         "worker_prefetch_multiplier": 1,
         "worker_disable_prefetch": True,
@@ -40,6 +48,11 @@ def celery_init_app(app):
     celery.set_default()
     app.extensions["celery"] = celery
     return celery
+
+
+@setup_logging.connect
+def _keep_our_logging(**_):
+    """Connected, so Celery leaves logging as create_app configured it (JSON, request ids)."""
 
 
 @worker_process_init.connect
@@ -67,11 +80,17 @@ def run_request(job):
     relay, line = current_app.extensions["relay"], queueing.get()
     request_id, queue = job["request_id"], job.get("queue", QUEUE)
     emit = lambda event: relay.publish(request_id, event)  # noqa: E731
-    if line.start(request_id, queue):  # the client left while waiting: never reach the model
+    logs.clear()
+    logs.bind(request_id=request_id, session_id=job["session_id"], model=job["model"])
+    cancelled, waited = line.start(request_id, queue)
+    if cancelled:  # the client left while waiting: never reach the model
+        log.info("cancelled while waiting; not sent upstream")
         emit({"t": "error", "status": 499, "error": "request cancelled"})
         line.finish(request_id, queue, "cancelled")
         return
-    emit({"t": "started"})
+    current_app.extensions["metrics"].observe("chatbot_queue_wait_seconds", waited, queue=queue)
+    log.info("started after %.3f s in line, upstream %s", waited, job.get("host"))
+    emit({"t": "started", "waited": waited})
     heartbeat = Heartbeat(line, request_id, queue)
     heartbeat.start()
     ext = current_app.extensions
@@ -90,6 +109,9 @@ def run_request(job):
     finally:
         heartbeat.stopped.set()
         line.finish(request_id, queue, _state(shared))
+        final = (shared.get("reply") or {}).get("final") or {}
+        logs.bind(tokens=final.get("eval_count"))
+        log.info("finished: %s", _state(shared))
 
 
 def cancel_request(request_id):

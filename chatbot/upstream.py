@@ -1,5 +1,6 @@
 """The one place that talks HTTP to an Ollama host."""
 import json
+import time
 
 import requests
 
@@ -13,18 +14,28 @@ class UpstreamError(Exception):
 
 
 class Upstream:
-    def __init__(self, host, connect_timeout=2.0, read_timeout=300.0):
+    def __init__(self, host, connect_timeout=2.0, read_timeout=300.0, retries=2, backoff=0.1):
         self.host = host
         self.timeout = (connect_timeout, read_timeout)
+        self.retries, self.backoff = retries, backoff
         self.http = requests.Session()
 
     def request(self, method, path, **kwargs):
-        try:
-            resp = self.http.request(method, self.host + path, timeout=self.timeout, **kwargs)
-        except requests.ConnectionError as exc:
-            raise UpstreamError(503, f"could not connect to ollama at {self.host}: {_reason(exc)}")
-        except requests.Timeout:
-            raise UpstreamError(503, f"ollama at {self.host} did not answer in time")
+        """One call; a refused or dropped connection is retried with backoff (a restarting
+        Ollama), but only before any byte of the answer: never once a stream has begun.
+        A connect timeout is not retried, so an unreachable host costs one timeout."""
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self.http.request(method, self.host + path, timeout=self.timeout, **kwargs)
+                break
+            except requests.ConnectTimeout:
+                raise UpstreamError(503, f"could not connect to ollama at {self.host}: timed out")
+            except requests.ConnectionError as exc:
+                if attempt == self.retries or not _replayable(kwargs):
+                    raise UpstreamError(503, f"could not connect to ollama at {self.host}: {_reason(exc)}")
+                time.sleep(self.backoff * 2 ** attempt)
+            except requests.Timeout:
+                raise UpstreamError(503, f"ollama at {self.host} did not answer in time")
         if resp.status_code >= 400:
             error = _error_text(resp)
             resp.close()
@@ -48,6 +59,12 @@ class Upstream:
             raise UpstreamError(502, f"ollama at {self.host} broke off the reply: {_reason(exc)}")
         finally:
             resp.close()
+
+
+def _replayable(kwargs):
+    """A streamed upload (blobs) cannot be sent twice."""
+    data = kwargs.get("data")
+    return data is None or isinstance(data, (bytes, str))
 
 
 def _error_text(resp):

@@ -1,11 +1,13 @@
 """HTTP layer: blueprints and Ollama-style JSON errors for everything, including unknown routes."""
 import logging
 import re
+import time
 import uuid
 
 from flask import g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from chatbot import logs
 from chatbot.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -25,21 +27,48 @@ def error_response(status, error, headers=None):
     return resp
 
 
-def init_app(app):
-    from chatbot.api import ollama, openai, queue
+def _recorder(app, rule, model, status, started):
+    endpoint = rule.rule if rule else "unmatched"
 
+    def record():
+        metrics = app.extensions["metrics"]
+        pipe = metrics.redis.pipeline(transaction=False)
+        metrics.inc("chatbot_requests_total", pipe=pipe, endpoint=endpoint, model=model,
+                    status=str(status))
+        metrics.observe("chatbot_request_duration_seconds", time.perf_counter() - started,
+                        pipe=pipe, endpoint=endpoint)
+        try:
+            pipe.execute()
+        except Exception:  # a metric is never worth a failed response
+            log.warning("request metrics not recorded", exc_info=True)
+
+    return record
+
+
+def init_app(app):
+    from chatbot.api import ollama, openai, ops, queue, sessions
+
+    app.register_blueprint(ops.bp)
     app.register_blueprint(ollama.bp)
     app.register_blueprint(openai.bp)
+    app.register_blueprint(sessions.bp)
     queue.init_app(app)
 
     @app.before_request
     def _request_id():
         given = request.headers.get("X-Request-ID", "")
         g.request_id = given if REQUEST_ID.fullmatch(given) else str(uuid.uuid4())
+        g.started = time.perf_counter()
+        logs.clear()
+        logs.bind(request_id=g.request_id)
 
     @app.after_request
     def _echo_request_id(resp):
         resp.headers.setdefault("X-Request-ID", g.request_id)
+        if request.path != "/metrics":
+            # Counted when the body is done, so a stream's duration is the whole stream.
+            record = _recorder(app, request.url_rule, g.get("model", ""), resp.status_code, g.started)
+            resp.call_on_close(record)
         return resp
 
     @app.errorhandler(ApiError)

@@ -1,9 +1,11 @@
 """A chat or generate request's life on the web side: queue it, then answer from its events."""
+import logging
+import time
 import uuid
 
 from flask import Response, current_app, g, request, stream_with_context
 
-from chatbot import queueing, routing
+from chatbot import logs, queueing, routing
 from chatbot.api import ApiError
 from chatbot.api.disconnect import client_gone, client_socket
 from chatbot.tasks import cancel_request, run_request
@@ -11,6 +13,7 @@ from chatbot.tasks import cancel_request, run_request
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 RETRY_AFTER_SECONDS = 5
 CHECK_EVERY = 0.5  # seconds between looks at the client socket and the worker's heartbeat
+log = logging.getLogger(__name__)
 
 
 def submit(kind, model, messages, upstream_body, session_id):
@@ -20,11 +23,16 @@ def submit(kind, model, messages, upstream_body, session_id):
     request_id = g.request_id
     if queueing.get().info(request_id):  # a client reusing an id must not read another's reply
         request_id = g.request_id = str(uuid.uuid4())
+    g.model = model
+    logs.bind(request_id=request_id, session_id=session_id, model=model)
     try:
-        queueing.get().admit(request_id, queue, {"model": model, "session_id": session_id,
-                                                 "host": host})
+        position = queueing.get().admit(request_id, queue, {"model": model, "session_id": session_id,
+                                                            "host": host})
     except queueing.QueueFull:
+        log.warning("refused: queue %s is full", queue)
         raise ApiError(503, BUSY, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+    logs.bind(queue_position=position)
+    log.info("queued on %s for %s", queue, host)
     job = {"request_id": request_id, "session_id": session_id, "kind": kind, "model": model,
            "messages": messages, "upstream": {**upstream_body, "model": model},
            "host": host, "queue": queue}
@@ -38,6 +46,8 @@ def watchdog(request_id, queue):
 
     def check(started):
         if client_gone(sock):
+            log.info("client disconnected while waiting")
+            _metrics().inc("chatbot_stream_disconnects_total")
             cancel_request(request_id)
             return {"t": "error", "status": 499, "error": "client disconnected"}
         if started and not line.is_running(request_id, queue):
@@ -51,8 +61,8 @@ def watchdog(request_id, queue):
 def respond(request_id, queue, session_id, stream, wire):
     """Wait for the first reply event, so that an upstream error still sets the HTTP status,
     then stream (or answer once with the whole reply)."""
-    events = current_app.extensions["relay"].events(request_id, check=watchdog(request_id, queue),
-                                                    every=CHECK_EVERY)
+    events = _timed(current_app.extensions["relay"].events(
+        request_id, check=watchdog(request_id, queue), every=CHECK_EVERY), g.started)
     headers = {"X-Session-ID": session_id, "X-Request-ID": request_id}
     first = _first_reply_event(events, request_id)
     if first["t"] == "error":
@@ -98,6 +108,8 @@ def _lines(first, events, request_id, wire):
                 yield wire.error_line(event["error"])
     finally:
         if not finished:  # the client went away mid-stream: stop the generation
+            log.info("client disconnected mid-stream")
+            _metrics().inc("chatbot_stream_disconnects_total")
             cancel_request(request_id)
 
 
@@ -105,3 +117,24 @@ def _chain(first, events):
     yield first
     if first["t"] not in ("done", "error"):
         yield from events
+
+
+def _timed(events, started):
+    """Pass events through, measuring time to first token and what we add on top of the line
+    and the model (proxy overhead)."""
+    waited, first = 0.0, True
+    for event in events:
+        now = time.perf_counter() - started
+        if event["t"] == "started":
+            waited = event.get("waited", 0.0)
+        elif event["t"] == "chunk" and first:
+            first = False
+            _metrics().observe("chatbot_time_to_first_token_seconds", now)
+        elif event["t"] == "done":
+            model_time = (event["d"].get("total_duration") or 0) / 1e9
+            _metrics().observe("chatbot_proxy_overhead_seconds", max(0.0, now - waited - model_time))
+        yield event
+
+
+def _metrics():
+    return current_app.extensions["metrics"]

@@ -82,7 +82,8 @@ def flag(value):
 
 
 def _page(query, page, per_page):
-    total = db.session.execute(db.select(db.func.count()).select_from(query.subquery())).scalar_one()
+    counted = db.select(db.func.count()).select_from(query.subquery())
+    total = db.session.execute(counted).scalar_one()
     rows = db.session.execute(query.limit(per_page).offset((page - 1) * per_page)).scalars().all()
     return rows, {"page": page, "per_page": per_page, "total": total}
 
@@ -110,10 +111,10 @@ def summary(session, threads=None):
 
 def list_sessions(page=1, per_page=20, archived=None, model=None):
     """Newest use first; `model` keeps sessions having at least one message of that model."""
-    page, per_page = paging(page, per_page)
+    (page, per_page), archived = paging(page, per_page), flag(archived)
     query = db.select(ChatSession)
-    if flag(archived) is not None:
-        query = query.where(ChatSession.archived.is_(flag(archived)))
+    if archived is not None:
+        query = query.where(ChatSession.archived.is_(archived))
     if model:
         query = query.where(db.select(Message.id).where(
             Message.session_id == ChatSession.id, Message.model == model).exists())
@@ -234,7 +235,8 @@ def _checked_export(doc):
     if not isinstance(doc, dict):
         raise AdminError("body must be a JSON object: a session export")
     if doc.get("version", EXPORT_VERSION) != EXPORT_VERSION:
-        raise AdminError(f"unsupported export version {doc['version']!r} (expected {EXPORT_VERSION})")
+        raise AdminError(f"unsupported export version {doc['version']!r} "
+                         f"(expected {EXPORT_VERSION})")
     threads, title, meta = doc.get("threads", {}), doc.get("title"), doc.get("meta") or {}
     if not isinstance(threads, dict):
         raise AdminError("threads must be an object mapping model names to message lists")

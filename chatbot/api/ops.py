@@ -1,0 +1,87 @@
+"""For operators: /metrics (Prometheus), /healthz (the process is up), /readyz (it can serve:
+Redis, the database, an upstream and a worker answer)."""
+import time
+from datetime import timedelta
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify
+from sqlalchemy.exc import SQLAlchemyError
+
+from chatbot import metrics, queueing, routing
+from chatbot.store import ChatSession, db
+from chatbot.store.models import utcnow
+from chatbot.upstream import UpstreamError
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/metrics")
+def scrape():
+    line, queues = queueing.get(), routing.get().queues.values()
+    loads = {q: line.snapshot(q) for q in queues}
+    idle_after = timedelta(hours=current_app.config["SESSION_TIMEOUT_HOURS"])
+    active = db.session.execute(db.select(db.func.count()).select_from(ChatSession).where(
+        ChatSession.archived.is_(False), ChatSession.last_access > utcnow() - idle_after)).scalar_one()
+    gauges = {
+        "chatbot_queue_depth": ("Requests waiting in line.",
+                                [({"queue": q}, s["depth"]) for q, s in loads.items()]),
+        "chatbot_queue_running": ("Requests being generated (0 or 1 per queue).",
+                                  [({"queue": q}, int(bool(s["running"]))) for q, s in loads.items()]),
+        "chatbot_active_sessions": ("Sessions used within SESSION_TIMEOUT_HOURS.", [({}, active)]),
+    }
+    body = metrics.render(current_app.extensions["metrics"], gauges)
+    return Response(body, mimetype="text/plain; version=0.0.4")
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    checks = {"redis": _redis, "database": _database, "upstream": _upstream, "worker": _worker}
+    results = {}
+    for name, check in checks.items():
+        started = time.perf_counter()
+        error = check()
+        results[name] = {"ok": error is None, "ms": round((time.perf_counter() - started) * 1000, 1)}
+        if error:
+            results[name]["error"] = error
+    failed = [name for name, result in results.items() if not result["ok"]]
+    body = {"status": "ok" if not failed else "unavailable", "failed": failed, "checks": results}
+    return jsonify(body), 200 if not failed else 503
+
+
+def _redis():
+    try:
+        queueing.get().redis.ping()
+    except redis.RedisError as exc:
+        return f"redis does not answer: {exc}"
+
+
+def _database():
+    try:
+        db.session.execute(db.text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return f"database does not answer: {exc.__class__.__name__}"
+
+
+def _upstream():
+    errors = []
+    for host in routing.get().hosts:
+        try:
+            routing.get().upstream(host).get_json("/api/version")
+            return None
+        except UpstreamError as exc:
+            errors.append(exc.error)
+    return "; ".join(errors)
+
+
+def _worker():
+    try:
+        if current_app.extensions["celery"].control.ping(timeout=0.5):
+            return None
+    except Exception as exc:  # kombu raises its own and redis' errors here
+        return f"cannot ask the workers: {exc.__class__.__name__}"
+    return "no Celery worker answers"

@@ -1,0 +1,78 @@
+"""Session administration over HTTP: /api/sessions... . The views only read the request and
+shape the response; the logic is chatbot/store/admin.py, shared with `flask sessions`."""
+from flask import Blueprint, Response, jsonify, request
+
+from chatbot.api import error_response
+from chatbot.store import admin
+
+bp = Blueprint("sessions", __name__, url_prefix="/api/sessions")
+
+
+@bp.errorhandler(admin.AdminError)
+def _refused(exc):
+    return error_response(exc.status, str(exc))
+
+
+def _body():
+    # force: curl -d sends form encoding by default, and Ollama clients omit the header too.
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise admin.AdminError("request body must be a JSON object")
+    return body
+
+
+@bp.get("")
+def index():
+    args = request.args
+    return jsonify(admin.list_sessions(args.get("page", 1), args.get("per_page", 20),
+                                       archived=args.get("archived"),
+                                       model=args.get("model") or None))
+
+
+@bp.get("/<sid>")
+def show(sid):
+    args = request.args
+    return jsonify(admin.show(sid, args.get("page", 1), args.get("per_page", 20),
+                              model=args.get("model") or None))
+
+
+@bp.patch("/<sid>")
+def update(sid):
+    body = _body()
+    unknown = sorted(set(body) - {"title"})
+    if unknown:
+        raise admin.AdminError(f"unknown field {unknown[0]!r}: only title can be changed")
+    if "title" not in body:
+        raise admin.AdminError("title is required")
+    return jsonify(admin.rename(sid, body["title"]))
+
+
+@bp.delete("/<sid>")
+def delete(sid):
+    sid = admin.session_id(sid)
+    return jsonify(id=sid, deleted=True, messages=admin.delete(sid))
+
+
+@bp.post("/<sid>/archive")
+def archive(sid):
+    return jsonify(admin.set_archived(sid, True))
+
+
+@bp.post("/<sid>/restore")
+def restore(sid):
+    return jsonify(admin.set_archived(sid, False))
+
+
+@bp.get("/<sid>/export")
+def export(sid):
+    fmt = request.args.get("format", "json")
+    if fmt == "json":
+        return jsonify(admin.export(sid))
+    if fmt in ("markdown", "md"):
+        return Response(admin.export_markdown(sid), mimetype="text/markdown")
+    raise admin.AdminError(f"unknown format {fmt!r}: use json or markdown")
+
+
+@bp.post("/import")
+def import_():
+    return jsonify(admin.import_session(_body())), 201

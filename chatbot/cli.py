@@ -1,0 +1,214 @@
+"""`flask --app wsgi sessions ...`: session administration from a terminal. Commands are thin:
+the logic is chatbot/store/admin.py and chatbot/lifecycle.py, shared with the REST API.
+Every command takes --json; tables and progress bars are for people (bars go to stderr, so
+stdout stays parseable)."""
+import json
+import sys
+from datetime import timedelta
+
+import click
+from flask.cli import AppGroup
+
+from chatbot import lifecycle
+from chatbot.store import admin
+
+
+class SessionsGroup(AppGroup):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except admin.AdminError as exc:  # a refusal is a one-line error, not a traceback
+            raise click.ClickException(str(exc))
+
+
+sessions = SessionsGroup(
+    "sessions", help="List, inspect, export, import, archive and purge sessions.")
+as_json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def init_app(app):
+    app.cli.add_command(sessions)
+
+
+def table(headers, rows):
+    """Plain aligned columns, a dashed rule under the headers."""
+    cells = [list(headers)] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def out(data, text, json_wanted):
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False) if json_wanted else text)
+
+
+def short(text, width):
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def when(stamp):
+    return (stamp or "")[:19].replace("T", " ")
+
+
+def bar(work, label):
+    """A progress bar over a number of steps (advanced with .update) or over items."""
+    if isinstance(work, int):
+        return click.progressbar(length=work, label=label, file=sys.stderr)
+    return click.progressbar(work, label=label, file=sys.stderr)
+
+
+@sessions.command("list")
+@click.option("--page", default=1, show_default=True)
+@click.option("--per-page", default=20, show_default=True)
+@click.option("--archived/--active", default=None, help="Only archived / only active sessions.")
+@click.option("--model", help="Only sessions with messages of this model.")
+@as_json
+def list_(page, per_page, archived, model, as_json):
+    """Sessions, most recently used first."""
+    data = admin.list_sessions(page, per_page, archived=archived, model=model)
+    rows = [(s["id"], short(s["title"], 30), s["message_count"], ",".join(s["models"]),
+             when(s["last_access"]), "yes" if s["archived"] else "")
+            for s in data["sessions"]]
+    text = table(("ID", "TITLE", "MESSAGES", "MODELS", "LAST ACCESS", "ARCHIVED"), rows)
+    out(data, f"{text}\npage {data['page']}, {data['total']} session(s) in all", as_json)
+
+
+@sessions.command()
+@click.argument("session_id")
+@click.option("--model", help="Only this model's thread.")
+@click.option("--page", default=1, show_default=True)
+@click.option("--per-page", default=50, show_default=True)
+@as_json
+def show(session_id, model, page, per_page, as_json):
+    """One session and its messages."""
+    data = admin.show(session_id, page, per_page, model=model)
+    head = (f"session   {data['id']}\ntitle     {data['title'] or ''}\n"
+            f"created   {when(data['created_at'])}\nused      {when(data['last_access'])}\n"
+            f"archived  {'yes' if data['archived'] else 'no'}\n"
+            f"messages  {data['message_count']} ({', '.join(data['models'])})\n")
+    rows = [(m["id"], m["model"], m["role"], m["status"], m["tokens"], short(m["content"], 60))
+            for m in data["messages"]]
+    text = head + "\n" + table(("ID", "MODEL", "ROLE", "STATUS", "TOKENS", "CONTENT"), rows)
+    out(data, f"{text}\npage {data['page']}, {data['total']} message(s)", as_json)
+
+
+@sessions.command()
+@click.argument("session_id")
+@click.option("--format", "fmt", type=click.Choice(["json", "markdown"]), default="json",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write to this file instead of stdout.")
+@as_json
+def export(session_id, fmt, output, as_json):
+    """Export a session (JSON export version 1, or a Markdown transcript).
+
+    With --json: without -o the JSON export; with -o a JSON summary of what was written."""
+    fmt = "json" if as_json and not output else fmt
+    doc = (json.dumps(admin.export(session_id), indent=2, ensure_ascii=False) if fmt == "json"
+           else admin.export_markdown(session_id))
+    if not output:
+        return click.echo(doc)
+    with open(output, "w", encoding="utf-8") as f:
+        f.write(doc + "\n")
+    out({"id": admin.session_id(session_id), "format": fmt, "path": output},
+        f"wrote {output}", as_json)
+
+
+@sessions.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.File("r", encoding="utf-8"))
+@as_json
+def import_(files, as_json):
+    """Import session exports (files, or - for stdin); each becomes a session."""
+    docs = []
+    for f in files:
+        try:
+            docs.append(json.load(f))
+        except ValueError as exc:
+            raise click.ClickException(f"{f.name}: not JSON ({exc})")
+    total = sum(len(t) for d in docs if isinstance(d, dict)
+                for t in (d.get("threads") or {}).values() if isinstance(t, list))
+    done = []
+    with bar(total, "importing") as progress:
+        for f, doc in zip(files, docs):
+            try:
+                done.append(admin.import_session(doc, progress=progress.update))
+            except admin.AdminError as exc:
+                raise click.ClickException(f"{f.name}: {exc}")
+    text = "\n".join(f"imported {d['id']} ({d['messages']} messages)" for d in done)
+    out(done, text, as_json)
+
+
+@sessions.command()
+@click.argument("session_ids", nargs=-1, required=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@as_json
+def delete(session_ids, yes, as_json):
+    """Delete sessions and their messages."""
+    sessions_ = [admin.get(sid).id for sid in session_ids]  # all known before any goes
+    if not yes:
+        click.confirm(f"Delete {len(sessions_)} session(s) and their messages?", abort=True,
+                      err=True)
+    done = [{"id": sid, "messages": admin.delete(sid)} for sid in sessions_]
+    out(done, "\n".join(f"deleted {d['id']} ({d['messages']} messages)" for d in done), as_json)
+
+
+@sessions.command()
+@click.argument("session_ids", nargs=-1)
+@click.option("--idle-hours", type=float,
+              help="Archive sessions idle this long [default: SESSION_TIMEOUT_HOURS].")
+@as_json
+def archive(session_ids, idle_hours, as_json):
+    """Archive the given sessions, or every session idle longer than --idle-hours."""
+    if session_ids and idle_hours is not None:
+        raise click.UsageError("give session ids or --idle-hours, not both")
+    if session_ids:
+        with bar(session_ids, "archiving") as progress:
+            for sid in progress:
+                admin.set_archived(sid, True)
+        count = len(session_ids)
+    else:
+        ids, cutoff = lifecycle.find_idle(idle_hours)
+        with bar(len(ids), "archiving") as progress:
+            count = lifecycle.archive(ids, cutoff, progress.update)
+    out({"archived": count}, f"archived {count} session(s)", as_json)
+
+
+@sessions.command()
+@click.argument("session_ids", nargs=-1, required=True)
+@as_json
+def restore(session_ids, as_json):
+    """Bring archived sessions back."""
+    done = [admin.set_archived(sid, False)["id"] for sid in session_ids]
+    out({"restored": len(done)}, f"restored {len(done)} session(s)", as_json)
+
+
+@sessions.command()
+@click.option("--older-than-days", type=click.FloatRange(min=0), required=True,
+              help="Delete archived sessions last used more than this many days ago.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@as_json
+def purge(older_than_days, yes, as_json):
+    """Delete archived sessions (and their messages) older than an age. Active sessions are
+    never purged, however old."""
+    ids, cutoff = lifecycle.find_purgeable(timedelta(days=older_than_days))
+    if ids and not yes:
+        click.confirm(f"Delete {len(ids)} archived session(s) last used before "
+                      f"{cutoff:%Y-%m-%d %H:%M} UTC, with their messages?", abort=True, err=True)
+    with bar(len(ids), "purging") as progress:
+        count = lifecycle.delete_archived(ids, cutoff, progress.update)
+    out({"purged": count}, f"purged {count} session(s)", as_json)
+
+
+@sessions.command()
+@as_json
+def stats(as_json):
+    """Totals: sessions, archived, messages, tokens, and per model."""
+    data = admin.stats()
+    rows = [(model, v["sessions"], v["messages"], v["tokens"])
+            for model, v in data["models"].items()]
+    text = (f"sessions  {data['sessions']} ({data['archived']} archived)\n"
+            f"messages  {data['messages']}\ntokens    {data['tokens']}\n\n"
+            + table(("MODEL", "SESSIONS", "MESSAGES", "TOKENS"), rows))
+    out(data, text, as_json)

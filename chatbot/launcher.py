@@ -46,6 +46,10 @@ def up(host, port, engine_port):
         _migrate()
         for queue in _queues(len(hosts) or 1):
             children.append((f"worker {queue}", procs.start_worker(env, queues=queue)))
+        # Session archiving: celery beat inside a small worker of its own queue.
+        schedule = os.path.join(_instance(), "celerybeat-schedule")
+        children.append(("maintenance", procs.start_worker(
+            env, queues="maintenance", extra=("-B", "-s", schedule))))
         web = procs.spawn([sys.executable, "-m", "chatbot.launcher", "web", "--host", host,
                            "--port", str(port)], env=env)
         children.append(("web", web))
@@ -72,6 +76,12 @@ def _queues(count):
     from chatbot.routing import queue_name
 
     return [queue_name(i, count) for i in range(count)]
+
+
+def _instance():
+    from chatbot import create_app
+
+    return create_app().instance_path
 
 
 def _migrate():

@@ -25,6 +25,9 @@ class ContextFilter(logging.Filter):
         for key, value in _context.get().items():
             if not hasattr(record, key):
                 setattr(record, key, value)
+        # Celery's own task lines ("received", "succeeded") name the task id, which is ours.
+        if not hasattr(record, "request_id") and isinstance(record.args, dict) and "id" in record.args:
+            record.request_id = record.args["id"]
         return True
 
 

@@ -96,9 +96,10 @@ def start_engine(port, log=None, env=None):
     return proc, url
 
 
-def start_worker(env, queues="ollama", log=None):
+def start_worker(env, queues="ollama", log=None, extra=()):
     """One Celery worker, concurrency 1, prefork (control commands answer while a task runs)."""
     proc = spawn([bin_path("celery"), "-A", "celery_app", "worker", "-Q", queues, "-c", "1",
-                  "-P", "prefork", "--without-gossip", "--without-mingle", "-l", "INFO"],
+                  "-P", "prefork", "--without-gossip", "--without-mingle", "-l", "INFO",
+                  "-n", f"{queues}@%h", *extra],
                  env=env, log=log, cwd=PROJECT_ROOT)  # celery_app.py lives there
     return proc

@@ -16,8 +16,13 @@ OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 12}
 
 
 @pytest.fixture(scope="session")
-def logs(tmp_path_factory):
+def logs_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def logs(logs_dir):
+    return logs_dir
 
 
 @pytest.fixture(scope="session")

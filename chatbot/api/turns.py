@@ -36,7 +36,9 @@ def submit(kind, model, messages, upstream_body, session_id):
     job = {"request_id": request_id, "session_id": session_id, "kind": kind, "model": model,
            "messages": messages, "upstream": {**upstream_body, "model": model},
            "host": host, "queue": queue}
-    run_request.apply_async(args=[job], task_id=request_id, queue=queue)
+    # This app's own Celery (not the process default: tests run several apps side by side).
+    current_app.extensions["celery"].send_task(run_request.name, args=[job], task_id=request_id,
+                                               queue=queue)
     return request_id, queue
 
 

@@ -75,8 +75,9 @@ class Queueing:
         pipe.set(RUNNING.format(queue), request_id, ex=HEARTBEAT_TTL)
         pipe.hset(INFO.format(request_id), mapping={"state": "running", "started_at": now})
         sse(pipe, request_id, "started", {})
-        _, cancelled, queued_at, *_ = pipe.execute()
-        self.announce(queue)
+        pipe.zrange(WAITING.format(queue), 0, -1)
+        _, cancelled, queued_at, _, _, _, waiting = pipe.execute()
+        self.announce(queue, waiting)
         return bool(cancelled), max(0.0, now - float(queued_at or now))
 
     def heartbeat(self, request_id, queue):
@@ -102,10 +103,11 @@ class Queueing:
     def is_running(self, request_id, queue):
         return self.redis.get(RUNNING.format(queue)) == request_id.encode()
 
-    def announce(self, queue):
+    def announce(self, queue, waiting=None):
         """Tell every waiting request that listens its (new) position, and the queue channel
         the depth. Only listeners: a mass hang-up must not cost a publish per pair."""
-        waiting = self.redis.zrange(WAITING.format(queue), 0, -1)
+        if waiting is None:
+            waiting = self.redis.zrange(WAITING.format(queue), 0, -1)
         listening = dict(self.redis.pubsub_numsub(*waiting)) if waiting else {}
         pipe = self.redis.pipeline(transaction=False)
         for position, request_id in enumerate(waiting, 1):

@@ -81,10 +81,11 @@ class Relay:
         self._hub, self._hub_pid = None, None
         self._hub_lock = threading.Lock()
 
-    def publish(self, request_id, event):
-        """Append the event, and tell SSE listeners of the request in the same round trip."""
+    def publish(self, request_id, event, pipe=None):
+        """Append the event, and tell SSE listeners of the request in the same round trip
+        (or queue both on the caller's `pipe`)."""
         key = stream_key(request_id)
-        pipe = self.redis.pipeline(transaction=False)
+        execute, pipe = pipe is None, pipe or self.redis.pipeline(transaction=False)
         pipe.xadd(key, {"e": json.dumps(event)})
         if event["t"] in ("started",) + FINAL:
             pipe.expire(key, self.ttl)
@@ -94,7 +95,8 @@ class Relay:
             sse(pipe, request_id, "done", event["d"])
         elif event["t"] == "error":
             sse(pipe, request_id, "error", {"error": event["error"], "status": event["status"]})
-        pipe.execute()
+        if execute:
+            pipe.execute()
 
     def hub(self):
         """This process's hub, started on first use (after any fork of a server's workers)."""

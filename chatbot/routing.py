@@ -45,6 +45,8 @@ class Router:
             if errors and len(errors) == len(self.hosts):
                 raise errors[0]
             raise UpstreamError(404, f"model '{model}' not found")
+        if len(self.hosts) == 1:  # nothing to choose: spare the round trips
+            return candidates[0], self.queues[candidates[0]]
         redis = self.queueing.redis
         sticky = redis.get(STICKY.format(session_id))
         host = sticky.decode() if sticky and sticky.decode() in candidates else None

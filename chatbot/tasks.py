@@ -41,9 +41,9 @@ def celery_init_app(app):
         "task_acks_late": True,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
-        # Task events let Flower show the queue live.
+        # Task events let Flower show the queue live (the worker's; a "sent" event from the
+        # web would cost every request a publish for what /api/queue already shows).
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
     })
     celery.set_default()
     app.extensions["celery"] = celery
@@ -88,9 +88,13 @@ def run_request(job):
         emit({"t": "error", "status": 499, "error": "request cancelled"})
         line.finish(request_id, queue, "cancelled")
         return
-    current_app.extensions["metrics"].observe("chatbot_queue_wait_seconds", waited, queue=queue)
+    # The started event and the wait's metric share one round trip.
+    pipe = relay.redis.pipeline(transaction=False)
+    current_app.extensions["metrics"].observe("chatbot_queue_wait_seconds", waited, pipe=pipe,
+                                              queue=queue)
+    relay.publish(request_id, {"t": "started", "waited": waited}, pipe=pipe)
+    pipe.execute()
     log.info("started after %.3f s in line, upstream %s", waited, job.get("host"))
-    emit({"t": "started", "waited": waited})
     heartbeat = Heartbeat(line, request_id, queue)
     heartbeat.start()
     ext = current_app.extensions

@@ -80,7 +80,7 @@ def _upstream():
 
 def _worker():
     try:
-        if current_app.extensions["celery"].control.ping(timeout=0.5):
+        if current_app.extensions["celery"].control.ping(timeout=1.0):
             return None
     except Exception as exc:  # kombu raises its own and redis' errors here
         return f"cannot ask the workers: {exc.__class__.__name__}"

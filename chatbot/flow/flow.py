@@ -7,6 +7,7 @@ from chatbot.flow.nodes import (BuildContext, Calibrate, CallUpstream, Finish, L
 
 def create_chat_flow():
     load, build, finish = LoadSession(), BuildContext(), Finish()
-    load >> SizeWindow() >> build >> StoreRequest() >> CallUpstream() >> StoreReply() >> Calibrate() >> finish
+    # Finish before Calibrate: the client hears the end as soon as the reply is stored.
+    load >> SizeWindow() >> build >> StoreRequest() >> CallUpstream() >> StoreReply() >> finish >> Calibrate()
     build - "too_long" >> finish  # nothing stored, nothing sent: the client gets a 400
     return Flow(start=load)

@@ -8,7 +8,7 @@ Shared store (built by chatbot.tasks):
   upstream   chatbot.upstream.Upstream for the job's host
   windows, calibration, metrics, reserve   context-window helpers and settings
   started_at when the worker took the request
-  tail       (seq, chain) of the stored thread (LoadSession)
+  tail       (seq, chain) of the stored thread (LoadSession; StoreRequest moves it on)
   system     the thread's leading system messages (LoadSession)
   budget     our tokens the context may use (SizeWindow)
   new, context, sent_tokens, dropped   (BuildContext)
@@ -33,8 +33,10 @@ class LoadSession(Node):
 
     def exec(self, prep_res):
         session_id, model, kind = prep_res
-        store.open_session(session_id, commit=False)
-        if kind != "chat":  # generate is single-turn: its turns are stored, history not replayed
+        session = store.open_session(session_id, commit=False)
+        # generate is single-turn (its turns are stored, history not replayed); a session
+        # created just now has no history to look up.
+        if kind != "chat" or session.created_at == session.last_access:
             return (0, ""), []
         return store.thread_tail(session_id, model), store.leading_system(session_id, model)
 
@@ -96,14 +98,17 @@ class BuildContext(Node):
 class StoreRequest(Node):
     def prep(self, shared):
         job = shared["job"]
-        return job["session_id"], job["model"], shared["new"], job["request_id"], shared["dropped"]
+        return (job["session_id"], job["model"], shared["new"], job["request_id"],
+                shared["dropped"], shared["tail"] if job["kind"] == "chat" else None)
 
     def exec(self, prep_res):
-        session_id, model, new, request_id, dropped = prep_res
+        session_id, model, new, request_id, dropped, tail = prep_res
         # Always commits: the session's last use counts even for a load or a pure resend.
-        store.append_messages(session_id, model, new, request_id, truncated=dropped)
+        return store.append_messages(session_id, model, new, request_id, truncated=dropped,
+                                     tail=tail)
 
     def post(self, shared, prep_res, exec_res):
+        shared["tail"] = exec_res
         if shared["dropped"]:
             shared["metrics"].inc("chatbot_context_truncations_total", model=shared["job"]["model"])
 
@@ -157,17 +162,17 @@ class StoreReply(Node):
     def prep(self, shared):
         job = shared["job"]
         return (job["session_id"], job["model"], job["request_id"], shared["new"],
-                shared["reply"], shared["started_at"])
+                shared["reply"], shared["started_at"], shared["tail"])
 
     def exec(self, prep_res):
-        session_id, model, request_id, new, reply, started_at = prep_res
+        session_id, model, request_id, new, reply, started_at, tail = prep_res
         if not new:  # nothing was asked (a load, or a pure resend): there is no turn to keep
             return
         message = {"role": "assistant", "content": reply["content"],
                    "thinking": reply["thinking"], "tool_calls": reply["tool_calls"]}
         message["tokens"] = count_tokens(message)
         store.append_messages(session_id, model, [message], request_id,
-                              status=reply["status"], started_at=started_at)
+                              status=reply["status"], started_at=started_at, tail=tail)
 
 
 class Calibrate(Node):

@@ -13,13 +13,14 @@ def chain(previous, role, content):
 
 
 def open_session(session_id, commit=True):
-    """Get or create the session and mark it used (an archived session comes back).
-    The request path passes commit=False: the turn's first append commits it all at once."""
-    session = db.session.get(ChatSession, session_id)
+    """Get or create the session and mark it used (an archived session comes back); a new
+    one has created_at == last_access. The request path passes commit=False: the turn's
+    first append commits it all at once."""
+    session, now = db.session.get(ChatSession, session_id), utcnow()
     if session is None:
-        session = ChatSession(id=session_id, meta={})
+        session = ChatSession(id=session_id, meta={}, created_at=now)
         db.session.add(session)
-    session.last_access = utcnow()
+    session.last_access = now
     session.archived = False
     if commit:
         db.session.commit()
@@ -95,14 +96,18 @@ def thread_length(session_id, model=None):
 
 
 def append_messages(session_id, model, messages, request_id, status="ok", started_at=None,
-                    truncated=0):
+                    truncated=0, tail=None):
     """Insert messages ({role, content, tokens, ...}) at the end of the thread, in one commit
     with the session's pending changes. Only ok messages join the thread (seq and chain);
     cancelled or failed replies are kept aside. `truncated`: messages this turn's context left
-    out, noted in the session's metadata."""
+    out, noted in the session's metadata. `tail`: the thread's (seq, chain) when the caller
+    knows it. Returns the thread's new tail."""
     if truncated:
         note_truncation(session_id, model, truncated)
-    seq, last = thread_tail(session_id, model) if status == "ok" else (None, None)
+    if status == "ok":
+        seq, last = tail if tail is not None else thread_tail(session_id, model)
+    else:
+        seq, last = None, None
     for message in messages:
         extra = {k: message[k] for k in MESSAGE_FIELDS if message.get(k)}
         if status == "ok":
@@ -114,3 +119,4 @@ def append_messages(session_id, model, messages, request_id, status="ok", starte
             started_at=started_at, seq=seq, chain=last,
         ))
     db.session.commit()
+    return (seq, last) if status == "ok" else tail

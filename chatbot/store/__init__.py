@@ -26,6 +26,7 @@ def _sqlite_pragmas(conn, _record):
     cur = conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA cache_size=-32000")  # 32 MB: a long thread's index stays in memory
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 

@@ -58,7 +58,7 @@ def leading_system(session_id, model, limit=2):
     return [row.as_chat() | {"tokens": row.tokens, "seq": row.seq} for row in rows]
 
 
-def newest_first(session_id, model, first_page=32):
+def newest_first(session_id, model, first_page=64):
     """The thread's ok messages from the newest back, fetched in growing pages (a context
     usually needs a few dozen, so a turn reads about what it sends)."""
     columns = (Message.id, Message.role, Message.content, Message.extra, Message.tokens, Message.seq)

@@ -18,33 +18,14 @@ ENGINE_MODEL = "smollm2:135m"
 
 
 def up(host, port, engine_port):
-    children = []
+    children = []  # (name, process), stopped in reverse order whatever happens
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        env = {}
-        redis_url = os.environ.get("REDIS_URL")
-        if not redis_url:
-            proc, redis_url = procs.start_redis(procs.free_port())
-            children.append(("redis", proc))
-        elif not procs.redis_ok(redis_url):
-            sys.exit(f"REDIS_URL={redis_url} does not answer")
-        env["REDIS_URL"] = redis_url
-
-        hosts = [normalize_host(h) for h in os.environ.get("OLLAMA_HOSTS", "").split(",") if h.strip()]
-        ollama = normalize_host(os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"))
-        if hosts:  # several upstreams: each gets its own queue and worker, no bundled engine
-            env["OLLAMA_HOSTS"], ollama = ",".join(hosts), ", ".join(hosts)
-        elif not procs.http_ok(ollama + "/api/version"):
-            print(f"no Ollama at {ollama}: starting the bundled engine ({ENGINE_MODEL})", flush=True)
-            proc, ollama = procs.start_engine(engine_port)
-            children.append(("engine", proc))
-            env.setdefault("DEFAULT_MODEL", os.environ.get("DEFAULT_MODEL") or ENGINE_MODEL)
-        if not hosts:
-            env["OLLAMA_HOST"] = ollama
+        env = {"REDIS_URL": _redis(children)}
+        env.update(_upstreams(children, engine_port))
         os.environ.update(env)
-
         _migrate()
-        for queue in _queues(len(hosts) or 1):
+        for queue in _queues(len(env["OLLAMA_HOSTS"].split(",")) if "OLLAMA_HOSTS" in env else 1):
             children.append((f"worker {queue}", procs.start_worker(env, queues=queue)))
         # Session archiving: celery beat inside a small worker of its own queue.
         schedule = os.path.join(_instance(), "celerybeat-schedule")
@@ -55,11 +36,7 @@ def up(host, port, engine_port):
         children.append(("web", web))
         url = f"http://{host}:{port}"
         procs.wait_until(lambda: procs.http_ok(url + "/"), 30, web, "web server")
-        print(f"\nchatbot is up at {url}  (upstream {ollama}, redis {redis_url})\n"
-              f"  OLLAMA_HOST={url} ollama run {os.environ.get('DEFAULT_MODEL') or '<model>'}\n"
-              f"  curl {url}/api/chat -d '{{\"model\": \"{os.environ.get('DEFAULT_MODEL') or '<model>'}\", "
-              f"\"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'\n"
-              "Ctrl-C stops everything.", flush=True)
+        _welcome(url, env)
         while all(proc.poll() is None for _, proc in children):
             time.sleep(0.5)
         name = next(name for name, proc in children if proc.poll() is not None)
@@ -72,6 +49,43 @@ def up(host, port, engine_port):
             procs.stop(proc)
 
 
+def _redis(children):
+    """REDIS_URL if set (it must answer), else the bundled redis-server as our child."""
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url:
+        if not procs.redis_ok(redis_url):
+            sys.exit(f"REDIS_URL={redis_url} does not answer")
+        return redis_url
+    proc, redis_url = procs.start_redis(procs.free_port(),
+                                        log=os.path.join(_instance(), "redis.log"))
+    children.append(("redis", proc))
+    return redis_url
+
+
+def _upstreams(children, engine_port):
+    """OLLAMA_HOSTS as given; else OLLAMA_HOST if an Ollama answers there; else the engine."""
+    hosts = [normalize_host(h) for h in os.environ.get("OLLAMA_HOSTS", "").split(",") if h.strip()]
+    if hosts:  # several upstreams: each gets its own queue and worker, no bundled engine
+        return {"OLLAMA_HOSTS": ",".join(hosts)}
+    ollama = normalize_host(os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"))
+    if procs.http_ok(ollama + "/api/version"):
+        return {"OLLAMA_HOST": ollama}
+    print(f"no Ollama at {ollama}: starting the bundled engine ({ENGINE_MODEL})", flush=True)
+    proc, engine = procs.start_engine(engine_port)
+    children.append(("engine", proc))
+    return {"OLLAMA_HOST": engine, "DEFAULT_MODEL": os.environ.get("DEFAULT_MODEL") or ENGINE_MODEL}
+
+
+def _welcome(url, env):
+    model = os.environ.get("DEFAULT_MODEL") or "<model>"
+    upstream = env.get("OLLAMA_HOSTS") or env.get("OLLAMA_HOST")
+    print(f"\nchatbot is up at {url}  (upstream {upstream}, redis {env['REDIS_URL']})\n"
+          f"  OLLAMA_HOST={url} ollama run {model}\n"
+          f"  curl {url}/api/chat -d '{{\"model\": \"{model}\", "
+          f"\"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'\n"
+          "Ctrl-C stops everything.", flush=True)
+
+
 def _queues(count):
     from chatbot.routing import queue_name
 
@@ -79,9 +93,12 @@ def _queues(count):
 
 
 def _instance():
-    from chatbot import create_app
+    """The app's instance folder (where SQLite lives by default), without building the app."""
+    from flask import Flask
 
-    return create_app().instance_path
+    path = Flask("chatbot").instance_path
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def _migrate():

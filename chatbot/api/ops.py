@@ -80,7 +80,7 @@ def _upstream():
 
 def _worker():
     try:
-        if current_app.extensions["celery"].control.ping(timeout=1.0):
+        if current_app.extensions["celery"].control.ping(timeout=1.0, limit=1):
             return None
     except Exception as exc:  # kombu raises its own and redis' errors here
         return f"cannot ask the workers: {exc.__class__.__name__}"

@@ -3,11 +3,13 @@ the compose file and the image's entrypoint outside Docker."""
 import io
 import json
 import logging
+import sqlite3
 import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import ollama
 import pytest
 import requests
 import yaml
@@ -161,12 +163,20 @@ def test_compose_file_has_every_service_with_health_checks():
         assert services[name]["environment"]["OLLAMA_HOST"] == "http://ollama:11434"
 
 
-def test_entrypoint_runs_outside_docker(tmp_path, redis_url, engine_url, logs_dir):
-    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'entry.db'}", "REDIS_URL": redis_url,
+def test_entrypoint_runs_outside_docker(tmp_path, engine_url, logs_dir):
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'entry.db'}", "REDIS_URL": "redis://unused:1/0",
            "OLLAMA_HOST": engine_url, "VIRTUAL_ENV": ""}
     migrate = subprocess.run([str(DOCKER / "entrypoint.sh"), "migrate"], env={**procs.os.environ, **env},
                              capture_output=True, text=True, timeout=120)
     assert migrate.returncode == 0, migrate.stderr
+    tables = sqlite3.connect(tmp_path / "entry.db").execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    assert {("sessions",), ("messages",)} <= set(tables)
+
+
+def test_production_server_streams_a_chat(stack, logs_dir):
+    """gunicorn with gevent workers, started by the entrypoint, in front of the real worker."""
+    env = {**stack.env, "VIRTUAL_ENV": ""}
     port = procs.free_port()
     web = procs.spawn([str(DOCKER / "entrypoint.sh"), "web"], log=logs_dir / "entry-web.log",
                       env={**env, "CHATBOT_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1"})
@@ -175,5 +185,11 @@ def test_entrypoint_runs_outside_docker(tmp_path, redis_url, engine_url, logs_di
         procs.wait_until(lambda: procs.http_ok(url + "/healthz"), 60, web, "gunicorn")
         assert requests.get(url + "/", timeout=5).text == "Ollama is running"
         assert "chatbot_queue_depth" in requests.get(url + "/metrics", timeout=5).text
+        sid = str(uuid.uuid4())
+        client = ollama.Client(host=url, headers={"X-Session-ID": sid})
+        parts = list(client.chat(MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                 options=SHORT, stream=True))
+        assert parts[-1].done and "".join(p.message.content for p in parts)
+        assert [r.role for r in stack.rows(sid)] == ["user", "assistant"]
     finally:
         procs.stop(web)

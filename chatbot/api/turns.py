@@ -21,7 +21,8 @@ def submit(kind, model, messages, upstream_body, session_id):
     is sent upstream (chat's context is added by the flow). Returns (request_id, queue)."""
     host, queue = routing.get().choose(model, session_id)
     request_id = g.request_id
-    if queueing.get().info(request_id):  # a client reusing an id must not read another's reply
+    # A client reusing its own id must not read another request's reply (ours are fresh).
+    if g.request_id_given and queueing.get().info(request_id):
         request_id = g.request_id = str(uuid.uuid4())
     g.model = model
     logs.bind(request_id=request_id, session_id=session_id, model=model)

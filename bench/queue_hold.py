@@ -8,7 +8,6 @@ streaming chat and read nothing; at the end they hang up and the queue must empt
 """
 import argparse
 import json
-import os
 import socket
 import statistics
 import sys

@@ -10,7 +10,7 @@ import click
 from flask.cli import AppGroup
 
 from chatbot import lifecycle
-from chatbot.store import admin
+from chatbot.store import admin, transfer
 
 
 class SessionsGroup(AppGroup):
@@ -106,8 +106,8 @@ def export(session_id, fmt, output, as_json):
 
     With --json: without -o the JSON export; with -o a JSON summary of what was written."""
     fmt = "json" if as_json and not output else fmt
-    doc = (json.dumps(admin.export(session_id), indent=2, ensure_ascii=False) if fmt == "json"
-           else admin.export_markdown(session_id))
+    doc = (json.dumps(transfer.export(session_id), indent=2, ensure_ascii=False) if fmt == "json"
+           else transfer.export_markdown(session_id))
     if not output:
         return click.echo(doc)
     with open(output, "w", encoding="utf-8") as f:
@@ -133,7 +133,7 @@ def import_(files, as_json):
     with bar(total, "importing") as progress:
         for f, doc in zip(files, docs):
             try:
-                done.append(admin.import_session(doc, progress=progress.update))
+                done.append(transfer.import_session(doc, progress=progress.update))
             except admin.AdminError as exc:
                 raise click.ClickException(f"{f.name}: {exc}")
     text = "\n".join(f"imported {d['id']} ({d['messages']} messages)" for d in done)

@@ -7,7 +7,7 @@ import ollama
 import pytest
 
 from chatbot import lifecycle, procs
-from chatbot.store import ChatSession, admin, db, open_session
+from chatbot.store import ChatSession, admin, db, open_session, transfer
 from chatbot.store.models import utcnow
 from tests.conftest import MODEL, OPTIONS
 
@@ -20,7 +20,7 @@ def ctx(stack):
 
 def make(n=1, **values):
     """A session of n messages (imported through append_messages), with columns set after."""
-    sid = admin.import_session({"threads": {"lifecycle": [
+    sid = transfer.import_session({"threads": {"lifecycle": [
         {"role": "user", "content": f"m{i}"} for i in range(n)]}})["id"]
     if values:
         db.session.execute(db.update(ChatSession).where(ChatSession.id == sid).values(**values))

@@ -8,7 +8,6 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 import requests
 
 from chatbot import create_app, procs

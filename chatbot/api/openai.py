@@ -2,7 +2,7 @@
 import json
 from datetime import datetime
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
 from chatbot.api import ApiError, openai_wire, turns, validate
 from chatbot.upstream import UpstreamError

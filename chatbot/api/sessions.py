@@ -3,7 +3,7 @@ shape the response; the logic is chatbot/store/admin.py, shared with `flask sess
 from flask import Blueprint, Response, jsonify, request
 
 from chatbot.api import error_response
-from chatbot.store import admin
+from chatbot.store import admin, transfer
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/sessions")
 
@@ -67,12 +67,12 @@ def restore(sid):
 def export(sid):
     fmt = request.args.get("format", "json")
     if fmt == "json":
-        return jsonify(admin.export(sid))
+        return jsonify(transfer.export(sid))
     if fmt in ("markdown", "md"):
-        return Response(admin.export_markdown(sid), mimetype="text/markdown")
+        return Response(transfer.export_markdown(sid), mimetype="text/markdown")
     raise admin.AdminError(f"unknown format {fmt!r}: use json or markdown")
 
 
 @bp.post("/import")
 def import_():
-    return jsonify(admin.import_session(_body())), 201
+    return jsonify(transfer.import_session(_body())), 201

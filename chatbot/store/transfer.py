@@ -1,0 +1,133 @@
+"""Sessions in and out as documents: the versioned JSON export, a Markdown transcript, and
+import (checked whole before anything is written). Shared by the REST views and the CLI."""
+import uuid
+
+from sqlalchemy.exc import IntegrityError
+
+from chatbot import store
+from chatbot.flow.context import count_tokens
+from chatbot.store.admin import (EXPORT_VERSION, EXTRA_FIELDS, MAX_TITLE, ROLES, STATUSES,
+                                 AdminError, Conflict, get, iso, message_dict, parse_time,
+                                 session_id)
+from chatbot.store.models import ChatSession, Message, db, utcnow
+
+
+def export(sid):
+    """The versioned export: {version, id, title, created_at, meta, threads: {model: [...]}}."""
+    session = get(sid)
+    threads = {}
+    rows = db.session.execute(
+        db.select(Message).where(Message.session_id == session.id).order_by(Message.id)).scalars()
+    for row in rows:
+        message = message_dict(row)
+        del message["id"], message["model"]  # the database's row id and the thread's key
+        threads.setdefault(row.model, []).append(message)
+    return {"version": EXPORT_VERSION, "id": session.id, "title": session.title,
+            "created_at": iso(session.created_at), "meta": session.meta or {},
+            "threads": threads}
+
+
+def export_markdown(sid):
+    doc = export(sid)
+    lines = [f"# {doc['title'] or 'Session ' + doc['id']}", "",
+             f"- session: `{doc['id']}`", f"- created: {doc['created_at']}", ""]
+    for model, messages in doc["threads"].items():
+        lines += [f"## {model}", ""]
+        for message in messages:
+            lines += [_markdown_message(message), ""]
+    return "\n".join(lines)
+
+
+def _markdown_message(m):
+    head = f"**{m['role']}**"
+    if m.get("tool_name"):
+        head += f" ({m['tool_name']})"
+    if m["status"] != "ok":
+        head += f" _[{m['status']}]_"
+    lines = [f"{head}: {m['content']}"]
+    if m.get("thinking"):
+        lines += ["> " + line for line in f"thinking: {m['thinking']}".splitlines()]
+    for call in m.get("tool_calls") or []:
+        function = call.get("function", {}) if isinstance(call, dict) else {}
+        lines.append(f"- tool call: `{function.get('name', '?')}({function.get('arguments', '')})`")
+    if m.get("images"):
+        lines.append(f"_[{len(m['images'])} image(s)]_")
+    return "\n".join(lines)
+
+
+def import_session(doc, progress=None):
+    """Create a session from an export (its own id if given and unused). Everything is checked
+    before anything is written, so a refused import leaves nothing behind."""
+    session, runs = _checked_export(doc)
+    if db.session.get(ChatSession, session.id) is not None:
+        raise Conflict(f"session '{session.id}' already exists")
+    db.session.add(session)
+    try:
+        db.session.commit()
+    except IntegrityError:  # created by someone else since the check above
+        db.session.rollback()
+        raise Conflict(f"session '{session.id}' already exists")
+    total = 0
+    for model, status, request_id, messages in runs:
+        store.append_messages(session.id, model, messages, request_id, status=status)
+        total += len(messages)
+        if progress:
+            progress(len(messages))
+    return {"id": session.id, "messages": total}
+
+
+def _checked_export(doc):
+    if not isinstance(doc, dict):
+        raise AdminError("body must be a JSON object: a session export")
+    if doc.get("version", EXPORT_VERSION) != EXPORT_VERSION:
+        raise AdminError(f"unsupported export version {doc['version']!r} "
+                         f"(expected {EXPORT_VERSION})")
+    threads, title, meta = doc.get("threads", {}), doc.get("title"), doc.get("meta") or {}
+    if not isinstance(threads, dict):
+        raise AdminError("threads must be an object mapping model names to message lists")
+    if title is not None and (not isinstance(title, str) or len(title) > MAX_TITLE):
+        raise AdminError(f"title must be a string of at most {MAX_TITLE} characters")
+    if not isinstance(meta, dict):
+        raise AdminError("meta must be an object")
+    now = utcnow()
+    created = parse_time(doc["created_at"], "created_at") if doc.get("created_at") else now
+    session = ChatSession(id=session_id(doc["id"]) if doc.get("id") else str(uuid.uuid4()),
+                          title=title, meta=meta, created_at=created, last_access=now,
+                          archived=False)
+    runs, fresh_ids = [], {}
+    for model, messages in threads.items():
+        if not model or len(model) > 200 or not isinstance(messages, list):
+            raise AdminError(f"threads[{model!r}] must be a list under a model name of 1-200 chars")
+        for i, raw in enumerate(messages):
+            message, status = _checked_message(f"threads[{model!r}][{i}]", raw)
+            # Fresh request ids (one per original request) so that importing the same export
+            # twice never makes two sessions share a request id, while a turn stays grouped.
+            request_id = fresh_ids.setdefault((model, raw.get("request_id") or i),
+                                              str(uuid.uuid4()))
+            if runs and runs[-1][:3] == (model, status, request_id):
+                runs[-1][3].append(message)
+            else:
+                runs.append((model, status, request_id, [message]))
+    return session, runs
+
+
+def _checked_message(where, raw):
+    if not isinstance(raw, dict):
+        raise AdminError(f"{where} must be an object")
+    if raw.get("role") not in ROLES:
+        raise AdminError(f"{where}.role {raw.get('role')!r} must be one of {', '.join(ROLES)}")
+    if not isinstance(raw.get("content") or "", str):
+        raise AdminError(f"{where}.content must be a string")
+    status = raw.get("status", "ok")
+    if status not in STATUSES:
+        raise AdminError(f"{where}.status {status!r} must be one of {', '.join(STATUSES)}")
+    message = {"role": raw["role"], "content": raw.get("content") or ""}
+    for field, kind in EXTRA_FIELDS.items():
+        if raw.get(field) is not None and not isinstance(raw[field], kind):
+            raise AdminError(f"{where}.{field} must be a {kind.__name__}")
+        if raw.get(field):
+            message[field] = raw[field]
+    if not all(isinstance(image, str) for image in message.get("images", [])):
+        raise AdminError(f"{where}.images must be base64 strings")
+    message["tokens"] = count_tokens(message)  # our tokenizer's count, whatever the file says
+    return message, status

@@ -22,12 +22,23 @@ INFO, CANCEL = "chatbot:req:{}", "chatbot:cancel:{}"
 QUEUE_CHANNEL = "queue"
 INFO_TTL = 3600
 HEARTBEAT_TTL = 5  # seconds a running request survives without a heartbeat from its worker
-# Check and join the line atomically, so that concurrent requests cannot overshoot the bound.
+# Check the bound, join the line, describe the request and tell SSE listeners, in one round
+# trip and atomically, so that concurrent requests cannot overshoot the bound.
 ADMIT = """
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+local waiting = redis.call('ZCARD', KEYS[1])
+if waiting >= tonumber(ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-return redis.call('ZCARD', KEYS[1])
+redis.call('HSET', KEYS[2], unpack(cjson.decode(ARGV[4])))
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('PUBLISH', ARGV[3], string.format(ARGV[6], waiting + 1))
+redis.call('PUBLISH', ARGV[7], string.format(ARGV[8], waiting + 1))
+return waiting + 1
 """
+
+def _sse_template(channel, type_, data, number_field):
+    """A flask-sse message with `number_field` left as %d for the script to fill in."""
+    message = json.dumps(Message({**data, number_field: 999_999_999}, type=type_).to_dict())
+    return message.replace("%", "%%").replace("999999999", "%d")
 
 
 def connect(redis_url, max_connections=64):
@@ -51,17 +62,17 @@ class Queueing:
 
     def admit(self, request_id, queue, info):
         """Take a place in line and return it, or raise QueueFull at MAX_QUEUE waiting."""
-        position = self._admit(keys=[WAITING.format(queue)],
-                               args=[self.max_queue, time.time(), request_id])
+        now = time.time()
+        fields = {**info, "queue": queue, "state": "queued", "queued_at": now}
+        position = self._admit(
+            keys=[WAITING.format(queue), INFO.format(request_id)],
+            args=[self.max_queue, now, request_id,
+                  json.dumps([str(x) for kv in fields.items() for x in kv]), INFO_TTL,
+                  _sse_template(request_id, "queued", {"position": 0}, "position"),
+                  QUEUE_CHANNEL,
+                  _sse_template(QUEUE_CHANNEL, "depth", {"queue": queue, "waiting": 0}, "waiting")])
         if not position:
             raise QueueFull()
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(INFO.format(request_id), mapping={**info, "queue": queue, "state": "queued",
-                                                    "queued_at": time.time()})
-        pipe.expire(INFO.format(request_id), INFO_TTL)
-        sse(pipe, request_id, "queued", {"position": position})
-        sse(pipe, QUEUE_CHANNEL, "depth", {"queue": queue, "waiting": position})
-        pipe.execute()
         return position
 
     def start(self, request_id, queue):

@@ -78,8 +78,8 @@ class BuildContext(Node):
         if job["kind"] != "chat":
             return {"new": new, "context": [], "sent_tokens": 0, "dropped": 0}
         try:
-            context, used, dropped = fit(
-                system, store.newest_first(job["session_id"], job["model"]), new, budget, tail[0])
+            stored = store.newest_first(job["session_id"], job["model"]) if tail[0] else ()
+            context, used, dropped = fit(system, stored, new, budget, tail[0])
         except TooLong as exc:
             used, budget = exc.args
             return {"error": {"status": 400, "error": (

@@ -77,7 +77,7 @@ class Queueing:
 
     def start(self, request_id, queue):
         """Leave the line and become the running request. Returns (the client already left,
-        seconds waited in line)."""
+        seconds waited in line, who still waits): the caller announces the new positions."""
         now = time.time()
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(WAITING.format(queue), request_id)
@@ -88,8 +88,7 @@ class Queueing:
         sse(pipe, request_id, "started", {})
         pipe.zrange(WAITING.format(queue), 0, -1)
         _, cancelled, queued_at, _, _, _, waiting = pipe.execute()
-        self.announce(queue, waiting)
-        return bool(cancelled), max(0.0, now - float(queued_at or now))
+        return bool(cancelled), max(0.0, now - float(queued_at or now)), waiting
 
     def heartbeat(self, request_id, queue):
         self.redis.set(RUNNING.format(queue), request_id, ex=HEARTBEAT_TTL)
@@ -114,18 +113,20 @@ class Queueing:
     def is_running(self, request_id, queue):
         return self.redis.get(RUNNING.format(queue)) == request_id.encode()
 
-    def announce(self, queue, waiting=None):
+    def announce(self, queue, waiting=None, pipe=None):
         """Tell every waiting request that listens its (new) position, and the queue channel
-        the depth. Only listeners: a mass hang-up must not cost a publish per pair."""
+        the depth (queued on the caller's `pipe` if given). Only listeners: a mass hang-up
+        must not cost a publish per pair."""
         if waiting is None:
             waiting = self.redis.zrange(WAITING.format(queue), 0, -1)
         listening = dict(self.redis.pubsub_numsub(*waiting)) if waiting else {}
-        pipe = self.redis.pipeline(transaction=False)
+        execute, pipe = pipe is None, pipe or self.redis.pipeline(transaction=False)
         for position, request_id in enumerate(waiting, 1):
             if listening.get(request_id):
                 sse(pipe, request_id.decode(), "queued", {"position": position})
         sse(pipe, QUEUE_CHANNEL, "depth", {"queue": queue, "waiting": len(waiting)})
-        pipe.execute()
+        if execute:
+            pipe.execute()
 
     def position(self, request_id, queue):
         rank = self.redis.zrank(WAITING.format(queue), request_id)

@@ -81,14 +81,15 @@ def run_request(job):
     emit = lambda event: relay.publish(request_id, event)  # noqa: E731
     logs.clear()
     logs.bind(request_id=request_id, session_id=job["session_id"], model=job["model"])
-    cancelled, waited = line.start(request_id, queue)
+    cancelled, waited, waiting = line.start(request_id, queue)
     if cancelled:  # the client left while waiting: never reach the model
         log.info("cancelled while waiting; not sent upstream")
         emit({"t": "error", "status": 499, "error": "request cancelled"})
         line.finish(request_id, queue, "cancelled")
         return
-    # The started event and the wait's metric share one round trip.
+    # New positions, the started event and the wait's metric share one round trip.
     pipe = relay.redis.pipeline(transaction=False)
+    line.announce(queue, waiting, pipe=pipe)
     current_app.extensions["metrics"].observe("chatbot_queue_wait_seconds", waited, pipe=pipe,
                                               queue=queue)
     relay.publish(request_id, {"t": "started", "waited": waited}, pipe=pipe)

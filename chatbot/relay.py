@@ -102,7 +102,7 @@ class Relay:
         """This process's hub, started on first use (after any fork of a server's workers)."""
         with self._hub_lock:
             if self._hub is None or self._hub_pid != os.getpid():
-                self._hub, self._hub_pid = Hub(redis.Redis.from_url(self.redis_url)), os.getpid()
+                self._hub, self._hub_pid = Hub(connect(self.redis_url)), os.getpid()
                 self._hub.start()
             return self._hub
 

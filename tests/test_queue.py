@@ -218,3 +218,17 @@ def test_flower_starts_against_the_same_broker(stack, logs):
         wait_for(flower_saw_a_task, timeout=30, what="flower to see our task")
     finally:
         procs.stop(flower)
+
+
+def test_hundreds_of_waiting_clients_are_held_and_released(stack):
+    """More waiting clients than a Redis pool has connections: each waits without one."""
+    slow_id, slow = start_slow(stack)
+    clients = [raw_request(stack.url, "/api/chat", chat_body(SHORT), {}) for _ in range(150)]
+    try:
+        wait_for(lambda: queue_state(stack.url)["depth"] == 150, timeout=60, what="150 in line")
+    finally:
+        for sock in clients:
+            sock.close()
+    wait_for(lambda: queue_state(stack.url)["depth"] == 0, timeout=60, what="the line to empty")
+    cancel(stack, slow_id)
+    slow.join(30)

@@ -45,6 +45,9 @@ def up(host, port, engine_port):
     except KeyboardInterrupt:
         return 0
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short and leave orphans.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for _, proc in reversed(children):
             procs.stop(proc)
 

@@ -1,6 +1,7 @@
 """`chatbot up` runs the whole system with one command and leaves nothing behind on SIGTERM."""
 import os
 import signal
+import time
 from pathlib import Path
 
 import ollama
@@ -49,6 +50,8 @@ def test_up_chats_and_stops_every_child(engine_url, tmp_path, logs):
         children = descendants(up.pid)
         assert len(children) >= 4  # redis-server, worker (+ its pool child), web
         os.kill(up.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        os.kill(up.pid, signal.SIGTERM)  # an impatient second signal must not orphan anything
         assert up.wait(30) == 0
         procs.wait_until(lambda: not any(alive(pid) for pid in children), 10, what="cleanup")
     finally:

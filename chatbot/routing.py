@@ -31,20 +31,39 @@ class Router:
             self.upstreams[host] = Upstream(host, *self.settings)
         return self.upstreams[host]
 
-    def choose(self, model, session_id):
-        """(host, queue) for a request, or the Ollama error: 404 no host has the model,
-        503 no host answers."""
-        candidates, errors = [], []
+    def candidates(self, model):
+        """The hosts that have `model`, or the Ollama error: 404 no host has it, 503 no host
+        answers."""
+        found, errors = [], []
         for host in self.hosts:
             try:
                 if self.catalogs[host].has(model):
-                    candidates.append(host)
+                    found.append(host)
             except UpstreamError as exc:
                 errors.append(exc)
-        if not candidates:
+        if not found:
             if errors and len(errors) == len(self.hosts):
                 raise errors[0]
             raise UpstreamError(404, f"model '{model}' not found")
+        return found
+
+    def merged(self, path):
+        """`models` of /api/tags or /api/ps from every host that answers, one entry a name."""
+        models, errors = {}, []
+        for host in self.hosts:
+            try:
+                for entry in self.upstreams[host].get_json(path).get("models") or []:
+                    models.setdefault(entry.get("name") or entry.get("model"), entry)
+            except UpstreamError as exc:
+                errors.append(exc)
+        if len(errors) == len(self.hosts):
+            raise errors[0]
+        return {"models": list(models.values())}
+
+    def choose(self, model, session_id):
+        """(host, queue) for a request: a host that has the model, the session's own while it
+        answers, else the one with the shortest queue."""
+        candidates = self.candidates(model)
         if len(self.hosts) == 1:  # nothing to choose: spare the round trips
             return candidates[0], self.queues[candidates[0]]
         redis = self.queueing.redis

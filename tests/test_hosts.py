@@ -97,3 +97,18 @@ def test_unknown_model_on_every_host_is_404(hosts):
     url, _ = hosts
     resp = chat(url, str(uuid.uuid4()), model="nowhere:1b")
     assert resp.status_code == 404 and resp.json()["error"] == "model 'nowhere:1b' not found"
+
+
+def test_listings_merge_every_live_host_and_model_requests_find_their_host(hosts):
+    url, _ = hosts
+    names = [m["name"] for m in requests.get(url + "/api/tags", timeout=10).json()["models"]]
+    assert MODEL in names and ONLY_ON_SECOND in names and len(names) == len(set(names))
+    show = requests.post(url + "/api/show", json={"model": ONLY_ON_SECOND}, timeout=30)
+    assert show.status_code == 200 and "general.architecture" in show.json()["model_info"]
+    embed = requests.post(url + "/api/embed", json={"model": ONLY_ON_SECOND, "input": "hi"},
+                          timeout=60)
+    assert embed.status_code == 200 and embed.json()["embeddings"]
+    openai_ids = [m["id"] for m in requests.get(url + "/v1/models", timeout=10).json()["data"]]
+    assert ONLY_ON_SECOND in openai_ids
+    missing = requests.post(url + "/api/show", json={"model": "nowhere:1b"}, timeout=10)
+    assert missing.status_code == 404

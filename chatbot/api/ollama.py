@@ -1,13 +1,15 @@
-"""Ollama's native API. Views are thin: validate, then queue or pass through."""
-from flask import Blueprint, Response, current_app, request
+"""Ollama's native API. Views are thin: validate, then queue or pass through.
 
+With several hosts, listings are merged, a request about a model goes to a host that has
+it, and the rest (pull, create, blobs, version) to the first host."""
+from flask import Blueprint, Response, request
+
+from chatbot import routing
 from chatbot.api import turns, validate, wire
+from chatbot.api.wire import dumps
+from chatbot.upstream import UpstreamError
 
 bp = Blueprint("ollama", __name__)
-
-
-def upstream():
-    return current_app.extensions["upstream"]
 
 
 @bp.route("/", methods=["GET", "HEAD"])
@@ -15,9 +17,9 @@ def root():
     return Response("Ollama is running", mimetype="text/plain")
 
 
-def passthrough(method, path, body=None, data=None):
+def passthrough(method, path, body=None, data=None, host=None):
     """The upstream's answer, byte for byte, streamed as it comes (pull progress lines)."""
-    resp = upstream().request(method, path, json=body, data=data, stream=True)
+    resp = routing.get().upstream(host).request(method, path, json=body, data=data, stream=True)
     return Response(resp.iter_content(chunk_size=None), resp.status_code,
                     content_type=resp.headers.get("Content-Type"))
 
@@ -29,7 +31,14 @@ def version():
 
 @bp.get("/api/tags")
 def tags():
-    return passthrough("GET", "/api/tags")
+    return listing("/api/tags")
+
+
+def listing(path):
+    router = routing.get()
+    if len(router.hosts) == 1:
+        return passthrough("GET", path)
+    return Response(dumps(router.merged(path)), mimetype="application/json")
 
 
 @bp.post("/api/show")
@@ -37,13 +46,12 @@ def show():
     body = validate.json_body("ShowRequest")
     if not body.get("model") and body.get("name"):  # older clients send `name`
         body["model"] = body["name"]
-    validate.model_name(body)
-    return passthrough("POST", "/api/show", body)
+    return passthrough("POST", "/api/show", body, host=_holder(validate.model_name(body)))
 
 
 @bp.get("/api/ps")
 def ps():
-    return passthrough("GET", "/api/ps")
+    return listing("/api/ps")
 
 
 @bp.post("/api/embed")
@@ -58,9 +66,24 @@ def model_passthrough():
     body = validate.json_body("Request")
     if not body.get("model") and body.get("name"):  # older clients send `name`
         body["model"] = body["name"]
-    if request.path not in ("/api/copy",):
-        validate.model_name(body)
-    return passthrough(request.method, request.path, body)
+    if request.path == "/api/copy":
+        return passthrough("POST", "/api/copy", body, host=_holder(body.get("source")))
+    model = validate.model_name(body)
+    about_a_model = request.path in ("/api/embed", "/api/embeddings", "/api/delete", "/api/push")
+    return passthrough(request.method, request.path, body,
+                       host=_holder(model) if about_a_model else None)
+
+
+def _holder(model):
+    """A host that has `model` (the first host when only one is configured or none has it,
+    so that its own error reaches the client)."""
+    router = routing.get()
+    if len(router.hosts) == 1 or not isinstance(model, str) or not model:
+        return None
+    try:
+        return router.candidates(model)[0]
+    except UpstreamError:
+        return None
 
 
 @bp.route("/api/blobs/<digest>", methods=["POST", "HEAD"])

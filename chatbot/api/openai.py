@@ -2,8 +2,9 @@
 import json
 from datetime import datetime
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
+from chatbot import routing
 from chatbot.api import ApiError, openai_wire, turns, validate
 from chatbot.upstream import UpstreamError
 
@@ -20,8 +21,8 @@ def _error(exc):
     return openai_wire.failure(exc.status, exc.error)
 
 
-def upstream():
-    return current_app.extensions["upstream"]
+def all_models():
+    return routing.get().merged("/api/tags")["models"]
 
 
 def _model_entry(model):
@@ -35,13 +36,12 @@ def _model_entry(model):
 
 @bp.get("/models")
 def models():
-    tags = upstream().get_json("/api/tags").get("models") or []
-    return _json({"object": "list", "data": [_model_entry(m) for m in tags]})
+    return _json({"object": "list", "data": [_model_entry(m) for m in all_models()]})
 
 
 @bp.get("/models/<path:model>")
 def model(model):
-    for entry in upstream().get_json("/api/tags").get("models") or []:
+    for entry in all_models():
         if model in (entry["name"], entry["name"].removesuffix(":latest")):
             return _json(_model_entry(entry))
     raise ApiError(404, f"model '{model}' not found")
@@ -79,7 +79,9 @@ def embeddings():
     model = validate.model_name(body)
     if not body.get("input"):
         raise ApiError(400, "invalid input")
-    result = upstream().post_json("/api/embed", {"model": model, "input": body["input"]})
+    router = routing.get()
+    upstream = router.upstream(router.candidates(model)[0])
+    result = upstream.post_json("/api/embed", {"model": model, "input": body["input"]})
     data = [{"object": "embedding", "embedding": e, "index": i}
             for i, e in enumerate(result["embeddings"])]
     tokens = result.get("prompt_eval_count", 0)

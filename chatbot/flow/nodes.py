@@ -33,10 +33,10 @@ class LoadSession(Node):
 
     def exec(self, prep_res):
         session_id, model, kind = prep_res
-        session = store.open_session(session_id, commit=False)
+        created = store.touch_session(session_id)
         # generate is single-turn (its turns are stored, history not replayed); a session
         # created just now has no history to look up.
-        if kind != "chat" or session.created_at == session.last_access:
+        if kind != "chat" or created:
             return (0, ""), []
         return store.thread_tail(session_id, model), store.leading_system(session_id, model)
 

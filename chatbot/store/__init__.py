@@ -2,7 +2,7 @@
 from chatbot.store.models import db, ChatSession, Message  # noqa: F401
 from chatbot.store.sessions import (  # noqa: F401
     append_messages, chain, leading_system, load_thread, newest_first, open_session,
-    note_truncation, thread_length, thread_tail,
+    note_truncation, thread_length, thread_tail, touch_session,
 )
 
 

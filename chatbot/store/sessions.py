@@ -29,6 +29,29 @@ def open_session(session_id, commit=True):
     return session
 
 
+def touch_session(session_id):
+    """The request path's open_session: one upsert statement (created, or marked used and
+    un-archived), not committed (the turn's first append commits it). True if it is new."""
+    now = utcnow()
+    insert = _dialect_insert()(ChatSession).values(
+        id=session_id, created_at=now, last_access=now, archived=False, meta={})
+    row = db.session.execute(
+        insert.on_conflict_do_update(index_elements=[ChatSession.id],
+                                     set_={"last_access": now, "archived": False})
+        .returning(ChatSession.created_at)
+    ).one()
+    return row.created_at == now
+
+
+def _dialect_insert():
+    """INSERT ... ON CONFLICT for the database in use (SQLite and PostgreSQL both have it)."""
+    if db.engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
 def note_truncation(session_id, model, dropped):
     """Record in the session's metadata that its context was cut (committed with the turn)."""
     session = db.session.get(ChatSession, session_id)

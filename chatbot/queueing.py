@@ -102,13 +102,17 @@ class Queueing:
             self.redis.delete(RUNNING.format(queue))
         self.announce(queue)
 
-    def load(self, queue):
-        """Requests waiting plus the one running: what a new request would wait behind."""
+    def counts(self, queue):
+        """(requests waiting, requests running: 0 or 1), in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zcard(WAITING.format(queue))
         pipe.exists(RUNNING.format(queue))
         waiting, running = pipe.execute()
-        return waiting + running
+        return waiting, running
+
+    def load(self, queue):
+        """Requests waiting plus the one running: what a new request would wait behind."""
+        return sum(self.counts(queue))
 
     def is_running(self, request_id, queue):
         return self.redis.get(RUNNING.format(queue)) == request_id.encode()

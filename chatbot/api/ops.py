@@ -18,15 +18,15 @@ bp = Blueprint("ops", __name__)
 @bp.get("/metrics")
 def scrape():
     line, queues = queueing.get(), routing.get().queues.values()
-    loads = {q: line.snapshot(q) for q in queues}
+    counts = {q: line.counts(q) for q in queues}  # not snapshot: it reads every waiting request
     idle_after = timedelta(hours=current_app.config["SESSION_TIMEOUT_HOURS"])
     active = db.session.execute(db.select(db.func.count()).select_from(ChatSession).where(
         ChatSession.archived.is_(False), ChatSession.last_access > utcnow() - idle_after)).scalar_one()
     gauges = {
         "chatbot_queue_depth": ("Requests waiting in line.",
-                                [({"queue": q}, s["depth"]) for q, s in loads.items()]),
+                                [({"queue": q}, waiting) for q, (waiting, _) in counts.items()]),
         "chatbot_queue_running": ("Requests being generated (0 or 1 per queue).",
-                                  [({"queue": q}, int(bool(s["running"]))) for q, s in loads.items()]),
+                                  [({"queue": q}, running) for q, (_, running) in counts.items()]),
         "chatbot_active_sessions": ("Sessions used within SESSION_TIMEOUT_HOURS.", [({}, active)]),
     }
     body = metrics.render(current_app.extensions["metrics"], gauges)

@@ -12,20 +12,16 @@ def chain(previous, role, content):
     return hashlib.sha256(f"{previous}\0{role}\0{content or ''}".encode()).hexdigest()
 
 
-def open_session(session_id, commit=True):
-    """Get or create the session and mark it used (an archived session comes back); a new
-    one has created_at == last_access. The request path passes commit=False: the turn's
-    first append commits it all at once."""
+def open_session(session_id):
+    """Get or create the session and mark it used (an archived session comes back).
+    The request path uses touch_session instead, committed with the turn's first append."""
     session, now = db.session.get(ChatSession, session_id), utcnow()
     if session is None:
         session = ChatSession(id=session_id, meta={}, created_at=now)
         db.session.add(session)
     session.last_access = now
     session.archived = False
-    if commit:
-        db.session.commit()
-    else:
-        db.session.flush()
+    db.session.commit()
     return session
 
 
@@ -100,22 +96,6 @@ def newest_first(session_id, model, first_page=64):
         if len(rows) < page:
             return
         before, page = rows[-1].id, page * 2
-
-
-def load_thread(session_id, model):
-    """The whole thread, oldest first (admin and export only, never on the request path)."""
-    rows = db.session.execute(
-        db.select(Message).where(Message.session_id == session_id, Message.model == model,
-                                 Message.status == "ok").order_by(Message.id)
-    ).scalars()
-    return [row.as_chat() for row in rows]
-
-
-def thread_length(session_id, model=None):
-    query = db.select(db.func.count()).select_from(Message).where(Message.session_id == session_id)
-    if model:
-        query = query.where(Message.model == model)
-    return db.session.execute(query).scalar_one()
 
 
 def append_messages(session_id, model, messages, request_id, status="ok", started_at=None,

@@ -112,10 +112,11 @@ def run_request(job):
         emit({"t": "error", "status": 500, "error": f"internal error: {exc}"})
     finally:
         heartbeat.stopped.set()
-        line.finish(request_id, queue, _state(shared))
+        state = _state(shared)
+        line.finish(request_id, queue, state)
         final = (shared.get("reply") or {}).get("final") or {}
         logs.bind(tokens=final.get("eval_count"))
-        log.info("finished: %s", _state(shared))
+        log.info("finished: %s", state)
 
 
 def cancel_request(request_id):

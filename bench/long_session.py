@@ -18,7 +18,7 @@ import uuid
 import flask_migrate
 
 from chatbot import create_app, procs, store
-from chatbot.flow.context import count_tokens
+from chatbot.tokens import count_tokens
 from chatbot.flow.nodes import BuildContext, LoadSession, SizeWindow, StoreReply, StoreRequest
 from chatbot.store import Message, db
 from chatbot.store.models import utcnow

@@ -5,7 +5,9 @@ from flask import Flask
 
 
 def create_app(config=None):
-    from chatbot import api, cli, config as settings, logs, metrics, queueing, relay, store, tasks
+    from chatbot import api, cli, config as settings, line, logs, metrics, redis_pool, relay, store
+    from chatbot import tasks  # noqa: F401  registers the Celery tasks
+    from chatbot.worker import celery_init_app
     from chatbot.flow.window import Calibration, Windows
     from chatbot.routing import Router
 
@@ -19,17 +21,18 @@ def create_app(config=None):
     os.makedirs(app.instance_path, exist_ok=True)
     logs.init_app(app)
     store.init_app(app)
+    redis_pool.init_app(app)
     relay.init_app(app)
-    queueing.init_app(app)
+    line.init_app(app)
     metrics.init_app(app)
     app.extensions["windows"] = Windows()
-    app.extensions["calibration"] = Calibration(app.extensions["queueing"].redis)
+    app.extensions["calibration"] = Calibration(app.extensions["redis"])
     router = Router(app.config["OLLAMA_HOSTS"], app.config["UPSTREAM_CONNECT_TIMEOUT"],
-                    app.config["UPSTREAM_READ_TIMEOUT"], app.extensions["queueing"],
+                    app.config["UPSTREAM_READ_TIMEOUT"], app.extensions["line"],
                     app.config["UPSTREAM_RETRIES"])
     app.extensions["router"] = router
     app.extensions["upstream"] = router.upstream()  # model management and listings
-    tasks.celery_init_app(app)
+    celery_init_app(app)
     api.init_app(app)
     cli.init_app(app)  # `flask sessions ...`
     return app

@@ -27,6 +27,7 @@ def load(instance_path):
             "DATABASE_URL", f"sqlite:///{instance / 'chatbot.db'}"),
         "SESSION_TIMEOUT_HOURS": _float("SESSION_TIMEOUT_HOURS", 24),
         "MAX_QUEUE": _int("MAX_QUEUE", 512),
+        "QUEUE_TIMEOUT_SECONDS": _float("QUEUE_TIMEOUT_SECONDS", 600),
         "CONTEXT_REPLY_RESERVE": _int("CONTEXT_REPLY_RESERVE", 512),
         "UPSTREAM_CONNECT_TIMEOUT": _float("UPSTREAM_CONNECT_TIMEOUT", 2.0),
         "UPSTREAM_READ_TIMEOUT": _float("UPSTREAM_READ_TIMEOUT", 300.0),

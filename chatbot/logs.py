@@ -5,9 +5,10 @@ import contextvars
 import json
 import logging
 import sys
+import uuid
 from datetime import datetime, timezone
 
-FIELDS = ("request_id", "session_id", "model", "queue_position", "tokens")
+FIELDS = ("request_id", "session_id", "model", "queue_position", "tokens", "error_id")
 _context = contextvars.ContextVar("chatbot_log_context", default={})
 
 
@@ -18,6 +19,14 @@ def bind(**fields):
 
 def clear():
     _context.set({})
+
+
+def incident(logger, what):
+    """Log the exception being handled with a fresh error id, and return the short, generic
+    text a client gets instead of its details (SQL, parameters, hosts stay in the log)."""
+    error_id = uuid.uuid4().hex[:12]
+    logger.error(what, exc_info=True, extra={"error_id": error_id})
+    return f"internal error (error id {error_id})"
 
 
 class ContextFilter(logging.Filter):

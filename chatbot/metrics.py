@@ -73,9 +73,7 @@ class Metrics:
 
 
 def init_app(app):
-    from chatbot.queueing import connect
-
-    app.extensions["metrics"] = Metrics(connect(app.config["REDIS_URL"]))
+    app.extensions["metrics"] = Metrics(app.extensions["redis"])
 
 
 def _labels(labels):

@@ -1,4 +1,5 @@
-"""One Redis Stream per request: the worker appends events, the web reads them from the start.
+"""One Redis Stream per request: the line (chatbot.line) appends events, the web reads them
+from the start.
 
 A stream (not pub/sub) so that no event is lost when the worker is faster than the reader,
 and a reader can resume from the last id it saw. In the web process a single hub thread
@@ -17,11 +18,14 @@ import uuid
 
 import redis
 
-from chatbot.queueing import connect, sse
+from chatbot.redis_pool import connect
 
 FINAL = ("done", "error")
-HUB_BLOCK_MS = 2000  # under redis-py 8's default 5 s socket timeout
+HUB_BLOCK_MS = 2000  # under the pool's 5 s socket timeout
 WAKE_TTL = 24 * 3600
+LEASE = "chatbot:lease:{}"
+LEASE_TTL = 15  # seconds a web process's requests outlive its hub's last renewal
+RENEW_EVERY = 3
 
 
 def stream_key(request_id):
@@ -29,12 +33,14 @@ def stream_key(request_id):
 
 
 class Hub(threading.Thread):
-    """Reads the streams of every waiting request of this process and hands out events."""
+    """Reads the streams of every waiting request of this process and hands out events. It
+    also renews the process's lease: while it lives, the requests it admitted are wanted."""
 
     def __init__(self, client):
         super().__init__(daemon=True, name="relay-hub")
         self.redis = client
-        self.wake_key = f"chatbot:wake:{uuid.uuid4()}"
+        self.lease = str(uuid.uuid4())
+        self.wake_key = f"chatbot:wake:{self.lease}"
         self.waiters = {}  # stream key -> [last id, queue of events]
         self.lock = threading.Lock()
 
@@ -54,7 +60,14 @@ class Hub(threading.Thread):
             self.waiters.pop(stream_key(request_id).encode(), None)
 
     def run(self):
+        renewed = 0.0
         while True:
+            if time.monotonic() - renewed > RENEW_EVERY:
+                try:
+                    self.redis.set(LEASE.format(self.lease), 1, ex=LEASE_TTL)
+                    renewed = time.monotonic()
+                except redis.RedisError:
+                    pass
             with self.lock:
                 streams = {key: last for key, (last, _) in self.waiters.items()}
             streams[self.wake_key] = "$"
@@ -74,29 +87,10 @@ class Hub(threading.Thread):
 
 
 class Relay:
-    def __init__(self, redis_url, ttl):
-        self.redis_url = redis_url
-        self.redis = connect(redis_url)
-        self.ttl = ttl
+    def __init__(self, client, redis_url):
+        self.redis, self.redis_url = client, redis_url
         self._hub, self._hub_pid = None, None
         self._hub_lock = threading.Lock()
-
-    def publish(self, request_id, event, pipe=None):
-        """Append the event, and tell SSE listeners of the request in the same round trip
-        (or queue both on the caller's `pipe`)."""
-        key = stream_key(request_id)
-        execute, pipe = pipe is None, pipe or self.redis.pipeline(transaction=False)
-        pipe.xadd(key, {"e": json.dumps(event)})
-        if event["t"] in ("started",) + FINAL:
-            pipe.expire(key, self.ttl)
-        if event["t"] == "chunk":
-            sse(pipe, request_id, "token", event["raw"])
-        elif event["t"] == "done":
-            sse(pipe, request_id, "done", event["d"])
-        elif event["t"] == "error":
-            sse(pipe, request_id, "error", {"error": event["error"], "status": event["status"]})
-        if execute:
-            pipe.execute()
 
     def hub(self):
         """This process's hub, started on first use (after any fork of a server's workers)."""
@@ -146,7 +140,11 @@ class Relay:
             yield event
             if event["t"] in FINAL:
                 return
-        for _, fields in (self.redis.xrevrange(stream_key(request_id), count=1) or ()):
+        try:
+            newest = self.redis.xrevrange(stream_key(request_id), count=1) or ()
+        except redis.RedisError:
+            newest = ()
+        for _, fields in newest:
             last = json.loads(fields[b"e"])
             if last["t"] in FINAL:
                 yield last
@@ -155,4 +153,4 @@ class Relay:
 
 
 def init_app(app):
-    app.extensions["relay"] = Relay(app.config["REDIS_URL"], app.config["RELAY_TTL_SECONDS"])
+    app.extensions["relay"] = Relay(app.extensions["redis"], app.config["REDIS_URL"])

@@ -17,13 +17,13 @@ def queue_name(index, count):
 
 
 class Router:
-    def __init__(self, hosts, connect_timeout, read_timeout, queueing, retries=2):
+    def __init__(self, hosts, connect_timeout, read_timeout, line, retries=2):
         self.hosts = hosts
         self.queues = {h: queue_name(i, len(hosts)) for i, h in enumerate(hosts)}
         self.settings = (connect_timeout, read_timeout, retries)
         self.upstreams = {h: Upstream(h, *self.settings) for h in hosts}
         self.catalogs = {h: Catalog(self.upstreams[h]) for h in hosts}
-        self.queueing = queueing
+        self.line = line
 
     def upstream(self, host=None):
         host = host or self.hosts[0]
@@ -66,11 +66,11 @@ class Router:
         candidates = self.candidates(model)
         if len(self.hosts) == 1:  # nothing to choose: spare the round trips
             return candidates[0], self.queues[candidates[0]]
-        redis = self.queueing.redis
+        redis = self.line.redis
         sticky = redis.get(STICKY.format(session_id))
         host = sticky.decode() if sticky and sticky.decode() in candidates else None
         if host is None:
-            host = min(candidates, key=lambda h: self.queueing.load(self.queues[h]))
+            host = min(candidates, key=lambda h: self.line.load(self.queues[h]))
             redis.set(STICKY.format(session_id), host, ex=STICKY_TTL)
         return host, self.queues[host]
 

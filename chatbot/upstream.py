@@ -61,6 +61,15 @@ class Upstream:
             resp.close()
 
 
+def fold(reply, chunk):
+    """Add one streamed chunk (chat's or generate's) to `reply` {content, thinking, tool_calls}."""
+    message = chunk.get("message") or chunk  # generate's chunk is its own message
+    reply["content"] += message.get("content") or message.get("response") or ""
+    reply["thinking"] += message.get("thinking") or ""
+    reply["tool_calls"] += message.get("tool_calls") or []
+    return reply
+
+
 def _replayable(kwargs):
     """A streamed upload (blobs) cannot be sent twice."""
     data = kwargs.get("data")

@@ -6,7 +6,7 @@ from datetime import timedelta
 import ollama
 import pytest
 
-from chatbot.flow.context import count_tokens
+from chatbot.tokens import count_tokens
 from chatbot.store import ChatSession, db
 from chatbot.store.models import utcnow
 from tests.conftest import MODEL, OPTIONS

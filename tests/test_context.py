@@ -5,7 +5,9 @@ import ollama
 import pytest
 import requests
 
-from chatbot.flow.context import NOTE, PER_MESSAGE, TooLong, count_tokens, fit, new_messages
+from chatbot.flow.context import NOTE, PER_MESSAGE, TooLong, fit, new_messages
+from chatbot.flow.window import BAND, MAX_OVERHEAD, RATIOS, learn
+from chatbot.tokens import count_tokens
 from chatbot.store import chain
 from tests.conftest import MODEL
 
@@ -92,17 +94,67 @@ def test_request_too_long_for_the_window_is_400_and_stores_nothing(stack):
     assert stack.rows(sid) == []
 
 
+PARAGRAPH = ("The harbour wakes before the town does: gulls argue over the nets, a ferry "
+             "coughs its engine awake, and the baker's van rattles down the hill with bread "
+             "for the cafes that line the quay. By seven the fishermen are back, their boxes "
+             "of mackerel stacked on the slipway while the auction bell rings twice. ")
+
+
 def test_calibration_converges_on_the_bundled_model(stack):
     calibration = stack.app.extensions["calibration"]
     host = stack.env["OLLAMA_HOST"]
-    ratios = []
-    for i in range(5):
-        chat(stack, str(uuid.uuid4()), [{"role": "user", "content": f"Count to {i + 3}, please."}],
+    calibration.redis.hdel(RATIOS, f"{host}|{MODEL}")
+    figures = []
+    for i in range(8):  # long prompts teach the ratio, short ones the template's overhead
+        text = f"{i}. {PARAGRAPH}" if i % 2 else f"Count to {i + 3}, please."
+        chat(stack, str(uuid.uuid4()), [{"role": "user", "content": text}],
              {**GREEDY, "num_predict": 2})
-        ratios.append(calibration.ratio(host, MODEL))
-    # SmolLM2's tokenizer and template are not cl100k: the ratio moves off 1 and settles.
-    assert abs(ratios[-1] - 1.0) > 0.05
-    assert abs(ratios[-1] - ratios[-2]) / ratios[-1] < 0.1
+        figures.append(calibration.read(host, MODEL))
+    # SmolLM2's tokenizer and template are not cl100k: the ratio moves off 1 and settles, and
+    # the template's own tokens (its default system prompt) are learned as a fixed overhead.
+    (ratio, overhead), (before, _) = figures[-1], figures[-3]
+    assert abs(ratio - 1.0) > 0.05 and abs(ratio - before) / ratio < 0.1
+    assert overhead > 5
+
+
+def test_a_short_first_chat_leaves_every_window_as_it_was(stack):
+    """"hi" costs a handful of our tokens but about 30 upstream (the template's system prompt):
+    it must not become the model's tokens-per-token ratio for everyone."""
+    calibration = stack.app.extensions["calibration"]
+    host = stack.env["OLLAMA_HOST"]
+    calibration.redis.hdel(RATIOS, f"{host}|{MODEL}")
+    reply = chat(stack, str(uuid.uuid4()), [{"role": "user", "content": "hi"}],
+                 {**GREEDY, "num_predict": 2})
+    assert reply.prompt_eval_count > 5 * count_tokens({"content": "hi"})
+    ratio, overhead = calibration.read(host, MODEL)
+    assert ratio == 1.0 and 0 < overhead <= MAX_OVERHEAD
+    # Another session's 300-token message still fits a 512-token window.
+    text = " ".join(["sea"] * 300)
+    assert count_tokens({"content": text}) >= 290
+    fits = chat(stack, str(uuid.uuid4()), [{"role": "user", "content": text}],
+                {**GREEDY, "num_predict": 2, "num_ctx": 512})
+    assert fits.done
+
+
+def test_calibration_stays_in_its_band_and_recovers():
+    figures = (1.2, 20.0)
+    # An absurd reading moves the figures a step, within the band, never to the reading.
+    bad, cut = learn(figures, sent=100, seen=100_000, window=4096, pure_text=True)
+    assert not cut and BAND[0] <= bad[0] < 1.2 + 0.3 * (BAND[1] - 1.2) + 1e-9
+    bad, cut = learn(bad, sent=10, seen=100_000, window=4096, pure_text=True)
+    assert not cut and bad[1] < 20 + 0.3 * MAX_OVERHEAD
+    recovered = bad
+    for i in range(40):  # normal readings of a ratio of 1.2 and an overhead of 20
+        sent = (20, 400)[i % 2]
+        recovered, _ = learn(recovered, sent=sent, seen=20 + 1.2 * sent, window=4096,
+                             pure_text=True)
+    assert abs(recovered[0] - 1.2) < 0.05 and abs(recovered[1] - 20) < 8
+    # Short or non-text prompts teach no ratio; a far smaller reading (a prompt cache) teaches
+    # nothing, and is a cut only when the upstream filled most of its window.
+    assert learn(figures, sent=10, seen=200, window=4096, pure_text=True)[0][0] == 1.2
+    assert learn(figures, sent=500, seen=900, window=4096, pure_text=False)[0][0] == 1.2
+    assert learn(figures, sent=3000, seen=100, window=4096, pure_text=True) == (None, False)
+    assert learn(figures, sent=3000, seen=2048, window=2048, pure_text=True) == (None, True)
 
 
 def test_each_model_keeps_its_own_thread(stack):

@@ -85,5 +85,4 @@ def init_app(app):
 
     @app.errorhandler(Exception)
     def _unexpected(exc):
-        log.exception("unhandled error")
-        return error_response(500, f"internal error: {exc.__class__.__name__}")
+        return error_response(500, logs.incident(log, "unhandled error"))

@@ -7,7 +7,7 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
-from chatbot import metrics, queueing, routing
+from chatbot import line as lines, metrics, routing
 from chatbot.store import ChatSession, db
 from chatbot.store.models import utcnow
 from chatbot.upstream import UpstreamError
@@ -17,7 +17,7 @@ bp = Blueprint("ops", __name__)
 
 @bp.get("/metrics")
 def scrape():
-    line, queues = queueing.get(), routing.get().queues.values()
+    line, queues = lines.get(), routing.get().queues.values()
     counts = {q: line.counts(q) for q in queues}  # not snapshot: it reads every waiting request
     idle_after = timedelta(hours=current_app.config["SESSION_TIMEOUT_HOURS"])
     active = db.session.execute(db.select(db.func.count()).select_from(ChatSession).where(
@@ -55,7 +55,7 @@ def readyz():
 
 def _redis():
     try:
-        queueing.get().redis.ping()
+        lines.get().redis.ping()
     except redis.RedisError as exc:
         return f"redis does not answer: {exc}"
 

@@ -1,18 +1,19 @@
-"""A chat or generate request's life on the web side: queue it, then answer from its events."""
+"""A chat or generate request's life on the web side: queue it, then answer from its events.
+The line (chatbot.line) decides every ending; this module only asks it."""
 import logging
 import time
 import uuid
 
 from flask import Response, current_app, g, request, stream_with_context
 
-from chatbot import logs, queueing, routing
+from chatbot import line as lines, logs, routing
 from chatbot.api import ApiError
 from chatbot.api.disconnect import client_gone, client_socket
-from chatbot.tasks import cancel_request, run_request
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 RETRY_AFTER_SECONDS = 5
-CHECK_EVERY = 0.5  # seconds between looks at the client socket and the worker's heartbeat
+CHECK_EVERY = 0.5  # seconds between looks at the client socket (and a running request's worker)
+LOOK_EVERY = 2.0  # seconds between asking the line about a request still waiting in it
 log = logging.getLogger(__name__)
 
 
@@ -20,43 +21,45 @@ def submit(kind, model, messages, upstream_body, session_id):
     """Queue a turn. `messages` are what the session gains; `upstream_body` the rest of what
     is sent upstream (chat's context is added by the flow). Returns (request_id, queue)."""
     host, queue = routing.get().choose(model, session_id)
-    request_id = g.request_id
-    # A client reusing its own id must not read another request's reply (ours are fresh).
-    if g.request_id_given and queueing.get().info(request_id):
-        request_id = g.request_id = str(uuid.uuid4())
+    line, lease = lines.get(), current_app.extensions["relay"].hub().lease
     g.model = model
-    logs.bind(request_id=request_id, session_id=session_id, model=model)
+    info = {"model": model, "session_id": session_id, "host": host}
     try:
-        position = queueing.get().admit(request_id, queue, {"model": model, "session_id": session_id,
-                                                            "host": host})
-    except queueing.QueueFull:
+        position = line.admit(g.request_id, queue, info, lease)
+        while position is None:  # a client reusing an id never reads another request's reply
+            g.request_id = str(uuid.uuid4())
+            position = line.admit(g.request_id, queue, info, lease)
+    except lines.QueueFull:
         log.warning("refused: queue %s is full", queue)
         raise ApiError(503, BUSY, {"Retry-After": str(RETRY_AFTER_SECONDS)})
-    logs.bind(queue_position=position)
+    request_id = g.request_id
+    logs.bind(request_id=request_id, session_id=session_id, model=model, queue_position=position)
     log.info("queued on %s for %s", queue, host)
     job = {"request_id": request_id, "session_id": session_id, "kind": kind, "model": model,
            "messages": messages, "upstream": {**upstream_body, "model": model},
-           "host": host, "queue": queue}
+           "host": host, "queue": queue, "fresh": bool(g.get("fresh_session"))}
     # This app's own Celery (not the process default: tests run several apps side by side).
-    current_app.extensions["celery"].send_task(run_request.name, args=[job], task_id=request_id,
-                                               queue=queue)
+    current_app.extensions["celery"].send_task("chatbot.run_request", args=[job],
+                                               task_id=request_id, queue=queue)
     return request_id, queue
 
 
 def watchdog(request_id, queue):
-    """A relay check: ends the wait when the client left or the worker running us died."""
-    sock, line = client_socket(request.environ), queueing.get()
+    """A relay check: ends the wait when the client left, or when the line says the request
+    can no longer answer (vanished, waited too long, its worker died)."""
+    sock, line = client_socket(request.environ), lines.get()
+    next_look = [time.monotonic() + LOOK_EVERY]
 
     def check(started):
         if client_gone(sock):
             log.info("client disconnected while waiting")
             _metrics().inc("chatbot_stream_disconnects_total")
-            cancel_request(request_id)
-            return {"t": "error", "status": 499, "error": "client disconnected"}
-        if started and not line.is_running(request_id, queue):
-            line.finish(request_id, queue, "lost")
-            return {"t": "error", "status": 500, "error": "the worker running this request died"}
-        return None
+            line.cancel(request_id, lines.CLIENT_GONE)
+            return lines.CLIENT_GONE
+        if not started and time.monotonic() < next_look[0]:
+            return None
+        next_look[0] = time.monotonic() + LOOK_EVERY
+        return line.verdict(request_id, queue)
 
     return check
 
@@ -87,7 +90,7 @@ def _first_reply_event(events, request_id):
             if event["t"] != "started":
                 return event
     except BaseException:
-        cancel_request(request_id)
+        lines.get().cancel(request_id)
         raise
 
 
@@ -113,7 +116,7 @@ def _lines(first, events, request_id, wire):
         if not finished:  # the client went away mid-stream: stop the generation
             log.info("client disconnected mid-stream")
             _metrics().inc("chatbot_stream_disconnects_total")
-            cancel_request(request_id)
+            lines.get().cancel(request_id, lines.CLIENT_GONE)
 
 
 def _chain(first, events):

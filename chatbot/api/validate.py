@@ -2,7 +2,7 @@
 import json
 import uuid
 
-from flask import request
+from flask import g, request
 
 from chatbot.api import ApiError
 
@@ -68,6 +68,7 @@ def session_id(body):
     """The session named by body or header, normalised; a new one when none is named."""
     given = body.get("session_id") or request.headers.get("X-Session-ID")
     if not given:
+        g.fresh_session = True  # nothing to look up: the session is made for this request
         return str(uuid.uuid4())
     try:
         return str(uuid.UUID(str(given)))

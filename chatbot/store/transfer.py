@@ -5,7 +5,7 @@ import uuid
 from sqlalchemy.exc import IntegrityError
 
 from chatbot import store
-from chatbot.flow.context import count_tokens
+from chatbot.tokens import count_tokens
 from chatbot.store.admin import (EXPORT_VERSION, EXTRA_FIELDS, MAX_TITLE, ROLES, STATUSES,
                                  AdminError, Conflict, get, iso, message_dict, parse_time,
                                  session_id)
@@ -67,9 +67,13 @@ def import_session(doc, progress=None):
     except IntegrityError:  # created by someone else since the check above
         db.session.rollback()
         raise Conflict(f"session '{session.id}' already exists")
-    total = 0
+    total, parts = 0, {}
     for model, status, request_id, messages in runs:
-        store.append_messages(session.id, model, messages, request_id, status=status)
+        # A request's rows are numbered on across runs (its reply may differ in status).
+        first = parts.get(request_id, 0)
+        store.append_messages(session.id, model, messages, request_id, status=status,
+                              first_part=first)
+        parts[request_id] = first + len(messages)
         total += len(messages)
         if progress:
             progress(len(messages))

@@ -1,0 +1,439 @@
+"""A request's life, in one place: queued -> running -> done | failed | cancelled | lost |
+expired. Only this module moves a request between states, and each move is one Redis script
+that checks the state it leaves, so it happens once: a redelivered task, a second watchdog or
+a late worker finds the request already moved and does nothing. The same script appends the
+request's relay event and its SSE notice, so a client hears of every ending exactly once.
+
+Keys: waiting:<queue> zset of request ids by enqueue time · running:<queue> the running
+request's id, kept alive by its worker's heartbeat · req:<id> hash of what the request is
+(state, queue, session, model, lease, cancel flag) · lease:<id> alive while the web process
+that admitted the request lives · thread:<session>:<model> the lock a turn holds on its thread.
+"""
+import json
+import logging
+import threading
+import time
+import uuid
+
+import redis
+from flask import current_app
+from flask_sse import Message
+
+from chatbot.relay import LEASE, LEASE_TTL, stream_key
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    pass
+
+
+WAITING, RUNNING, STARTED = "chatbot:waiting:{}", "chatbot:running:{}", "chatbot:started:{}"
+INFO, THREAD = "chatbot:req:{}", "chatbot:thread:{}:{}"
+QUEUE_CHANNEL = "queue"
+INFO_TTL = 3600
+HEARTBEAT_TTL = 5  # seconds a running request survives without a heartbeat from its worker
+BEAT_EVERY = 0.25  # the heartbeat also carries the cancel check: a cancel stops within this
+THREAD_LOCK_TTL = 30
+ENDINGS = ("done", "failed", "cancelled", "lost", "expired")
+
+# Check the bound and that the id is unused, join the line, describe the request, renew the
+# web process's lease and tell SSE listeners, in one atomic round trip.
+ADMIT = """
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+local waiting = redis.call('ZCARD', KEYS[1])
+if waiting >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[2], unpack(cjson.decode(ARGV[4])))
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('SET', KEYS[4], 1, 'EX', ARGV[9])
+redis.call('PUBLISH', ARGV[3], string.format(ARGV[6], waiting + 1))
+redis.call('PUBLISH', ARGV[7], string.format(ARGV[8], waiting + 1))
+return waiting + 1
+"""
+# Move a request from one of the states in ARGV[2] to ARGV[3], append its event and notice.
+# ARGV[9] = '1': only if its heartbeat has stopped (a live worker is not declared lost).
+# ARGV[10] = '1': a running request is flagged for cancel instead (its worker ends it).
+END = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {0, ''} end
+if ARGV[10] == '1' and state == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', 1)
+  return {0, state}
+end
+if not string.find(',' .. ARGV[2] .. ',', ',' .. state .. ',', 1, true) then return {0, state} end
+if ARGV[9] == '1' and redis.call('GET', KEYS[4]) == ARGV[1] then return {0, state} end
+redis.call('HSET', KEYS[1], 'state', ARGV[3], 'finished_at', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+local left = redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[5], ARGV[1])
+if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+redis.call('XADD', KEYS[2], '*', 'e', ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[8])
+redis.call('PUBLISH', ARGV[1], ARGV[6])
+return {1, state, left}
+"""
+# A worker takes a queued request: only if it is still queued, its client's web process still
+# lives and it has not waited too long. Returns {verdict, waited, ids still waiting...}.
+CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' then return {state or ''} end
+local now = tonumber(ARGV[2])
+local queued_at = tonumber(redis.call('HGET', KEYS[1], 'queued_at')) or now
+local lease = redis.call('HGET', KEYS[1], 'lease')
+local verdict, event, notice = 'running', ARGV[5], ARGV[6]
+if lease and redis.call('EXISTS', 'chatbot:lease:' .. lease) == 0 then
+  verdict, event, notice = 'cancelled', ARGV[7], ARGV[8]
+elseif now - queued_at > tonumber(ARGV[4]) then
+  verdict, event, notice = 'expired', ARGV[9], ARGV[10]
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+local waited = string.format('%.6f', math.max(0, now - queued_at))
+if verdict == 'running' then
+  redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
+  redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[2])
+  redis.call('SADD', KEYS[5], ARGV[1])
+  event = string.format(event, waited)
+else
+  redis.call('HSET', KEYS[1], 'state', verdict, 'finished_at', ARGV[2])
+end
+redis.call('XADD', KEYS[4], '*', 'e', event)
+redis.call('EXPIRE', KEYS[4], ARGV[11])
+redis.call('PUBLISH', ARGV[1], notice)
+local out = {verdict, waited}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do out[#out + 1] = id end
+return out
+"""
+# The worker's heartbeat, which also says whether to stop: 0 go on, 1 cancelled, 2 the
+# client's web process is gone, 3 the request was ended elsewhere (declared lost).
+BEAT = """
+local state, cancel, lease = unpack(redis.call('HMGET', KEYS[1], 'state', 'cancel', 'lease'))
+if state ~= 'running' then return 3 end
+if cancel then return 1 end
+if lease and redis.call('EXISTS', 'chatbot:lease:' .. lease) == 0 then return 2 end
+local current = redis.call('GET', KEYS[2])
+if not current or current == ARGV[1] then redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if ARGV[4] ~= '' then redis.call('PEXPIRE', ARGV[4], ARGV[5]) end
+return 0
+"""
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def sse_message(type_, data):
+    return json.dumps(Message(data, type=type_).to_dict())
+
+
+def _sse_template(type_, data, number_field):
+    """A flask-sse message with `number_field` left as %d for a script to fill in."""
+    message = sse_message(type_, {**data, number_field: 999_999_999})
+    return message.replace("%", "%%").replace("999999999", "%d")
+
+
+def error_event(status, error):
+    return {"t": "error", "status": status, "error": error}
+
+
+def notice(event):
+    """The SSE notice that goes with a relay event."""
+    kind = event["t"]
+    if kind == "chunk":
+        return "token", event["raw"]
+    if kind == "done":
+        return "done", event["d"]
+    if kind == "error":
+        return "error", {"error": event["error"], "status": event["status"]}
+    return kind, {k: v for k, v in event.items() if k != "t"}
+
+
+CANCELLED = error_event(499, "request cancelled")
+CLIENT_GONE = error_event(499, "client disconnected")
+LOST = error_event(500, "the worker running this request died")
+VANISHED = error_event(503, "the request was lost: the queue's store restarted; please retry")
+UNAVAILABLE = error_event(503, "the queue's store does not answer; please retry")
+
+
+class Line:
+    def __init__(self, client, max_queue, queue_timeout, relay_ttl):
+        self.redis = client
+        self.max_queue, self.queue_timeout, self.relay_ttl = max_queue, queue_timeout, relay_ttl
+        self._admit = client.register_script(ADMIT)
+        self._end = client.register_script(END)
+        self._claim = client.register_script(CLAIM)
+        self._beat = client.register_script(BEAT)
+        self._release = client.register_script(RELEASE)
+
+    # --- the web side -------------------------------------------------------------------
+
+    def admit(self, request_id, queue, info, lease):
+        """Take a place in line and return it. Raises QueueFull at MAX_QUEUE waiting; returns
+        None when the id has a record already (the caller picks a fresh one)."""
+        now = time.time()
+        fields = {**info, "queue": queue, "state": "queued", "queued_at": now, "lease": lease}
+        position = self._admit(
+            keys=[WAITING.format(queue), INFO.format(request_id), stream_key(request_id),
+                  LEASE.format(lease)],
+            args=[self.max_queue, now, request_id,
+                  json.dumps([str(x) for kv in fields.items() for x in kv]), INFO_TTL,
+                  _sse_template("queued", {"position": 0}, "position"), QUEUE_CHANNEL,
+                  _sse_template("depth", {"queue": queue, "waiting": 0}, "waiting"), LEASE_TTL])
+        if position == 0:
+            raise QueueFull()
+        return None if position < 0 else position
+
+    def cancel(self, request_id, event=CANCELLED):
+        """A queued request leaves the line now, its client told; a running one is flagged
+        and its worker stops within BEAT_EVERY. Returns the state it was in (None: unknown)."""
+        info = self.info(request_id)
+        if not info:
+            return None
+        self._move(request_id, info["queue"], ("queued",), "cancelled", event, cancel_running=True)
+        return info["state"]
+
+    def verdict(self, request_id, queue):
+        """For a waiting client: an error event if its request can no longer answer (its record
+        vanished, it waited too long, its worker died), else None."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hmget(INFO.format(request_id), "state", "queued_at")
+            pipe.get(RUNNING.format(queue))
+            (state, queued_at), running = pipe.execute()
+        except redis.RedisError:
+            return UNAVAILABLE
+        if state is None:
+            return VANISHED
+        state = state.decode()
+        if state == "queued" and time.time() - float(queued_at) > self.queue_timeout:
+            return self.expire(request_id, queue)
+        if state == "running" and running != request_id.encode():
+            return self.lose(request_id, queue)
+        return None
+
+    def expire(self, request_id, queue):
+        event = error_event(503, f"the request waited {self.queue_timeout:g} s in line without "
+                                 "starting (QUEUE_TIMEOUT_SECONDS); please retry")
+        self._move(request_id, queue, ("queued",), "expired", event)
+        return event
+
+    def lose(self, request_id, queue):
+        """The worker running the request died: it ends as lost, and the reply it had streamed
+        so far is stored, marked lost."""
+        if self._move(request_id, queue, ("running",), "lost", LOST, only_if_dead=True):
+            from chatbot.store import save_lost_reply
+
+            info = self.info(request_id)
+            try:
+                save_lost_reply(info["session_id"], info["model"], request_id,
+                                self.partial_reply(request_id))
+            except Exception:  # the client still hears of the loss
+                log.exception("could not store the lost reply of %s", request_id)
+        return LOST
+
+    def partial_reply(self, request_id):
+        from chatbot.upstream import fold
+
+        reply = {"content": "", "thinking": "", "tool_calls": []}
+        for _, fields in self.redis.xrange(stream_key(request_id)):
+            event = json.loads(fields[b"e"])
+            if event["t"] == "chunk":
+                fold(reply, json.loads(event["raw"]))
+        return reply
+
+    def sweep(self, queue):
+        """Clear what no client will: waiting entries with no record or waiting too long, and
+        a running request whose worker died. Returns how many were cleared."""
+        cleared = 0
+        for rid in self.redis.zrange(WAITING.format(queue), 0, -1):
+            verdict = self.verdict(rid.decode(), queue)
+            if verdict is VANISHED:
+                cleared += self.redis.zrem(WAITING.format(queue), rid)
+            elif verdict:
+                cleared += 1
+        for rid in self.redis.smembers(STARTED.format(queue)):
+            verdict = self.verdict(rid.decode(), queue)
+            if verdict is VANISHED or (verdict is None and self.info(rid.decode()).get("state")
+                                       != "running"):
+                self.redis.srem(STARTED.format(queue), rid)
+            cleared += verdict is LOST
+        if cleared:
+            self.announce(queue)
+        return cleared
+
+    # --- the worker side ----------------------------------------------------------------
+
+    def claim(self, request_id, queue):
+        """Take the request out of line to run it. Returns (verdict, seconds waited): verdict
+        'running' means run it; anything else (its state, or cancelled/expired now) means the
+        request is not ours to run and nothing may be done."""
+        now = time.time()
+        expired = error_event(503, f"the request waited over {self.queue_timeout:g} s in line "
+                                   "(QUEUE_TIMEOUT_SECONDS); please retry")
+        out = self._claim(
+            keys=[INFO.format(request_id), WAITING.format(queue), RUNNING.format(queue),
+                  stream_key(request_id), STARTED.format(queue)],
+            args=[request_id, now, HEARTBEAT_TTL, self.queue_timeout,
+                  '{"t": "started", "waited": %s}', sse_message("started", {}),
+                  json.dumps(CLIENT_GONE), sse_message(*notice(CLIENT_GONE)),
+                  json.dumps(expired), sse_message(*notice(expired)), self.relay_ttl])
+        verdict = out[0].decode() if isinstance(out[0], bytes) else out[0]
+        if len(out) < 2:
+            return verdict or "unknown", 0.0
+        if verdict == "running":
+            self.announce(queue, out[2:])
+        else:
+            self.announce(queue)
+        return verdict, float(out[1])
+
+    def beat(self, request_id, queue, lock=None):
+        """Renew the heartbeat (and the thread lock); returns 0 to go on, else why to stop."""
+        key, token = lock or ("", "")
+        return self._beat(keys=[INFO.format(request_id), RUNNING.format(queue)],
+                          args=[request_id, HEARTBEAT_TTL, INFO_TTL, key,
+                                THREAD_LOCK_TTL * 1000])
+
+    def emit(self, request_id, event):
+        """A streamed chunk, to the waiting client and SSE listeners."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(stream_key(request_id), {"e": json.dumps(event)})
+        pipe.publish(request_id, sse_message(*notice(event)))
+        pipe.execute()
+
+    def finish(self, request_id, queue, reply):
+        """End a running request with its reply's outcome. False if it had already ended."""
+        state, event = outcome(reply)
+        return self._move(request_id, queue, ("running",), state, event)
+
+    def lock_thread(self, session_id, model, stop, wait=600.0):
+        """Hold the thread for one turn at a time, across workers and hosts. Returns the lock,
+        or None if `stop()` said to give up (or after `wait` s)."""
+        key, token = THREAD.format(session_id, model), str(uuid.uuid4())
+        deadline = time.monotonic() + wait
+        while not self.redis.set(key, token, nx=True, px=THREAD_LOCK_TTL * 1000):
+            if stop() or time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+        return key, token
+
+    def unlock_thread(self, lock):
+        key, token = lock
+        self._release(keys=[key], args=[token])
+
+    # --- shared -------------------------------------------------------------------------
+
+    def _move(self, request_id, queue, from_states, to_state, event, only_if_dead=False,
+              cancel_running=False):
+        moved, _, *left = self._end(
+            keys=[INFO.format(request_id), stream_key(request_id), WAITING.format(queue),
+                  RUNNING.format(queue), STARTED.format(queue)],
+            args=[request_id, ",".join(from_states), to_state, time.time(), json.dumps(event),
+                  sse_message(*notice(event)), "", self.relay_ttl, "1" if only_if_dead else "0",
+                  "1" if cancel_running else "0"])
+        if moved and left and left[0]:  # it left the line: the others move up
+            self.announce(queue)
+        return bool(moved)
+
+    def counts(self, queue):
+        """(requests waiting, requests running: 0 or 1), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(WAITING.format(queue))
+        pipe.exists(RUNNING.format(queue))
+        waiting, running = pipe.execute()
+        return waiting, running
+
+    def load(self, queue):
+        """Requests waiting plus the one running: what a new request would wait behind."""
+        return sum(self.counts(queue))
+
+    def announce(self, queue, waiting=None):
+        """Tell every waiting request that listens its (new) position, and the queue channel
+        the depth. Only listeners: a mass hang-up must not cost a publish per pair."""
+        if waiting is None:
+            waiting = self.redis.zrange(WAITING.format(queue), 0, -1)
+        listening = dict(self.redis.pubsub_numsub(*waiting)) if waiting else {}
+        pipe = self.redis.pipeline(transaction=False)
+        for position, request_id in enumerate(waiting, 1):
+            if listening.get(request_id):
+                pipe.publish(request_id, sse_message("queued", {"position": position}))
+        pipe.publish(QUEUE_CHANNEL, sse_message("depth", {"queue": queue, "waiting": len(waiting)}))
+        pipe.execute()
+
+    def position(self, request_id, queue):
+        rank = self.redis.zrank(WAITING.format(queue), request_id)
+        return None if rank is None else rank + 1
+
+    def info(self, request_id):
+        raw = self.redis.hgetall(INFO.format(request_id))
+        return {k.decode(): _number(v.decode()) for k, v in raw.items()}
+
+    def snapshot(self, queue):
+        """Depth, the running request and the waiting ones, for GET /api/queue."""
+        now = time.time()
+        running = self.redis.get(RUNNING.format(queue))
+        waiting = self.redis.zrange(WAITING.format(queue), 0, -1, withscores=True)
+        ids = ([running] if running else []) + [rid for rid, _ in waiting]
+        pipe = self.redis.pipeline(transaction=False)
+        for rid in ids:
+            pipe.hgetall(INFO.format(rid.decode()))
+        infos = [{k.decode(): _number(v.decode()) for k, v in raw.items()} for raw in pipe.execute()]
+        describe = lambda rid, info: {  # noqa: E731
+            "request_id": rid.decode(), "model": info.get("model"),
+            "session_id": info.get("session_id")}
+        out = {"queue": queue, "depth": len(waiting), "running": None, "waiting": []}
+        if running:
+            info = infos.pop(0)
+            out["running"] = {**describe(running, info),
+                              "running_for": round(now - info.get("started_at", now), 3)}
+        for position, ((rid, queued_at), info) in enumerate(zip(waiting, infos), 1):
+            out["waiting"].append({**describe(rid, info), "position": position,
+                                   "age": round(now - queued_at, 3)})
+        return out
+
+
+def outcome(reply):
+    """(state, final event) of a flow's reply."""
+    if reply.get("error"):
+        return "failed", error_event(**reply["error"])
+    if reply.get("status") == "cancelled":
+        return "cancelled", CANCELLED
+    whole = {k: reply[k] for k in ("content", "thinking", "tool_calls")}
+    return "done", {"t": "done", "d": reply["final"], "reply": whole}
+
+
+class Heartbeat(threading.Thread):
+    """Keeps a running request (and its thread lock) alive while this process lives, and
+    notices a cancel: if the worker dies, the mark expires and the waiting client hears."""
+
+    def __init__(self, line, request_id, queue):
+        super().__init__(daemon=True, name="heartbeat")
+        self.line, self.request_id, self.queue = line, request_id, queue
+        self.lock, self.why = None, 0
+        self.stopped = threading.Event()
+
+    def run(self):
+        while not self.stopped.wait(BEAT_EVERY):
+            try:
+                self.why = self.line.beat(self.request_id, self.queue, self.lock) or self.why
+            except redis.RedisError:
+                log.warning("heartbeat: redis does not answer")
+
+    def stop_asked(self):
+        return bool(self.why)
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def init_app(app):
+    app.extensions["line"] = Line(app.extensions["redis"], app.config["MAX_QUEUE"], app.config["QUEUE_TIMEOUT_SECONDS"],
+                                  app.config["RELAY_TTL_SECONDS"])
+
+
+def get():
+    return current_app.extensions["line"]

@@ -2,7 +2,9 @@
 
 `chatbot up`      everything on one machine: Redis (REDIS_URL, else the bundled redis-server),
                   the upstream (OLLAMA_HOST if it answers, else the bundled engine), migrations,
-                  one Celery worker and the web server. Ctrl-C or SIGTERM stops every child.
+                  Celery workers and the web server. A crashed child is restarted (with
+                  backoff); Ctrl-C or SIGTERM stops every child; the children die with it even
+                  when it is SIGKILLed.
 `chatbot engine`  the bundled Ollama-compatible engine alone.
 """
 import argparse
@@ -17,66 +19,170 @@ from chatbot.config import normalize_host
 ENGINE_MODEL = "smollm2:135m"
 
 
-def up(host, port, engine_port):
-    children = []  # (name, process), stopped in reverse order whatever happens
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        env = {"REDIS_URL": _redis(children)}
-        env.update(_upstreams(children, engine_port))
-        os.environ.update(env)
-        _migrate()
-        for queue in _queues(len(env["OLLAMA_HOSTS"].split(",")) if "OLLAMA_HOSTS" in env else 1):
-            children.append((f"worker {queue}", procs.start_worker(env, queues=queue)))
-        # Session archiving: celery beat inside a small worker of its own queue.
-        schedule = os.path.join(_instance(), "celerybeat-schedule")
-        children.append(("maintenance", procs.start_worker(
-            env, queues="maintenance", extra=("-B", "-s", schedule))))
-        web = procs.spawn([sys.executable, "-m", "chatbot.launcher", "web", "--host", host,
-                           "--port", str(port)], env=env)
-        children.append(("web", web))
-        url = f"http://{host}:{port}"
-        procs.wait_until(lambda: procs.http_ok(url + "/"), 30, web, "web server")
-        _welcome(url, env)
-        while all(proc.poll() is None for _, proc in children):
-            time.sleep(0.5)
-        name = next(name for name, proc in children if proc.poll() is not None)
-        print(f"{name} exited; stopping the rest", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        # A second Ctrl-C or SIGTERM must not cut the clean-up short and leave orphans.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for _, proc in reversed(children):
-            procs.stop(proc)
+# Restarting a crashed child: the delay doubles from BACKOFF_FIRST to BACKOFF_MAX and starts
+# over once the child has stayed up STEADY seconds; GIVE_UP crashes in a row, each within
+# QUICK seconds of starting, stop everything.
+BACKOFF_FIRST, BACKOFF_MAX, STEADY, QUICK, GIVE_UP = 0.5, 30.0, 60.0, 5.0, 8
 
 
-def _redis(children):
-    """REDIS_URL if set (it must answer), else the bundled redis-server as our child."""
-    redis_url = os.environ.get("REDIS_URL")
-    if redis_url:
-        if not procs.redis_ok(redis_url):
-            sys.exit(f"REDIS_URL={redis_url} does not answer")
+class _Stopping(BaseException):
+    """SIGTERM/SIGINT/SIGHUP arrived; raised only at a checkpoint, never inside a spawn."""
+
+
+def say(message):
+    print(f"chatbot up: {message}", file=sys.stderr, flush=True)
+
+
+class Child:
+    """One supervised process: how to start it again, the current process, its backoff."""
+
+    def __init__(self, name, start, proc=None):
+        self.name, self.start = name, start  # start() spawns without waiting for readiness
+        self.proc, self.since, self.due = proc, time.monotonic(), None
+        self.delay, self.quick = BACKOFF_FIRST, 0
+
+    def restart(self):
+        try:
+            self.proc = self.start()
+        except OSError as exc:
+            say(f"{self.name} did not start again: {exc}")
+        self.since, self.due = time.monotonic(), None
+
+
+def _how(code):
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Up:
+    """`chatbot up`: start everything, restart what crashes, stop everything on a signal."""
+
+    def __init__(self, host, port, engine_port):
+        self.host, self.port, self.engine_port = host, port, engine_port
+        self.children = []  # started in order, stopped in reverse order whatever happens
+        self.signalled = None
+
+    def _on_signal(self, signum, frame):
+        self.signalled = self.signalled or signum  # any later signal changes nothing
+
+    def checkpoint(self):
+        if self.signalled:
+            raise _Stopping
+
+    def wait(self, check, timeout, proc, what):
+        procs.wait_until(lambda: self.checkpoint() or check(), timeout, proc, what)
+
+    def add(self, name, start):
+        self.checkpoint()
+        child = Child(name, start, start())
+        self.children.append(child)
+        return child.proc
+
+    def run(self):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        try:
+            env = {"REDIS_URL": self._redis()}
+            env.update(self._upstreams())
+            os.environ.update(env)
+            self.checkpoint()
+            _migrate()
+            count = len(env["OLLAMA_HOSTS"].split(",")) if "OLLAMA_HOSTS" in env else 1
+            for queue in _queues(count):
+                self.add(f"worker {queue}", lambda q=queue: procs.start_worker(env, queues=q))
+            # Session archiving: celery beat inside a small worker of its own queue.
+            extra = ("-B", "-s", os.path.join(_instance(), "celerybeat-schedule"),
+                     *procs.BEAT_HOOK)
+            self.add("maintenance", lambda: procs.start_worker(env, queues="maintenance",
+                                                                extra=extra))
+            web = self.add("web", lambda: procs.spawn(
+                [sys.executable, "-m", "chatbot.launcher", "web", "--host", self.host,
+                 "--port", str(self.port)], env=env))
+            url = f"http://{self.host}:{self.port}"
+            self.wait(lambda: procs.http_ok(url + "/"), 30, web, "web server")
+            _welcome(url, env)
+            return self.supervise()
+        except _Stopping:
+            say(f"{signal.Signals(self.signalled).name}: stopping every child")
+            return 0
+        except RuntimeError as exc:  # a child that never became ready
+            say(f"{exc}; stopping the rest")
+            return 1
+        finally:
+            # Signals only set a flag now: however many arrive, the clean-up runs to the end.
+            for child in reversed(self.children):
+                procs.stop(child.proc)
+
+    def supervise(self):
+        """Restart crashed children with backoff until a signal, or a child that keeps crashing."""
+        while True:
+            self.checkpoint()
+            now = time.monotonic()
+            for child in self.children:
+                if child.due is not None:
+                    if now >= child.due:
+                        child.restart()
+                elif child.proc.poll() is not None:
+                    if not self._crashed(child, now):
+                        return 1
+                elif now - child.since >= STEADY:
+                    child.delay, child.quick = BACKOFF_FIRST, 0
+            time.sleep(0.1)
+
+    def _crashed(self, child, now):
+        """Schedule the restart of a child that exited; False to give up."""
+        procs.kill_group(child.proc.pid)  # what it left behind goes too
+        up_for = now - child.since
+        if up_for >= STEADY:
+            child.delay = BACKOFF_FIRST
+        child.quick = child.quick + 1 if up_for < QUICK else 0
+        how = _how(child.proc.returncode)
+        if child.quick >= GIVE_UP:
+            say(f"{child.name} {how}, {child.quick} times in a row within {QUICK:g} s of "
+                "starting; giving up and stopping everything")
+            return False
+        say(f"{child.name} (pid {child.proc.pid}) {how} after {up_for:.1f} s; "
+            f"restarting in {child.delay:g} s")
+        child.due = now + child.delay
+        child.delay = min(child.delay * 2, BACKOFF_MAX)
+        return True
+
+    def _redis(self):
+        """REDIS_URL if set (it must answer), else the bundled redis-server as our child."""
+        redis_url = os.environ.get("REDIS_URL")
+        if redis_url:
+            if not procs.redis_ok(redis_url):
+                sys.exit(f"REDIS_URL={redis_url} does not answer")
+            return redis_url
+        port, log = procs.free_port(), os.path.join(_instance(), "redis.log")
+        proc = self.add("redis", lambda: procs.spawn(procs.redis_argv(port), log=log))
+        redis_url = f"redis://127.0.0.1:{port}/0"  # a restart keeps the port
+        self.wait(lambda: procs.redis_ok(redis_url), 15, proc, "redis-server")
         return redis_url
-    proc, redis_url = procs.start_redis(procs.free_port(),
-                                        log=os.path.join(_instance(), "redis.log"))
-    children.append(("redis", proc))
-    return redis_url
+
+    def _upstreams(self):
+        """OLLAMA_HOSTS as given; else OLLAMA_HOST if an Ollama answers there; else the engine."""
+        hosts = [normalize_host(h) for h in os.environ.get("OLLAMA_HOSTS", "").split(",")
+                 if h.strip()]
+        if hosts:  # several upstreams: each gets its own queue and worker, no bundled engine
+            return {"OLLAMA_HOSTS": ",".join(hosts)}
+        ollama = normalize_host(os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"))
+        if procs.http_ok(ollama + "/api/version"):
+            return {"OLLAMA_HOST": ollama}
+        print(f"no Ollama at {ollama}: starting the bundled engine ({ENGINE_MODEL})", flush=True)
+        proc = self.add("engine", lambda: procs.spawn(procs.engine_argv(self.engine_port)))
+        engine = f"http://127.0.0.1:{self.engine_port}"
+        self.wait(lambda: procs.http_ok(engine + "/api/version"), 120, proc, "engine")
+        return {"OLLAMA_HOST": engine,
+                "DEFAULT_MODEL": os.environ.get("DEFAULT_MODEL") or ENGINE_MODEL}
 
 
-def _upstreams(children, engine_port):
-    """OLLAMA_HOSTS as given; else OLLAMA_HOST if an Ollama answers there; else the engine."""
-    hosts = [normalize_host(h) for h in os.environ.get("OLLAMA_HOSTS", "").split(",") if h.strip()]
-    if hosts:  # several upstreams: each gets its own queue and worker, no bundled engine
-        return {"OLLAMA_HOSTS": ",".join(hosts)}
-    ollama = normalize_host(os.environ.get("OLLAMA_HOST", "127.0.0.1:11434"))
-    if procs.http_ok(ollama + "/api/version"):
-        return {"OLLAMA_HOST": ollama}
-    print(f"no Ollama at {ollama}: starting the bundled engine ({ENGINE_MODEL})", flush=True)
-    proc, engine = procs.start_engine(engine_port)
-    children.append(("engine", proc))
-    return {"OLLAMA_HOST": engine, "DEFAULT_MODEL": os.environ.get("DEFAULT_MODEL") or ENGINE_MODEL}
+def up(host, port, engine_port):
+    return Up(host, port, engine_port).run()
 
 
 def _welcome(url, env):

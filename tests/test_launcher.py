@@ -1,4 +1,6 @@
-"""`chatbot up` runs the whole system with one command and leaves nothing behind on SIGTERM."""
+"""`chatbot up` runs the whole system with one command, restarts a crashed child, and leaves
+nothing behind on SIGTERM or even SIGKILL."""
+import contextlib
 import os
 import signal
 import time
@@ -56,3 +58,73 @@ def test_up_chats_and_stops_every_child(engine_url, tmp_path, logs):
         procs.wait_until(lambda: not any(alive(pid) for pid in children), 10, what="cleanup")
     finally:
         procs.stop(up)
+
+
+@contextlib.contextmanager
+def chatbot_up(engine_url, tmp_path, log):
+    """`chatbot up` with the bundled redis-server, ready to chat, with every grandchild started:
+    redis-server, worker and its pool child, maintenance worker with pool child and beat, web."""
+    port = procs.free_port()
+    env = {"OLLAMA_HOST": engine_url, "REDIS_URL": "",
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}"}
+    up = procs.spawn([procs.bin_path("chatbot"), "up", "--port", str(port)], env=env, log=log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        procs.wait_until(lambda: procs.http_ok(url + "/"), 90, up, "chatbot up")
+        procs.wait_until(lambda: len(descendants(up.pid)) >= 7, 30, up, "every grandchild")
+        yield up, url
+    finally:
+        procs.stop(up)
+
+
+def gone_within(pids, seconds):
+    procs.wait_until(lambda: not any(alive(pid) for pid in pids), seconds, what="cleanup")
+
+
+def test_up_sigkilled_leaves_nothing_behind(engine_url, tmp_path, logs):
+    with chatbot_up(engine_url, tmp_path, logs / "up-sigkill.log") as (up, url):
+        children = descendants(up.pid)
+        os.kill(up.pid, signal.SIGKILL)  # no clean-up at all: the kernel's parent-death signal
+        assert up.wait(5) == -signal.SIGKILL
+        gone_within(children, 5)
+
+
+def test_two_sigterms_at_once_leave_nothing_behind(engine_url, tmp_path, logs):
+    with chatbot_up(engine_url, tmp_path, logs / "up-sigterms.log") as (up, url):
+        children = descendants(up.pid)
+        os.kill(up.pid, signal.SIGTERM)
+        os.kill(up.pid, signal.SIGTERM)
+        assert up.wait(30) == 0
+        gone_within(children, 10)
+
+
+def ollama_worker(up):
+    """The pid of the `ollama` queue's Celery main process, a direct child of up."""
+    def info(pid):
+        try:
+            return (int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]),
+                    Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+        except OSError:
+            return None, []
+
+    found = [pid for pid in descendants(up.pid)
+             if info(pid)[0] == up.pid and b"ollama" in info(pid)[1]]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_killed_worker_is_restarted_and_the_next_chat_succeeds(engine_url, tmp_path, logs):
+    log = logs / "up-restart.log"
+    with chatbot_up(engine_url, tmp_path, log) as (up, url):
+        old = ollama_worker(up)
+        pool = descendants(old)
+        os.kill(old, signal.SIGKILL)
+        # No manual step: the chat waits in the queue until the restarted worker takes it.
+        reply = ollama.Client(host=url, timeout=60).chat(
+            MODEL, messages=[{"role": "user", "content": "Hi"}], options=OPTIONS, stream=False)
+        assert reply.done and reply.message.content
+        assert ollama_worker(up) != old
+        assert pool and not any(alive(pid) for pid in [old, *pool])
+        text = log.read_text()
+        assert f"worker ollama (pid {old}) was killed by SIGKILL" in text
+        assert "restarting in 0.5 s" in text

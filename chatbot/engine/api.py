@@ -1,5 +1,4 @@
 """Ollama's informational endpoints and embeddings."""
-import logging
 import time
 
 from flask import Blueprint, Response, jsonify
@@ -11,7 +10,6 @@ from .generation import load_options
 from .parsing import engine, read_body, require_model, typed
 
 bp = Blueprint("engine_api", __name__)
-log = logging.getLogger(__name__)
 
 
 @bp.route("/", methods=["GET", "HEAD"])
@@ -26,11 +24,12 @@ def version():
 
 def _summary(model):
     registry = engine().registry
+    info = registry.info(model)  # first: an unreadable file fails before it is hashed
     st = model.stat()
     return {"name": model.name, "model": model.name,
             "modified_at": from_timestamp(model.modified_at()),
             "size": st.st_size, "digest": registry.digest(model),
-            "details": details(registry.info(model))}
+            "details": details(info)}
 
 
 @bp.get("/api/tags")
@@ -40,7 +39,7 @@ def tags():
         try:
             models.append(_summary(model))
         except (OSError, ValueError) as exc:  # one bad file must not hide the others
-            log.warning("skipping %s: %s", model.path, exc)
+            engine().registry.unreadable(model, exc)
     return jsonify(models=models)
 
 

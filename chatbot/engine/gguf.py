@@ -4,6 +4,7 @@ llama.cpp's own metadata API returns every value as a string and cannot count pa
 without loading the weights; /api/show needs typed values (numbers stay numbers, as
 Ollama's `model_info` has them) and `general.parameter_count`, so we read the header.
 """
+import os
 import struct
 from dataclasses import dataclass, field
 
@@ -12,6 +13,15 @@ _SCALARS = {  # GGUF value type -> struct format
     10: "<Q", 11: "<q", 12: "<d",
 }
 _STRING, _ARRAY = 8, 9
+# ggml tensor types: (values per block, bytes per block), as gguf-py's GGML_QUANT_SIZES.
+_TENSOR_SIZES = {
+    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
+    9: (32, 40), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176),
+    14: (256, 210), 15: (256, 292), 16: (256, 66), 17: (256, 74), 18: (256, 98),
+    19: (256, 50), 20: (32, 18), 21: (256, 110), 22: (256, 82), 23: (256, 136), 24: (1, 1),
+    25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2),
+    34: (256, 54), 35: (256, 66),
+}
 
 # llama.cpp's `enum llama_ftype` (general.file_type), as Ollama names quantization levels.
 FILE_TYPES = {
@@ -38,7 +48,8 @@ class GGUFInfo:
 
     @property
     def context_length(self):
-        return int(self.arch_value("context_length") or 2048)
+        value = self.arch_value("context_length")
+        return value if isinstance(value, int) and value > 0 else 2048
 
     @property
     def quantization_level(self):
@@ -50,18 +61,29 @@ class GGUFInfo:
 
 
 class _Reader:
+    """Reads never go past the end of the file: a length or count read from a corrupt
+    header (up to 2**64) must fail as "truncated", not allocate or seek that far."""
+
     def __init__(self, f):
         self.f = f
+        self.size = os.fstat(f.fileno()).st_size
+
+    def read(self, n):
+        if n > self.size - self.f.tell():
+            raise ValueError("truncated or corrupt GGUF header")
+        return self.f.read(n)
 
     def unpack(self, fmt):
-        size = struct.calcsize(fmt)
-        return struct.unpack(fmt, self.f.read(size))[0]
+        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
 
     def string(self):
-        return self.f.read(self.unpack("<Q")).decode("utf-8", errors="replace")
+        return self.read(self.unpack("<Q")).decode("utf-8", errors="replace")
 
     def skip_string(self):
-        self.f.seek(self.unpack("<Q"), 1)
+        n = self.unpack("<Q")
+        if n > self.size - self.f.tell():
+            raise ValueError("truncated or corrupt GGUF header")
+        self.f.seek(n, 1)
 
     def value(self, vtype, keep_arrays):
         if vtype == 6:  # float32: shortest repr, as Go prints it (1e-05, not 9.99e-06)
@@ -73,9 +95,11 @@ class _Reader:
         if vtype != _ARRAY:
             raise ValueError(f"unknown GGUF value type {vtype}")
         etype, count = self.unpack("<I"), self.unpack("<Q")
+        if count > self.size - self.f.tell():  # every element takes a byte at least
+            raise ValueError("truncated or corrupt GGUF header")
         if etype in _SCALARS:
             fmt = _SCALARS[etype]
-            raw = self.f.read(struct.calcsize(fmt) * count)
+            raw = self.read(struct.calcsize(fmt) * count)
             return list(struct.unpack(f"<{count}{fmt[1]}", raw)) if keep_arrays else None
         if etype == _STRING and not keep_arrays:
             # Vocabularies hold ~50k strings: skip them without building Python objects.
@@ -87,6 +111,16 @@ class _Reader:
 
 
 def read_gguf(path, keep_arrays=False):
+    """The header of a GGUF file; ValueError (naming the file) when it is not a readable one,
+    OSError when the file cannot be opened."""
+    try:
+        return _read_gguf(path, keep_arrays)
+    except (struct.error, ValueError, OverflowError, MemoryError, RecursionError) as exc:
+        message = str(exc)
+        raise ValueError(message if str(path) in message else f"{path}: {message}") from None
+
+
+def _read_gguf(path, keep_arrays):
     with open(path, "rb") as f:
         r = _Reader(f)
         if f.read(4) != b"GGUF":
@@ -100,15 +134,23 @@ def read_gguf(path, keep_arrays=False):
             # The vocabulary is kept: chat templates need the BOS/EOS token texts.
             keep = keep_arrays or key == "tokenizer.ggml.tokens"
             metadata[key] = r.value(r.unpack("<I"), keep)
-        params = 0
+        params, data_end = 0, 0
         for _ in range(n_tensors):
             r.skip_string()
             dims = [r.unpack("<Q") for _ in range(r.unpack("<I"))]
-            r.unpack("<I"), r.unpack("<Q")  # tensor type, data offset
+            ggml_type, offset = r.unpack("<I"), r.unpack("<Q")
             n = 1
             for d in dims:
                 n *= d
             params += n
+            block, size = _TENSOR_SIZES.get(ggml_type, (1, 0))  # unknown type: its start
+            data_end = max(data_end, offset + n // block * size)
+        alignment = metadata.get("general.alignment")
+        alignment = alignment if isinstance(alignment, int) and alignment > 0 else 32
+        data_start = -(-f.tell() // alignment) * alignment
+        if data_start + data_end > r.size:  # an interrupted download keeps its header
+            raise ValueError(f"{path}: truncated GGUF: tensor data needs "
+                             f"{data_start + data_end} bytes, the file has {r.size}")
     return GGUFInfo(metadata=metadata, parameter_count=params, tensor_count=n_tensors)
 
 

@@ -7,6 +7,7 @@ are kept per file, as Ollama keeps one runner per blob: a copy shares its source
 Loading and unloading are not thread-safe on purpose: the server calls them only while it
 holds the engine lock, the same lock that serialises generation.
 """
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 from .gguf import read_gguf
 from .ollama_format import expires_at
 from .store import DigestCache, NameStore, canonical, display_name, file_signature
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "smollm2:135m"
 CTX_CAP = 8192  # trained contexts of 128k would allocate gigabytes of KV cache
@@ -74,6 +77,7 @@ class Registry:
         self.models_dir = models_dir or os.environ.get("CHATBOT_ENGINE_MODELS") or None
         self.default_path = default_path or default_model_path()
         self.threads = int(os.environ.get("CHATBOT_ENGINE_THREADS") or 0) or default_threads()
+        self._unreadable = set()  # (path, signature) of files already warned about
         self.digests = digests or DigestCache()
         self.names = names or NameStore()
         self.hidden = set()  # canonical names of the bundled model deleted in this process
@@ -170,6 +174,18 @@ class Registry:
 
     def digest(self, model):
         return self.digests.digest(model.path)
+
+    def unreadable(self, model, exc):
+        """Log, once per version of the file, that `model` cannot be read (listings leave it
+        out; using it is a 500)."""
+        try:
+            signature = tuple(file_signature(model.path))
+        except OSError:
+            signature = None
+        key = (str(model.path), signature)
+        if key not in self._unreadable:
+            self._unreadable.add(key)
+            log.warning("model %s is unreadable, left out of listings: %s", model.name, exc)
 
     # -- loaded instances (call with the engine lock held) ----------------------
     def load_chat(self, model, num_ctx=None, num_thread=None):

@@ -58,9 +58,15 @@ def require_model(body, struct, legacy_name=False):
         name = typed(body, "name", str, "string", struct) or ""
     if not name.strip():
         raise ApiError(400, "model is required")
-    model = engine().registry.resolve(name)
+    registry = engine().registry
+    model = registry.resolve(name)
     if model is None:
         raise ApiError(404, f"model '{name}' not found")
+    try:
+        registry.info(model)
+    except (OSError, ValueError) as exc:  # the server's fault, but no traceback to log
+        registry.unreadable(model, exc)
+        raise ApiError(500, str(exc)) from None
     return name, model
 
 

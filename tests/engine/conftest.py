@@ -2,8 +2,10 @@
 
 A second GGUF folder (CHATBOT_ENGINE_MODELS) holds a symlink to the bundled model under
 the name `tiny`, so that folder models and `:latest` matching are exercised without a
-second download; a corrupt file sits beside it. XDG_CACHE_HOME points into the session's
-tmp dir: digests are computed from scratch, not read from a developer's cache.
+second download; a corrupt file and two truncated copies of the model (cut inside the
+header, and inside the tensor data as an interrupted download leaves it) sit beside it.
+XDG_CACHE_HOME points into the session's tmp dir: digests are computed from scratch, not
+read from a developer's cache.
 """
 import hashlib
 
@@ -18,6 +20,8 @@ from chatbot.engine.models import default_model_path
 MODEL = "smollm2:135m"
 FOLDER_MODEL = "tiny"
 BROKEN_MODEL = "broken"  # a .gguf that is not one: skipped by tags, a JSON 500 when used
+# The bundled model cut short: inside the header (vocabulary), and after the header.
+TRUNCATED_MODELS = {"truncated-header": 64 * 1024, "truncated-data": 4 * 1024 * 1024}
 # Deterministic, short replies keep the suite fast and the assertions repeatable.
 GREEDY = {"temperature": 0, "seed": 42}
 
@@ -34,6 +38,10 @@ def models_dir(tmp_path_factory, model_path):
     folder = tmp_path_factory.mktemp("gguf")
     (folder / f"{FOLDER_MODEL}.gguf").symlink_to(model_path)
     (folder / f"{BROKEN_MODEL}.gguf").write_bytes(b"not a gguf file")
+    with open(model_path, "rb") as f:
+        start = f.read(max(TRUNCATED_MODELS.values()))
+    for name, size in TRUNCATED_MODELS.items():
+        (folder / f"{name}.gguf").write_bytes(start[:size])
     return folder
 
 

@@ -95,7 +95,7 @@ def _embed(body, struct, inputs, normalize):
     keep_alive = keep_alive_seconds(body.get("keep_alive"))
     truncate = typed(body, "truncate", bool, "bool", struct)
     options = typed(body, "options", dict, "map[string]interface {}", struct) or {}
-    num_ctx, _ = load_options(options)
+    num_ctx, _, _ = load_options(options)
     eng = engine()
     with eng.lock:
         eng.registry.sweep()

@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify
 
 from . import generation
 from .ollama_format import (ApiError, final_chunk, json_line, keep_alive_seconds, piece_chunk)
+from .limits import check_options
 from .parsing import chat_messages, engine, read_body, require_model, stream_flag, typed
 
 bp = Blueprint("engine_completions", __name__)
@@ -56,13 +57,15 @@ class Run:
     def start(self):
         """Everything that can fail with a proper status: lock, load, render, tokenize."""
         opts = generation.sampling(self.options, self.grammar)
-        num_ctx, num_thread = generation.load_options(self.options)
+        num_ctx, num_thread, num_batch = generation.load_options(self.options)
         self.engine.lock.acquire()
         self._locked = True
         try:
             registry = self.engine.registry
             registry.sweep()
-            self.llm, self.load_duration = registry.load_chat(self.model, num_ctx, num_thread)
+            self.llm, self.load_duration = registry.load_chat(self.model, num_ctx, num_thread,
+                                                              num_batch)
+            opts.num_predict = registry.limits.predict(opts.num_predict)
             prompt = self.build_prompt(self.llm, registry.info(self.model))
             tokens = generation.tokenize_prompt(self.llm, registry.info(self.model), prompt)
             self.tokens = generation.fit_context(tokens, generation.capacity(self.llm))
@@ -123,13 +126,13 @@ class StreamBody:
 def _load_only(kind, name, model, keep_alive, stream, options):
     """Empty prompt/messages: load (or with keep_alive 0, unload) the model, generate nothing."""
     eng = engine()
-    num_ctx, num_thread = generation.load_options(options)
+    num_ctx, num_thread, num_batch = generation.load_options(options)
     with eng.lock:
         if keep_alive == 0:
             eng.registry.unload(model)
             reason = "unload"
         else:
-            eng.registry.load_chat(model, num_ctx, num_thread)
+            eng.registry.load_chat(model, num_ctx, num_thread, num_batch)
             eng.registry.touch(model, keep_alive)
             reason = "load"
     chunk = final_chunk(kind, name, "", {"done_reason": reason})
@@ -150,7 +153,7 @@ def _common(body, struct):
     name, model = require_model(body, struct)
     if body.get("think") not in (None, False, ""):  # no GGUF we serve has a thinking parser
         raise ApiError(400, f'"{name}" does not support thinking')
-    options = typed(body, "options", dict, "map[string]interface {}", struct) or {}
+    options = check_options(typed(body, "options", dict, "map[string]interface {}", struct))
     keep_alive = keep_alive_seconds(body.get("keep_alive"))
     return name, model, options, keep_alive, stream_flag(body, struct)
 

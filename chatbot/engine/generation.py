@@ -17,6 +17,7 @@ import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .gguf import token_text
+from .limits import check_options
 from .ollama_format import ApiError
 
 # Ollama's api.DefaultOptions: the sampling a client gets when it sets nothing.
@@ -73,7 +74,7 @@ class Sampling:
 
 
 def sampling(options, grammar=None):
-    merged = {**DEFAULTS, **{k: v for k, v in (options or {}).items() if v is not None}}
+    merged = {**DEFAULTS, **check_options(options)}
     try:
         stop = merged.get("stop") or []
         stop = [stop] if isinstance(stop, str) else [str(s) for s in stop if s]
@@ -96,14 +97,10 @@ def sampling(options, grammar=None):
 
 
 def load_options(options):
-    """num_ctx and num_thread: they shape the loaded model, not the sampling."""
-    try:
-        num_ctx = int(options["num_ctx"]) if options.get("num_ctx") else None
-        num_thread = int(options["num_thread"]) if options.get("num_thread") else None
-    except (TypeError, ValueError) as exc:
-        raise ApiError(400, f"invalid options: {exc}") from None
-    # Ollama's floor for num_ctx; below it no prompt fits at all.
-    return (max(num_ctx, 4) if num_ctx else None), (max(num_thread, 1) if num_thread else None)
+    """num_ctx, num_thread and num_batch (None: the default): they shape the loaded model,
+    not the sampling. The registry lowers them to the engine's ceilings."""
+    options = check_options(options)
+    return tuple(options.get(key) or None for key in ("num_ctx", "num_thread", "num_batch"))
 
 
 @dataclass
@@ -157,7 +154,8 @@ def generate(llm, prompt_tokens, opts, stats, cancel=None):
     vocab = llm._model.vocab
     decoder = codecs.getincrementaldecoder("utf-8")("replace")  # UTF-8 split across tokens
     llm.set_seed(opts.seed)
-    llm.last_n_tokens_size = opts.repeat_last_n
+    # Ollama's repeat_last_n -1: the whole context.
+    llm.last_n_tokens_size = opts.repeat_last_n if opts.repeat_last_n >= 0 else capacity(llm)
     pending, stop_hit, first = "", False, None
     started = time.perf_counter_ns()
     sampled = llm.generate(prompt_tokens, reset=True, **opts.kwargs)

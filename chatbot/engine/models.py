@@ -16,6 +16,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from .gguf import read_gguf
+from .limits import Limits, default_threads
 from .ollama_format import expires_at
 from .store import DigestCache, NameStore, canonical, display_name, file_signature
 
@@ -34,14 +35,6 @@ def default_model_path():
         return None
     found = sorted(Path(f.locate()) for f in files if f.name.endswith(".gguf"))
     return found[0] if found else None
-
-
-def default_threads():
-    # llama-cpp-python defaults to half the cores; like Ollama, use every core we may run on.
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -65,6 +58,7 @@ class Loaded:
     n_ctx: int
     threads: int
     expires_at: datetime
+    n_batch: int = 0
 
 
 def _key(model):
@@ -73,10 +67,12 @@ def _key(model):
 
 
 class Registry:
-    def __init__(self, models_dir=None, default_path=None, digests=None, names=None):
+    def __init__(self, models_dir=None, default_path=None, digests=None, names=None,
+                 limits=None):
         self.models_dir = models_dir or os.environ.get("CHATBOT_ENGINE_MODELS") or None
         self.default_path = default_path or default_model_path()
         self.threads = int(os.environ.get("CHATBOT_ENGINE_THREADS") or 0) or default_threads()
+        self.limits = limits or Limits.from_env()
         self._unreadable = set()  # (path, signature) of files already warned about
         self.digests = digests or DigestCache()
         self.names = names or NameStore()
@@ -188,24 +184,30 @@ class Registry:
             log.warning("model %s is unreadable, left out of listings: %s", model.name, exc)
 
     # -- loaded instances (call with the engine lock held) ----------------------
-    def load_chat(self, model, num_ctx=None, num_thread=None):
-        """The generation Llama for `model`; reloaded when num_ctx or num_thread change."""
-        n_ctx = int(num_ctx) if num_ctx else min(self.info(model).context_length, CTX_CAP)
-        threads = int(num_thread) if num_thread else self.threads
+    def load_chat(self, model, num_ctx=None, num_thread=None, num_batch=None):
+        """The generation Llama for `model`, sized by the request's options lowered to the
+        engine's ceilings; reloaded when num_ctx, num_thread or num_batch change."""
+        n_ctx = self.limits.ctx(num_ctx, self.info(model).context_length, CTX_CAP)
+        threads = self.limits.threads(num_thread, self.threads)
+        n_batch = self.limits.batch(num_batch, n_ctx)
         current = self.chat.get(_key(model))
-        if current and (current.n_ctx, current.threads) == (n_ctx, threads):
+        if current and (current.n_ctx, current.threads, current.n_batch) == \
+                (n_ctx, threads, n_batch):
             current.model = model
             return current.llm, 0
         self.unload(model, embed=False)
         started = time.perf_counter_ns()
-        llm = _llama(model.path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads)
-        self.chat[_key(model)] = Loaded(model, llm, n_ctx, threads, expires_at(None))
+        llm = _llama(model.path, n_ctx=n_ctx, n_batch=n_batch, n_threads=threads,
+                     n_threads_batch=threads)
+        log.info("loaded %s: n_ctx=%d n_batch=%d n_threads=%d", model.name, llm.n_ctx(),
+                 llm.context_params.n_batch, llm.context_params.n_threads)
+        self.chat[_key(model)] = Loaded(model, llm, n_ctx, threads, expires_at(None), n_batch)
         return llm, time.perf_counter_ns() - started
 
     def load_embed(self, model, num_ctx=None):
         """The embedding Llama for `model` (a separate context: embedding=True, pooled)."""
         info = self.info(model)
-        n_ctx = int(num_ctx) if num_ctx else min(info.context_length, EMBED_CTX_CAP)
+        n_ctx = self.limits.ctx(num_ctx, info.context_length, EMBED_CTX_CAP)
         current = self.embed.get(_key(model))
         if current and current.n_ctx == n_ctx:
             current.model = model
@@ -216,10 +218,11 @@ class Registry:
         # Decoder LLMs carry no pooling type; Ollama then takes the last token's embedding.
         pooling = (llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED if info.arch_value("pooling_type")
                    is not None else llama_cpp.LLAMA_POOLING_TYPE_LAST)
+        threads = self.limits.threads(None, self.threads)
         started = time.perf_counter_ns()
         llm = _llama(model.path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, embedding=True,
-                     pooling_type=pooling, n_threads=self.threads, n_threads_batch=self.threads)
-        self.embed[_key(model)] = Loaded(model, llm, n_ctx, self.threads, expires_at(None))
+                     pooling_type=pooling, n_threads=threads, n_threads_batch=threads)
+        self.embed[_key(model)] = Loaded(model, llm, n_ctx, threads, expires_at(None), n_ctx)
         return llm, time.perf_counter_ns() - started
 
     def touch(self, model, keep_alive):

@@ -8,7 +8,8 @@ from flask import Blueprint, Response, jsonify
 from . import generation
 from .ollama_format import (ApiError, final_chunk, json_line, keep_alive_seconds, piece_chunk)
 from .limits import check_options
-from .parsing import chat_messages, engine, read_body, require_model, stream_flag, typed
+from .parsing import (chat_messages, context_ids, engine, images, read_body, require_model,
+                      stream_flag, typed)
 
 bp = Blueprint("engine_completions", __name__)
 NDJSON = "application/x-ndjson"
@@ -183,7 +184,8 @@ def generate():
     prompt = typed(body, "prompt", str, "string", "GenerateRequest") or ""
     system = typed(body, "system", str, "string", "GenerateRequest") or ""
     raw = bool(typed(body, "raw", bool, "bool", "GenerateRequest"))
-    context = typed(body, "context", list, "[]int", "GenerateRequest") or []
+    context = context_ids(body)
+    images(body, "GenerateRequest")  # checked, then ignored: no vision models
     grammar = grammar_for(body.get("format"))
     if not prompt:
         return _load_only("generate", name, model, keep_alive, stream, options)
@@ -196,8 +198,7 @@ def generate():
                        [{"role": "user", "content": prompt}]
             text = generation.render_chat(info, messages)
         if context:  # a previous reply's context: its text goes first, as in Ollama
-            text = llm.detokenize([int(t) for t in context], special=True).decode(
-                "utf-8", errors="replace") + text
+            text = generation.context_text(llm, context) + text
         return text
 
     return _respond(Run("generate", name, model, options, keep_alive, build_prompt, grammar),

@@ -54,6 +54,9 @@ def render_chat(info, messages, tools=None):
             raise_exception=_raise)
     except jinja2.TemplateError as exc:
         raise ApiError(400, f"template error: {exc}") from None
+    except (TypeError, ValueError, LookupError, AttributeError, RecursionError) as exc:
+        # A template meeting input it did not expect (tool calls of the wrong shape...).
+        raise ApiError(400, f"template error: {type(exc).__name__}: {exc}") from None
 
 
 def tokenize_prompt(llm, info, prompt):
@@ -62,6 +65,17 @@ def tokenize_prompt(llm, info, prompt):
     bos = token_text(info, "tokenizer.ggml.bos_token_id")
     add_bos = not (bos and prompt.startswith(bos))
     return llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+
+def context_text(llm, context):
+    """The text of a generate request's `context` tokens. llama.cpp aborts the process on
+    an id outside its vocabulary, so every id is checked against it first."""
+    n_vocab = llm.n_vocab()
+    bad = next((t for t in context if not 0 <= t < n_vocab), None)
+    if bad is not None:
+        raise ApiError(400, f"invalid context: token {bad} is not in the model's vocabulary "
+                            f"(0 to {n_vocab - 1})")
+    return llm.detokenize(context, special=True).decode("utf-8", errors="replace")
 
 
 @dataclass

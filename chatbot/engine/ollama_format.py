@@ -61,7 +61,8 @@ def keep_alive_seconds(value):
                 raise ApiError(400, f'time: invalid duration "{value}"') from None
             seconds = sum(float(n) * _GO_UNITS[u] for n, u in parts)
         value = sign * seconds
-    return None if value < 0 else float(value)
+    # Beyond ~290 years is forever too (and would overflow a datetime).
+    return None if value < 0 or value >= FOREVER.total_seconds() else float(value)
 
 
 def expires_at(seconds, now=None):

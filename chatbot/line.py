@@ -4,8 +4,9 @@ that checks the state it leaves, so it happens once: a redelivered task, a secon
 a late worker finds the request already moved and does nothing. The same script appends the
 request's relay event and its SSE notice, so a client hears of every ending exactly once.
 
-Keys: waiting:<queue> zset of request ids by enqueue time · running:<queue> the running
-request's id, kept alive by its worker's heartbeat · req:<id> hash of what the request is
+Keys: waiting:<queue> zset of request ids by enqueue time · started:<queue> set of the ids
+running (one per worker) · beat:<id> alive while the worker running the request beats ·
+req:<id> hash of what the request is
 (state, queue, session, model, lease, cancel flag) · lease:<id> alive while the web process
 that admitted the request lives · thread:<session>:<model> the lock a turn holds on its thread.
 """
@@ -20,6 +21,8 @@ from flask import current_app
 from flask_sse import Message
 
 from chatbot.relay import LEASE, LEASE_TTL, stream_key
+from chatbot.store import save_lost_reply
+from chatbot.upstream import fold
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ class QueueFull(Exception):
     pass
 
 
-WAITING, RUNNING, STARTED = "chatbot:waiting:{}", "chatbot:running:{}", "chatbot:started:{}"
+WAITING, STARTED, BEAT = "chatbot:waiting:{}", "chatbot:started:{}", "chatbot:beat:{}"
 INFO, THREAD = "chatbot:req:{}", "chatbot:thread:{}:{}"
 QUEUE_CHANNEL = "queue"
 INFO_TTL = 3600
@@ -62,12 +65,12 @@ if ARGV[10] == '1' and state == 'running' then
   return {0, state}
 end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. state .. ',', 1, true) then return {0, state} end
-if ARGV[9] == '1' and redis.call('GET', KEYS[4]) == ARGV[1] then return {0, state} end
+if ARGV[9] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return {0, state} end
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'finished_at', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[8])
 local left = redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('SREM', KEYS[5], ARGV[1])
-if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+redis.call('DEL', KEYS[4])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[8])
 redis.call('PUBLISH', ARGV[1], ARGV[6])
@@ -77,11 +80,11 @@ return {1, state, left}
 # lives and it has not waited too long. Returns {verdict, waited, ids still waiting...}.
 CLAIM = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'queued' then return {state or ''} end
+if state ~= 'queued' then return {'already ' .. (state or 'gone')} end
 local now = tonumber(ARGV[2])
 local queued_at = tonumber(redis.call('HGET', KEYS[1], 'queued_at')) or now
 local lease = redis.call('HGET', KEYS[1], 'lease')
-local verdict, event, notice = 'running', ARGV[5], ARGV[6]
+local verdict, event, notice = 'run', ARGV[5], ARGV[6]
 if lease and redis.call('EXISTS', 'chatbot:lease:' .. lease) == 0 then
   verdict, event, notice = 'cancelled', ARGV[7], ARGV[8]
 elseif now - queued_at > tonumber(ARGV[4]) then
@@ -89,8 +92,8 @@ elseif now - queued_at > tonumber(ARGV[4]) then
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 local waited = string.format('%.6f', math.max(0, now - queued_at))
-if verdict == 'running' then
-  redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
+if verdict == 'run' then
+  redis.call('SET', KEYS[3], 1, 'EX', ARGV[3])
   redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[2])
   redis.call('SADD', KEYS[5], ARGV[1])
   event = string.format(event, waited)
@@ -111,8 +114,7 @@ local state, cancel, lease = unpack(redis.call('HMGET', KEYS[1], 'state', 'cance
 if state ~= 'running' then return 3 end
 if cancel then return 1 end
 if lease and redis.call('EXISTS', 'chatbot:lease:' .. lease) == 0 then return 2 end
-local current = redis.call('GET', KEYS[2])
-if not current or current == ARGV[1] then redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2]) end
+redis.call('SET', KEYS[2], 1, 'EX', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] ~= '' then redis.call('PEXPIRE', ARGV[4], ARGV[5]) end
 return 0
@@ -199,8 +201,8 @@ class Line:
         try:
             pipe = self.redis.pipeline(transaction=False)
             pipe.hmget(INFO.format(request_id), "state", "queued_at")
-            pipe.get(RUNNING.format(queue))
-            (state, queued_at), running = pipe.execute()
+            pipe.exists(BEAT.format(request_id))
+            (state, queued_at), beating = pipe.execute()
         except redis.RedisError:
             return UNAVAILABLE
         if state is None:
@@ -208,7 +210,7 @@ class Line:
         state = state.decode()
         if state == "queued" and time.time() - float(queued_at) > self.queue_timeout:
             return self.expire(request_id, queue)
-        if state == "running" and running != request_id.encode():
+        if state == "running" and not beating:
             return self.lose(request_id, queue)
         return None
 
@@ -220,21 +222,20 @@ class Line:
 
     def lose(self, request_id, queue):
         """The worker running the request died: it ends as lost, and the reply it had streamed
-        so far is stored, marked lost."""
-        if self._move(request_id, queue, ("running",), "lost", LOST, only_if_dead=True):
-            from chatbot.store import save_lost_reply
-
-            info = self.info(request_id)
-            try:
-                save_lost_reply(info["session_id"], info["model"], request_id,
-                                self.partial_reply(request_id))
-            except Exception:  # the client still hears of the loss
-                log.exception("could not store the lost reply of %s", request_id)
+        so far is stored, marked lost. None if it had ended otherwise meanwhile (its own final
+        event is on its way)."""
+        if not self._move(request_id, queue, ("running",), "lost", LOST, only_if_dead=True):
+            return None
+        log.warning("request %s lost: its worker stopped beating", request_id)
+        info = self.info(request_id)
+        try:
+            save_lost_reply(info["session_id"], info["model"], request_id,
+                            self.partial_reply(request_id))
+        except Exception:  # the client still hears of the loss
+            log.exception("could not store the lost reply of %s", request_id)
         return LOST
 
     def partial_reply(self, request_id):
-        from chatbot.upstream import fold
-
         reply = {"content": "", "thinking": "", "tool_calls": []}
         for _, fields in self.redis.xrange(stream_key(request_id)):
             event = json.loads(fields[b"e"])
@@ -252,6 +253,9 @@ class Line:
                 cleared += self.redis.zrem(WAITING.format(queue), rid)
             elif verdict:
                 cleared += 1
+            elif not self.redis.exists(LEASE.format(self.info(rid.decode()).get("lease"))):
+                # The web process that admitted it died: nobody waits for the answer.
+                cleared += self._move(rid.decode(), queue, ("queued",), "cancelled", CLIENT_GONE)
         for rid in self.redis.smembers(STARTED.format(queue)):
             verdict = self.verdict(rid.decode(), queue)
             if verdict is VANISHED or (verdict is None and self.info(rid.decode()).get("state")
@@ -265,23 +269,23 @@ class Line:
     # --- the worker side ----------------------------------------------------------------
 
     def claim(self, request_id, queue):
-        """Take the request out of line to run it. Returns (verdict, seconds waited): verdict
-        'running' means run it; anything else (its state, or cancelled/expired now) means the
-        request is not ours to run and nothing may be done."""
+        """Take the request out of line to run it. Returns (verdict, seconds waited): 'run'
+        means run it; anything else ('already <state>', or 'cancelled'/'expired' now) means
+        the request is not ours to run and nothing may be done."""
         now = time.time()
         expired = error_event(503, f"the request waited over {self.queue_timeout:g} s in line "
                                    "(QUEUE_TIMEOUT_SECONDS); please retry")
         out = self._claim(
-            keys=[INFO.format(request_id), WAITING.format(queue), RUNNING.format(queue),
+            keys=[INFO.format(request_id), WAITING.format(queue), BEAT.format(request_id),
                   stream_key(request_id), STARTED.format(queue)],
             args=[request_id, now, HEARTBEAT_TTL, self.queue_timeout,
                   '{"t": "started", "waited": %s}', sse_message("started", {}),
                   json.dumps(CLIENT_GONE), sse_message(*notice(CLIENT_GONE)),
                   json.dumps(expired), sse_message(*notice(expired)), self.relay_ttl])
-        verdict = out[0].decode() if isinstance(out[0], bytes) else out[0]
+        verdict = out[0].decode()
         if len(out) < 2:
-            return verdict or "unknown", 0.0
-        if verdict == "running":
+            return verdict, 0.0
+        if verdict == "run":
             self.announce(queue, out[2:])
         else:
             self.announce(queue)
@@ -290,7 +294,7 @@ class Line:
     def beat(self, request_id, queue, lock=None):
         """Renew the heartbeat (and the thread lock); returns 0 to go on, else why to stop."""
         key, token = lock or ("", "")
-        return self._beat(keys=[INFO.format(request_id), RUNNING.format(queue)],
+        return self._beat(keys=[INFO.format(request_id), BEAT.format(request_id)],
                           args=[request_id, HEARTBEAT_TTL, INFO_TTL, key,
                                 THREAD_LOCK_TTL * 1000])
 
@@ -327,7 +331,7 @@ class Line:
               cancel_running=False):
         moved, _, *left = self._end(
             keys=[INFO.format(request_id), stream_key(request_id), WAITING.format(queue),
-                  RUNNING.format(queue), STARTED.format(queue)],
+                  BEAT.format(request_id), STARTED.format(queue)],
             args=[request_id, ",".join(from_states), to_state, time.time(), json.dumps(event),
                   sse_message(*notice(event)), "", self.relay_ttl, "1" if only_if_dead else "0",
                   "1" if cancel_running else "0"])
@@ -336,10 +340,10 @@ class Line:
         return bool(moved)
 
     def counts(self, queue):
-        """(requests waiting, requests running: 0 or 1), in one round trip."""
+        """(requests waiting, requests running: one per worker), in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zcard(WAITING.format(queue))
-        pipe.exists(RUNNING.format(queue))
+        pipe.scard(STARTED.format(queue))
         waiting, running = pipe.execute()
         return waiting, running
 
@@ -369,11 +373,12 @@ class Line:
         return {k.decode(): _number(v.decode()) for k, v in raw.items()}
 
     def snapshot(self, queue):
-        """Depth, the running request and the waiting ones, for GET /api/queue."""
+        """Depth, the running request (the longest running, if several workers share the
+        queue) and the waiting ones, for GET /api/queue."""
         now = time.time()
-        running = self.redis.get(RUNNING.format(queue))
+        running = sorted(self.redis.smembers(STARTED.format(queue)))
         waiting = self.redis.zrange(WAITING.format(queue), 0, -1, withscores=True)
-        ids = ([running] if running else []) + [rid for rid, _ in waiting]
+        ids = running + [rid for rid, _ in waiting]
         pipe = self.redis.pipeline(transaction=False)
         for rid in ids:
             pipe.hgetall(INFO.format(rid.decode()))
@@ -382,11 +387,13 @@ class Line:
             "request_id": rid.decode(), "model": info.get("model"),
             "session_id": info.get("session_id")}
         out = {"queue": queue, "depth": len(waiting), "running": None, "waiting": []}
-        if running:
-            info = infos.pop(0)
-            out["running"] = {**describe(running, info),
-                              "running_for": round(now - info.get("started_at", now), 3)}
-        for position, ((rid, queued_at), info) in enumerate(zip(waiting, infos), 1):
+        started = sorted(((info.get("started_at", now), rid, info)
+                          for rid, info in zip(running, infos[:len(running)])),
+                         key=lambda entry: entry[0])
+        if started:
+            started_at, rid, info = started[0]
+            out["running"] = {**describe(rid, info), "running_for": round(now - started_at, 3)}
+        for position, ((rid, queued_at), info) in enumerate(zip(waiting, infos[len(running):]), 1):
             out["waiting"].append({**describe(rid, info), "position": position,
                                    "age": round(now - queued_at, 3)})
         return out

@@ -25,8 +25,8 @@ def run_request(job):
     logs.clear()
     logs.bind(request_id=request_id, session_id=job["session_id"], model=job["model"])
     verdict, waited = line.claim(request_id, queue)
-    if verdict != "running":
-        log.info("not run: the request is %s", verdict)
+    if verdict != "run":
+        log.info("not run: %s", verdict)
         return
     ext["metrics"].observe("chatbot_queue_wait_seconds", waited, queue=queue)
     log.info("started after %.3f s in line, upstream %s", waited, job.get("host"))

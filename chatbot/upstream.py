@@ -1,8 +1,12 @@
 """The one place that talks HTTP to an Ollama host."""
 import json
+import logging
 import time
+import uuid
 
 import requests
+
+log = logging.getLogger(__name__)
 
 
 class UpstreamError(Exception):
@@ -11,6 +15,14 @@ class UpstreamError(Exception):
     def __init__(self, status, error):
         super().__init__(error)
         self.status, self.error = status, error
+
+
+def _unreachable(status, what, host, detail=""):
+    """An error about reaching a host: the client gets what went wrong and an error id, the
+    log the host and the details (a client never learns our topology)."""
+    error_id = uuid.uuid4().hex[:12]
+    log.warning("%s: ollama at %s %s", what, host, detail, extra={"error_id": error_id})
+    return UpstreamError(status, f"{what} (error id {error_id})")
 
 
 class Upstream:
@@ -29,13 +41,13 @@ class Upstream:
                 resp = self.http.request(method, self.host + path, timeout=self.timeout, **kwargs)
                 break
             except requests.ConnectTimeout:
-                raise UpstreamError(503, f"could not connect to ollama at {self.host}: timed out")
+                raise _unreachable(503, "could not connect to ollama", self.host, "timed out")
             except requests.ConnectionError as exc:
                 if attempt == self.retries or not _replayable(kwargs):
-                    raise UpstreamError(503, f"could not connect to ollama at {self.host}: {_reason(exc)}")
+                    raise _unreachable(503, "could not connect to ollama", self.host, _reason(exc))
                 time.sleep(self.backoff * 2 ** attempt)
             except requests.Timeout:
-                raise UpstreamError(503, f"ollama at {self.host} did not answer in time")
+                raise _unreachable(503, "ollama did not answer in time", self.host)
         if resp.status_code >= 400:
             error = _error_text(resp)
             resp.close()
@@ -56,7 +68,7 @@ class Upstream:
                 if line:
                     yield line, json.loads(line)
         except requests.RequestException as exc:
-            raise UpstreamError(502, f"ollama at {self.host} broke off the reply: {_reason(exc)}")
+            raise _unreachable(502, "ollama broke off the reply", self.host, _reason(exc))
         finally:
             resp.close()
 

@@ -109,6 +109,7 @@ def generate():
 
 def _turn(kind, body, model, messages, wire_class):
     stream = validate.stream_flag(body)
+    validate.options(body, "ChatRequest" if kind == "chat" else "GenerateRequest")
     session_id = validate.session_id(body)
     # Every field Ollama knows goes upstream untouched; the session and messages are ours.
     upstream_body = {k: v for k, v in body.items() if k not in ("session_id", "messages", "stream")}

@@ -91,6 +91,7 @@ def embeddings():
 
 def _turn(kind, body, model, messages, upstream_body, wire_class):
     stream = validate.stream_flag({"stream": body.get("stream", False)})  # OpenAI: not streamed
+    validate.options(upstream_body, "ChatCompletionRequest")
     session_id = validate.session_id({})
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     request_id, queue = turns.submit(kind, model, messages, upstream_body, session_id)

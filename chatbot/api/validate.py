@@ -1,5 +1,6 @@
 """Request bodies checked the way Ollama checks them, with its error texts."""
 import json
+import re
 import uuid
 
 from flask import g, request
@@ -7,6 +8,12 @@ from flask import g, request
 from chatbot.api import ApiError
 
 ROLES = ("system", "user", "assistant", "tool")
+SURROGATE = re.compile("[\ud800-\udfff]")
+# Ollama's option types (api.Options): a wrong type is refused before anything is queued.
+INT_OPTIONS = ("num_ctx", "num_predict", "num_batch", "num_thread", "num_keep", "seed", "top_k",
+               "repeat_last_n", "num_gpu", "main_gpu")
+FLOAT_OPTIONS = ("temperature", "top_p", "min_p", "typical_p", "repeat_penalty",
+                 "presence_penalty", "frequency_penalty")
 
 
 def json_body(kind):
@@ -17,9 +24,53 @@ def json_body(kind):
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"invalid JSON: {exc}")
+    except RecursionError:
+        raise ApiError(400, "invalid JSON: nested too deeply")
     if not isinstance(body, dict):
         raise ApiError(400, f"json: cannot unmarshal {_go_type(body)} into Go value of type api.{kind}")
-    return body
+    return _valid_text(body)
+
+
+def _valid_text(value):
+    """Lone surrogates ("\\ud800") become U+FFFD, as Go's JSON decoder makes them, so that
+    everything stored and sent is valid UTF-8. Iterative: nesting depth costs no stack."""
+    root = [value]
+    todo = [(root, 0)]
+    while todo:
+        holder, key = todo.pop()
+        item = holder[key]
+        if isinstance(item, str):
+            holder[key] = _fix(item)
+        elif isinstance(item, dict):
+            holder[key] = item = {_fix(k): v for k, v in item.items()}
+            todo.extend((item, k) for k in item)
+        elif isinstance(item, list):
+            todo.extend((item, i) for i in range(len(item)))
+    return root[0]
+
+
+def _fix(text):
+    # json.loads joins valid pairs, so any surrogate left in a str stands alone.
+    return text if text.isascii() else SURROGATE.sub("\ufffd", text)
+
+
+def options(body, struct):
+    """The request's `options`, checked for Ollama's types."""
+    opts = body.get("options")
+    if opts is None:
+        return
+    if not isinstance(opts, dict):
+        raise ApiError(400, "json: cannot unmarshal " + _go_type(opts) + f" into Go struct field "
+                       f"{struct}.options of type map[string]interface {{}}")
+    for key, value in opts.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in INT_OPTIONS and not (number and float(value).is_integer()):
+            raise ApiError(400, f"option \"{key}\" must be of type integer")
+        if key in FLOAT_OPTIONS and not number:
+            raise ApiError(400, f"option \"{key}\" must be of type float")
+        if key == "stop" and not (isinstance(value, str) or (
+                isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            raise ApiError(400, "option \"stop\" must be of type array of strings")
 
 
 def model_name(body):

@@ -38,11 +38,10 @@ INFO_TTL = 3600
 HEARTBEAT_TTL = 5  # seconds a running request survives without a heartbeat from its worker
 BEAT_EVERY = 0.25  # the heartbeat also carries the cancel check: a cancel stops within this
 THREAD_LOCK_TTL = 30
-ENDINGS = ("done", "failed", "cancelled", "lost", "expired")
 
 # Check the bound and that the id is unused, join the line, describe the request, renew the
 # web process's lease and tell SSE listeners, in one atomic round trip.
-ADMIT = """
+ADMIT_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local waiting = redis.call('ZCARD', KEYS[1])
 if waiting >= tonumber(ARGV[1]) then return 0 end
@@ -57,7 +56,7 @@ return waiting + 1
 # Move a request from one of the states in ARGV[2] to ARGV[3], append its event and notice.
 # ARGV[9] = '1': only if its heartbeat has stopped (a live worker is not declared lost).
 # ARGV[10] = '1': a running request is flagged for cancel instead (its worker ends it).
-END = """
+END_SCRIPT = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {0, ''} end
 if ARGV[10] == '1' and state == 'running' then
@@ -78,7 +77,7 @@ return {1, state, left}
 """
 # A worker takes a queued request: only if it is still queued, its client's web process still
 # lives and it has not waited too long. Returns {verdict, waited, ids still waiting...}.
-CLAIM = """
+CLAIM_SCRIPT = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'queued' then return {'already ' .. (state or 'gone')} end
 local now = tonumber(ARGV[2])
@@ -109,7 +108,7 @@ return out
 """
 # The worker's heartbeat, which also says whether to stop: 0 go on, 1 cancelled, 2 the
 # client's web process is gone, 3 the request was ended elsewhere (declared lost).
-BEAT = """
+BEAT_SCRIPT = """
 local state, cancel, lease = unpack(redis.call('HMGET', KEYS[1], 'state', 'cancel', 'lease'))
 if state ~= 'running' then return 3 end
 if cancel then return 1 end
@@ -119,7 +118,9 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] ~= '' then redis.call('PEXPIRE', ARGV[4], ARGV[5]) end
 return 0
 """
-RELEASE = """
+STOP_REASONS = {1: "cancelled", 2: "the client's web process is gone",
+                3: "the request was ended elsewhere"}
+RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -162,11 +163,11 @@ class Line:
     def __init__(self, client, max_queue, queue_timeout, relay_ttl):
         self.redis = client
         self.max_queue, self.queue_timeout, self.relay_ttl = max_queue, queue_timeout, relay_ttl
-        self._admit = client.register_script(ADMIT)
-        self._end = client.register_script(END)
-        self._claim = client.register_script(CLAIM)
-        self._beat = client.register_script(BEAT)
-        self._release = client.register_script(RELEASE)
+        self._admit = client.register_script(ADMIT_SCRIPT)
+        self._end = client.register_script(END_SCRIPT)
+        self._claim = client.register_script(CLAIM_SCRIPT)
+        self._beat = client.register_script(BEAT_SCRIPT)
+        self._release = client.register_script(RELEASE_SCRIPT)
 
     # --- the web side -------------------------------------------------------------------
 
@@ -422,9 +423,13 @@ class Heartbeat(threading.Thread):
     def run(self):
         while not self.stopped.wait(BEAT_EVERY):
             try:
-                self.why = self.line.beat(self.request_id, self.queue, self.lock) or self.why
+                why = self.line.beat(self.request_id, self.queue, self.lock)
             except redis.RedisError:
                 log.warning("heartbeat: redis does not answer")
+                continue
+            if why and not self.why:
+                log.info("told to stop: %s", STOP_REASONS[why])
+                self.why = why
 
     def stop_asked(self):
         return bool(self.why)

@@ -71,30 +71,25 @@ def test_a_task_sent_twice_while_queued_runs_once(stack):
     assert [(r.role, r.status) for r in stack.rows(sid)] == [("user", "ok"), ("assistant", "ok")]
 
 
-def test_ten_threads_three_turns_on_one_session_with_two_workers(stack, logs_dir):
-    """Two workers take turns of the same session at once: the thread lock (and the unique
-    position behind it) keeps every turn whole and in order."""
-    second = procs.start_worker(stack.env, log=logs_dir / "worker2.log")
-    try:
-        procs.wait_until(lambda: len(stack.app.extensions["celery"].control.ping(timeout=0.5)) >= 2,
-                         60, second, "second worker")
-        sid, errors = str(uuid.uuid4()), []
+def ten_clients_three_turns(url, sid):
+    errors = []
 
-        def user(n):
-            for turn in range(3):
-                resp = chat(stack.url, sid, f"client {n} turn {turn}", {**SHORT, "num_predict": 3})
-                if resp.status_code != 200:
-                    errors.append(resp.text)
+    def user(n):
+        for turn in range(3):
+            resp = chat(url, sid, f"client {n} turn {turn}", {**SHORT, "num_predict": 3})
+            if resp.status_code != 200:
+                errors.append(resp.text)
 
-        threads = [threading.Thread(target=user, args=(n,)) for n in range(10)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(300)
-    finally:
-        procs.stop(second)
-    assert errors == []
-    rows = [r for r in stack.rows(sid) if r.seq is not None]
+    threads = [threading.Thread(target=user, args=(n,)) for n in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    return errors
+
+
+def assert_whole_ordered_turns(rows):
+    rows = [r for r in rows if r.seq is not None]
     assert [r.seq for r in rows] == list(range(1, 61))  # 30 turns, no gap, no fork
     users = [r.content for r in rows if r.role == "user"]
     assert sorted(users) == sorted(f"client {n} turn {t}" for n in range(10) for t in range(3))
@@ -104,6 +99,74 @@ def test_ten_threads_three_turns_on_one_session_with_two_workers(stack, logs_dir
     for question, answer in zip(rows[::2], rows[1::2]):  # each turn whole: question, its reply
         assert (question.role, answer.role) == ("user", "assistant")
         assert question.request_id == answer.request_id
+
+
+def test_ten_threads_three_turns_on_one_session_with_two_workers(stack, logs_dir):
+    """Two workers take turns of the same session at once: the thread lock (and the unique
+    position behind it) keeps every turn whole and in order."""
+    second = procs.start_worker(stack.env, log=logs_dir / "worker2.log")
+    try:
+        procs.wait_until(lambda: len(stack.app.extensions["celery"].control.ping(timeout=0.5)) >= 2,
+                         60, second, "second worker")
+        sid = str(uuid.uuid4())
+        errors = ten_clients_three_turns(stack.url, sid)
+    finally:
+        procs.stop(second)
+    assert errors == []
+    assert_whole_ordered_turns(stack.rows(sid))
+
+
+POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the machine's PostgreSQL, dropped afterwards."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    pytest.importorskip("psycopg2")
+    admin = sqlalchemy.create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    name = f"chatbot_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    except sqlalchemy.exc.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc.orig}")
+    yield POSTGRES.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+def test_ten_threads_three_turns_on_postgresql_with_two_workers(redis_url, engine_url,
+                                                                 postgres_url, logs_dir):
+    import flask_migrate
+
+    redis_db = redis_url.rsplit("/", 1)[0] + "/3"  # a broker of its own: no other worker
+    env = {"REDIS_URL": redis_db, "OLLAMA_HOST": engine_url, "DATABASE_URL": postgres_url}
+    app = create_app({"REDIS_URL": redis_db, "OLLAMA_HOST": engine_url,
+                      "SQLALCHEMY_DATABASE_URI": postgres_url})
+    with app.app_context():
+        flask_migrate.upgrade()
+    workers = [procs.start_worker(env, log=logs_dir / f"pg-worker-{i}.log") for i in range(2)]
+    server, url = serve(app)
+    try:
+        procs.wait_until(lambda: len(app.extensions["celery"].control.ping(timeout=0.5)) >= 2,
+                         60, workers[0], "two workers")
+        sid = str(uuid.uuid4())
+        errors = ten_clients_three_turns(url, sid)
+        assert errors == []
+        from chatbot.store import Message, db
+
+        with app.app_context():
+            assert_whole_ordered_turns(db.session.execute(
+                db.select(Message).where(Message.session_id == sid).order_by(Message.id)
+            ).scalars().all())
+            db.session.remove()
+            db.engine.dispose()
+    finally:
+        server.shutdown()
+        for worker in workers:
+            procs.stop(worker)
 
 
 def test_a_turn_the_upstream_refuses_is_marked_failed_and_never_replayed(stack):

@@ -298,7 +298,8 @@ def fragile_busy(fragile, sid):
     rid = f"busy-{uuid.uuid4()}"
     busy = Background(fragile["url"], chat_body(LONG, sid), rid)
     wait_for(lambda: running_id(fragile["url"]) == rid, what="a request to run")
-    time.sleep(0.5)  # a few tokens streamed
+    relay = fragile["app"].extensions["redis"]
+    wait_for(lambda: relay.xlen(stream_key(rid)) >= 3, what="the first tokens")
     return busy
 
 

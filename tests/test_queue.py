@@ -162,6 +162,9 @@ def test_killed_worker_does_not_leave_the_client_hanging(stack):
     rid = f"doomed-{uuid.uuid4()}"
     doomed = Background(stack.url, chat_body(LONG, sid), rid)
     wait_for(lambda: running_id(stack.url) == rid, what="the request to run")
+    # Some of the reply is out (the started event, then chunks), so there is a part to keep.
+    relay = stack.app.extensions["redis"]
+    wait_for(lambda: relay.xlen(f"chatbot:relay:{rid}") >= 3, what="the first tokens")
     child = pool_child(stack.worker.pid)
     os.kill(child, signal.SIGKILL)
     killed = time.monotonic()

@@ -70,17 +70,22 @@ def serve(app):
     return server, f"http://127.0.0.1:{server.server_port}"
 
 
-@pytest.fixture(scope="session")
-def stack(redis_url, engine_url, tmp_path_factory, logs):
+def migrated_app(redis_url, engine_url, database_url):
+    """(app, env for its worker processes), its database migrated."""
     import flask_migrate
 
-    db_path = tmp_path_factory.mktemp("db") / "chatbot.db"
-    env = {"REDIS_URL": redis_url, "OLLAMA_HOST": engine_url,
-           "DATABASE_URL": f"sqlite:///{db_path}"}
+    env = {"REDIS_URL": redis_url, "OLLAMA_HOST": engine_url, "DATABASE_URL": database_url}
     app = create_app({"REDIS_URL": redis_url, "OLLAMA_HOST": engine_url,
-                      "SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"]})
+                      "SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
         flask_migrate.upgrade()
+    return app, env
+
+
+@pytest.fixture(scope="session")
+def stack(redis_url, engine_url, tmp_path_factory, logs):
+    db_path = tmp_path_factory.mktemp("db") / "chatbot.db"
+    app, env = migrated_app(redis_url, engine_url, f"sqlite:///{db_path}")
     app.extensions["celery"].control.purge()
     worker = procs.start_worker(env, log=logs / "worker.log")
     procs.wait_until(lambda: app.extensions["celery"].control.ping(timeout=0.5), 60, worker,

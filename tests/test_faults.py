@@ -15,7 +15,7 @@ from chatbot import create_app, procs
 from chatbot.api import init_app as api_init_app
 from chatbot.line import INFO
 from chatbot.relay import LEASE, stream_key
-from tests.conftest import MODEL, OPTIONS, serve
+from tests.conftest import MODEL, migrated_app, serve
 from tests.test_queue import (LONG, SHORT, Background, cancel, chat_body, pool_child,
                               queue_state, running_id, start_slow, wait_for)
 
@@ -139,14 +139,8 @@ def postgres_url():
 
 def test_ten_threads_three_turns_on_postgresql_with_two_workers(redis_url, engine_url,
                                                                  postgres_url, logs_dir):
-    import flask_migrate
-
-    redis_db = redis_url.rsplit("/", 1)[0] + "/3"  # a broker of its own: no other worker
-    env = {"REDIS_URL": redis_db, "OLLAMA_HOST": engine_url, "DATABASE_URL": postgres_url}
-    app = create_app({"REDIS_URL": redis_db, "OLLAMA_HOST": engine_url,
-                      "SQLALCHEMY_DATABASE_URI": postgres_url})
-    with app.app_context():
-        flask_migrate.upgrade()
+    # A broker of its own (another Redis database): the suite's worker must not take these.
+    app, env = migrated_app(redis_url.rsplit("/", 1)[0] + "/3", engine_url, postgres_url)
     workers = [procs.start_worker(env, log=logs_dir / f"pg-worker-{i}.log") for i in range(2)]
     server, url = serve(app)
     try:
@@ -263,16 +257,9 @@ def test_internal_errors_are_generic_and_carry_an_error_id(stack, caplog):
 @pytest.fixture
 def fragile(engine_url, tmp_path, logs_dir):
     """A stack of its own (Redis, worker, web) that a test may break."""
-    import flask_migrate
-
     port = procs.free_port()
     redis_proc, redis_url = procs.start_redis(port, log=logs_dir / "fragile-redis.log")
-    env = {"REDIS_URL": redis_url, "OLLAMA_HOST": engine_url,
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'fragile.db'}"}
-    app = create_app({"REDIS_URL": redis_url, "OLLAMA_HOST": engine_url,
-                      "SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"]})
-    with app.app_context():
-        flask_migrate.upgrade()
+    app, env = migrated_app(redis_url, engine_url, f"sqlite:///{tmp_path / 'fragile.db'}")
     state = {"redis": redis_proc, "port": port, "env": env, "app": app}
 
     def start_worker():

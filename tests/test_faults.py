@@ -344,3 +344,13 @@ def test_the_sweep_clears_what_no_client_will(stack):
     assert client.zcard(WAITING.format(queue)) == 0
     assert line.info(orphan)["state"] == "cancelled" and line.info(dead)["state"] == "lost"
     assert line.snapshot(queue)["running"] is None and line.counts(queue) == (0, 0)
+
+
+def test_a_bad_context_through_chatbot_is_a_400_and_the_next_chat_works(stack):
+    sid = str(uuid.uuid4())
+    bad = requests.post(stack.url + "/api/generate", timeout=60, json={
+        "model": MODEL, "session_id": sid, "prompt": "hi", "stream": False,
+        "context": [1, 2, 10 ** 9], "options": SHORT})
+    assert bad.status_code == 400 and "context" in bad.json()["error"]
+    assert [(r.role, r.status) for r in stack.rows(sid)] == [("user", "failed")]
+    assert chat(stack.url, sid, "Hi").status_code == 200

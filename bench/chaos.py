@@ -3,16 +3,28 @@
 client would mind: replies not stored, stored twice, clients left hanging, processes left over.
 
     .venv/bin/python bench/chaos.py [--sessions 6] [--rounds 2] [--interval 4] [--num-predict 24]
-        [--bound 60] [--after-turns 3] [--ollama-host URL] [--database-url URL]
+        [--bound 60] [--after-turns 3] [--faults pool,worker,engine,web,redis]
+        [--ollama-host URL] [--database-url URL] [--engine-threads N]
 
 Starts `chatbot up` itself on free ports (bundled Redis; the bundled engine unless
 --ollama-host names a running one, which is then never killed) and stops it at the end.
-Exit status 0 when nothing was lost, duplicated, half-written or left hanging and no process
-outlived `chatbot up`; else 1. `run(...)` returns the figures (tests/test_chaos.py).
+Each request ends as a reply (200 and a final done line or body), an error (an error status,
+an {"error"} line, a refused or dropped connection: expected while the web restarts) or hung
+(nothing within --bound seconds). Exit status 0 when nothing replied was lost, nothing was
+stored twice or half, no client hung and no process outlived `chatbot up`; else 1. Every
+request is kept in records.json beside the log. `run(...)` returns the figures
+(tests/test_chaos.py runs a short one).
+
+Figures are slow, never wrong, on a loaded machine: llama.cpp threads spin-wait for each
+other, so an engine with a thread per core beside another busy one (a parallel test run)
+generates tens of times slower; the run names such model servers, and --engine-threads 1
+avoids the effect.
 """
 import argparse
 import collections
+import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -134,7 +146,7 @@ def chat(url, sid, content, stream, num_predict, bound):
                            stream=stream, timeout=(bound, bound)) as resp:
             rec["status"], rec["request_id"] = resp.status_code, resp.headers.get("X-Request-ID")
             if resp.status_code != 200:
-                rec.update(outcome="error", detail=f"HTTP {resp.status_code}: {resp.text[:120]}")
+                rec.update(outcome="error", detail=f"HTTP {resp.status_code}: {resp.text[:200]}")
             elif stream:
                 _read_stream(resp, rec, bound)
             else:
@@ -154,8 +166,6 @@ def chat(url, sid, content, stream, num_predict, bound):
 
 
 def _read_stream(resp, rec, bound):
-    import json
-
     parts = []
     for line in resp.iter_lines(chunk_size=None):
         if time.monotonic() - rec["start"] > bound:
@@ -250,7 +260,8 @@ def check_store(records, rows):
     """lost: replied, yet the user message is not stored exactly once or the reply is missing;
     duplicated: a user message stored twice or a request with two replies; half_written: a
     reply without its request's user row, or two rows at one thread position."""
-    users = collections.Counter((r["session_id"], r["content"]) for r in rows if r["role"] == "user")
+    users = collections.Counter((r["session_id"], r["content"]) for r in rows
+                                if r["role"] == "user")
     user_requests = {(r["session_id"], r["request_id"]) for r in rows if r["role"] == "user"}
     replies = collections.defaultdict(list)
     for r in rows:
@@ -261,9 +272,10 @@ def check_store(records, rows):
         if rec["outcome"] != "reply":
             continue
         ok = [r for r in replies.get(rec["request_id"], []) if r["status"] == "ok"]
-        if users[(rec["session"], rec["content"])] != 1 or not ok:
+        stored = users[(rec["session"], rec["content"])]
+        if stored != 1 or not ok:
             problems["lost"].append(f"{rec['request_id']} {rec['content']!r}: user rows "
-                                    f"{users[(rec['session'], rec['content'])]}, ok replies {len(ok)}")
+                                    f"{stored}, ok replies {len(ok)}")
         elif ok[0]["content"] != rec["reply"]:
             problems["mismatched"].append(f"{rec['request_id']}: stored {ok[0]['content']!r} "
                                           f"vs received {rec['reply']!r}")
@@ -294,7 +306,7 @@ def run(sessions=6, rounds=2, interval=4.0, num_predict=24, bound=60.0, after_tu
     web_port, engine_port = procs.free_port(), procs.free_port()
     own_engine = not ollama_host
     database_url = database_url or f"sqlite:///{tmp / 'chaos.db'}"
-    env = {"REDIS_URL": "", "DATABASE_URL": database_url,
+    env = {"REDIS_URL": "", "DATABASE_URL": database_url, "OLLAMA_HOSTS": "",
            "OLLAMA_HOST": ollama_host or f"http://127.0.0.1:{procs.free_port()}"}
     if engine_threads:
         env["CHATBOT_ENGINE_THREADS"] = str(engine_threads)
@@ -348,7 +360,8 @@ def run(sessions=6, rounds=2, interval=4.0, num_predict=24, bound=60.0, after_tu
         left = [key for key in left if alive(*key)]
     records = [r for c in clients for r in c.records]
     problems = check_store(records, stored_rows(database_url, [c.sid for c in clients]))
-    problems["hung"] = [f"{r['content']!r}: {r['detail']}" for r in records if r["outcome"] == "hung"]
+    problems["hung"] = [f"{r['content']!r}: {r['detail']}" for r in records
+                        if r["outcome"] == "hung"]
     problems["orphans"] = [f"pid {pid}: {sampler.seen[(pid, start)]}" for pid, start in left]
     figures = {
         "requests": len(records), "faults": len(injected),
@@ -358,6 +371,7 @@ def run(sessions=6, rounds=2, interval=4.0, num_predict=24, bound=60.0, after_tu
                                          "orphans", "mismatched")},
         "tail_replies": tail_replies, "not_back": sum(f["back"] is None for f in injected),
         "up_exit": exit_code, "log": str(log), "other_engines": len(sampler.foreign),
+        "processes_seen": len(sampler.seen),
         "loadavg": os.getloadavg()[0],
         "slowest": {kind: round(max((r["end"] - r["start"] for r in records
                                      if r["outcome"] == kind), default=0), 1)
@@ -374,8 +388,6 @@ def run(sessions=6, rounds=2, interval=4.0, num_predict=24, bound=60.0, after_tu
 
 def _dump(path, records, injected, t0):
     """Every request and fault, times in seconds from the start, for reading after a run."""
-    import json
-
     rel = lambda t: round(t - t0, 3)  # noqa: E731
     path.write_text(json.dumps({
         "faults": [{**f, "at": rel(f["at"])} for f in injected],
@@ -402,20 +414,36 @@ def report(figures, records, out=print):
     out("  ".join(f"{figures[name]:>12d}" for name in FIGURES))
     out(f"\nover {figures['seconds']} s; replies after the last fault: {figures['tail_replies']}; "
         f"faults never recovered from: {figures['not_back']}; replies stored differently from "
-        f"what the client read: {figures['mismatched']}; chatbot up exited {figures['up_exit']}")
+        f"what the client read: {figures['mismatched']}; chatbot up exited {figures['up_exit']}; "
+        f"processes seen in its tree: {figures['processes_seen']}")
     out(f"slowest reply {figures['slowest']['reply']} s, slowest error "
         f"{figures['slowest']['error']} s; load average {figures['loadavg']:.1f}; "
         f"other model servers running on this machine meanwhile: {figures['other_engines']}")
     out("errors following each fault kind: " + ", ".join(
         f"{kind} {n}" for kind, n in figures["errors_after"].items()))
-    details = collections.Counter(r["detail"].split(":")[0] + (":" + r["detail"].split(":")[1]
-                                  if r["detail"].startswith(("HTTP", "error line")) else "")
-                                  for r in records if r["outcome"] == "error")
+    details = collections.Counter(_kind(r["detail"]) for r in records if r["outcome"] == "error")
     for detail, n in details.most_common(8):
         out(f"  {n:4d} x {detail[:110]}")
     for name, items in figures["problems"].items():
         for item in items[:10]:
             out(f"{name}: {item}")
+
+
+def _kind(detail):
+    """An error's detail without what varies (ports, error ids), to count alike ones together."""
+    if detail.startswith("ConnectionError"):
+        return ("connection refused" if "Max retries" in detail
+                else "connection dropped before an answer")
+    if detail.startswith("ChunkedEncodingError"):
+        return "connection dropped mid-answer"
+    if detail.startswith("HTTP"):
+        status, _, body = detail.partition(": ")
+        try:
+            body = json.loads(body)["error"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        detail = f"{status}: {body}"
+    return re.sub(r" \(error id \w+\)", "", detail)
 
 
 def passed(figures):

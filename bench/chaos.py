@@ -396,15 +396,20 @@ def _dump(path, records, injected, t0):
 
 
 def errors_after(records, injected):
-    """Errors per fault kind: an error is put down to the first fault its request lived
-    through, else (it started later) to the last fault before it started."""
+    """Errors per fault kind: each is put down to the last fault before it ended, except a
+    worker's death, which the line notices only once the heartbeat has lapsed (after the
+    next fault, maybe): that goes to the last kill of a pool child or worker before then."""
+    from chatbot.line import HEARTBEAT_TTL
+
     counts = collections.Counter({f["kind"]: 0 for f in injected})
     for rec in records:
-        if rec["outcome"] == "error":
-            during = [f for f in injected if rec["start"] <= f["at"] <= rec["end"]]
-            before = [f for f in injected if f["at"] < rec["start"]]
-            cause = during[0] if during else before[-1] if before else {"kind": "(no fault yet)"}
-            counts[cause["kind"]] += 1
+        if rec["outcome"] != "error":
+            continue
+        kinds, end = FAULTS, rec["end"]
+        if "worker running this request died" in rec["detail"]:
+            kinds, end = ("pool", "worker"), end - HEARTBEAT_TTL + 1
+        before = [f for f in injected if f["at"] <= end and f["kind"] in kinds]
+        counts[before[-1]["kind"] if before else "(no fault yet)"] += 1
     return dict(counts)
 
 

@@ -5,8 +5,8 @@ from flask import Flask
 
 
 def create_app(config=None):
-    from chatbot import api, cli, config as settings, line, logs, metrics, redis_pool, relay, store
-    from chatbot import tasks  # noqa: F401  registers the Celery tasks
+    from chatbot import api, cli, config as settings, keys, line, logs, metrics, redis_pool, relay, store
+    from chatbot import quota, tasks  # noqa: F401  tasks registers the Celery tasks
     from chatbot.worker import celery_init_app
     from chatbot.flow.window import Calibration, Windows
     from chatbot.routing import Router
@@ -21,6 +21,7 @@ def create_app(config=None):
     os.makedirs(app.instance_path, exist_ok=True)
     logs.init_app(app)
     store.init_app(app)
+    keys.init_app(app)
     redis_pool.init_app(app)
     relay.init_app(app)
     line.init_app(app)
@@ -34,5 +35,6 @@ def create_app(config=None):
     app.extensions["upstream"] = router.upstream()  # model management and listings
     celery_init_app(app)
     api.init_app(app)
+    quota.init_app(app)  # after the API's hooks: it counts per key
     cli.init_app(app)  # `flask sessions ...`
     return app

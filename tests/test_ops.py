@@ -55,6 +55,7 @@ def test_request_id_is_in_web_and_worker_log_lines(stack, logs_dir):
 def test_text_log_format_is_plain():
     captured = io.StringIO()
     logs.configure("INFO", "text", stream=captured)
+    logs.clear()  # what earlier in-process requests left in this thread's context
     logs.bind(request_id="abc12345")
     logging.getLogger("chatbot.test").info("hello")
     logs.clear()

@@ -29,10 +29,10 @@ def chat_body(options, session_id=None, stream=True):
 class Background(threading.Thread):
     """A request sent from another thread; keeps its response or error."""
 
-    def __init__(self, url, body, request_id=None, timeout=120):
+    def __init__(self, url, body, request_id=None, timeout=120, headers=None):
         super().__init__(daemon=True)
         self.url, self.body, self.timeout = url, body, timeout
-        self.headers = {"X-Request-ID": request_id} if request_id else {}
+        self.headers = {**(headers or {}), **({"X-Request-ID": request_id} if request_id else {})}
         self.response, self.lines = None, []
         self.start()
 

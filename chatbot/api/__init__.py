@@ -11,6 +11,7 @@ from chatbot import logs
 from chatbot.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
+audit = logging.getLogger("chatbot.audit")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 
 
@@ -46,7 +47,7 @@ def _recorder(app, rule, model, status, started):
 
 
 def init_app(app):
-    from chatbot.api import ollama, openai, ops, queue, sessions
+    from chatbot.api import auth, ollama, openai, ops, queue, sessions
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(ollama.bp)
@@ -62,9 +63,19 @@ def init_app(app):
         g.started = time.perf_counter()
         logs.clear()
         logs.bind(request_id=g.request_id)
+        auth.authenticate()
+
+    if app.config.get("CORS_ORIGINS"):  # off unless asked for (the chat page on another origin)
+        from flask_cors import CORS
+
+        CORS(app, origins=[o.strip() for o in app.config["CORS_ORIGINS"].split(",")],
+             expose_headers=["X-Request-ID", "X-Session-ID"])
 
     @app.after_request
     def _echo_request_id(resp):
+        # The audit trail: who, what, which session, how it ended; never content.
+        audit.info("%s %s %s", request.method, request.url_rule or request.path,
+                   resp.status_code)
         resp.headers.setdefault("X-Request-ID", g.request_id)
         if request.path != "/metrics":
             # Counted when the body is done, so a stream's duration is the whole stream.
@@ -81,6 +92,11 @@ def init_app(app):
     def _http_error(exc):
         if exc.code == 404:
             return error_response(404, "404 page not found")
+        if exc.code == 413:
+            return error_response(413, "request body too large: at most "
+                                       f"{app.config['MAX_CONTENT_LENGTH']} bytes")
+        if exc.code == 429:
+            return error_response(429, f"rate limit exceeded: {exc.description}")
         return error_response(exc.code, exc.description or exc.name)
 
     @app.errorhandler(Exception)

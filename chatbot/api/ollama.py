@@ -2,10 +2,10 @@
 
 With several hosts, listings are merged, a request about a model goes to a host that has
 it, and the rest (pull, create, blobs, version) to the first host."""
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from chatbot import routing
-from chatbot.api import turns, validate, wire
+from chatbot.api import ApiError, auth, turns, validate, wire
 from chatbot.api.wire import dumps
 from chatbot.upstream import UpstreamError
 
@@ -63,6 +63,8 @@ def ps():
 @bp.delete("/api/delete")
 def model_passthrough():
     """Embeddings and model management go straight to the upstream, not through the queue."""
+    if request.path not in ("/api/embed", "/api/embeddings"):
+        _may_manage_models()
     body = validate.json_body("Request")
     if not body.get("model") and body.get("name"):  # older clients send `name`
         body["model"] = body["name"]
@@ -86,8 +88,17 @@ def _holder(model):
         return None
 
 
+def _may_manage_models():
+    """Pulling, pushing, creating, copying and deleting models (and blobs): an admin key's
+    business while keys are on, and nobody's with ALLOW_MODEL_MANAGEMENT=false."""
+    if not current_app.config["ALLOW_MODEL_MANAGEMENT"]:
+        raise ApiError(403, "model management is switched off on this server")
+    auth.require_admin("model management")
+
+
 @bp.route("/api/blobs/<digest>", methods=["POST", "HEAD"])
 def blobs(digest):
+    _may_manage_models()
     return passthrough(request.method, f"/api/blobs/{digest}", data=request.stream)
 
 

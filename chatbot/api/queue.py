@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify, request
 from flask_sse import Message, sse
 
 from chatbot import line as lines, routing
-from chatbot.api import ApiError
+from chatbot.api import ApiError, auth
 
 bp = Blueprint("queue", __name__)
 log = logging.getLogger(__name__)
@@ -18,8 +18,22 @@ KEEPALIVE_SECONDS = 3
 
 @bp.get("/api/queue")
 def overview():
+    """Every queue; another key's entries show only their place (and how long)."""
     line = lines.get()
-    return jsonify(queues=[line.snapshot(q) for q in routing.get().queues.values()])
+    return jsonify(queues=[_visible(line.snapshot(q)) for q in routing.get().queues.values()])
+
+
+def _visible(snapshot):
+    if auth.scope() is auth.ALL:
+        return snapshot
+    hidden = ("request_id", "session_id", "model")
+    mine = lambda entry: auth.owns(entry.pop("owner", None))  # noqa: E731
+    if snapshot["running"] and not mine(snapshot["running"]):
+        snapshot["running"] = {k: v for k, v in snapshot["running"].items() if k not in hidden}
+    snapshot["waiting"] = [entry if mine(entry) else
+                           {k: v for k, v in entry.items() if k not in hidden}
+                           for entry in snapshot["waiting"]]
+    return snapshot
 
 
 @bp.get("/api/queue/<request_id>")
@@ -38,9 +52,9 @@ def cancel(request_id):
 
 def _known(request_id):
     info = lines.get().info(request_id)
-    if not info:
+    if not info or not auth.owns(info.pop("owner", "") or None):
         raise ApiError(404, f"request '{request_id}' not found")
-    return info
+    return {k: v for k, v in info.items() if k not in ("lease", "channel", "cancel")}
 
 
 @bp.get("/api/events")
@@ -49,7 +63,7 @@ def events():
     has the headers misses nothing) and with a comment every few seconds, which keeps proxies
     from closing the stream and lets us notice a client that left. After a Redis restart it
     subscribes again (what was published meanwhile is lost, as with any pub/sub)."""
-    channel = request.args.get("channel") or lines.QUEUE_CHANNEL
+    channel = _channel(request.args.get("channel") or lines.QUEUE_CHANNEL)
     pubsub = sse.redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(channel)
 
@@ -73,6 +87,20 @@ def events():
             listener.close()
 
     return Response(stream(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _channel(name):
+    """The Redis channel behind `?channel=`: the queue's, or a request's. While keys are on, a
+    request's channel carries its owner's name, and another key's request is 404; an id not
+    sent yet (subscribe first, then send) is the asking key's own."""
+    if name == lines.QUEUE_CHANNEL:
+        return name
+    info = lines.get().info(name)
+    if info:
+        if not auth.owns(info.get("owner") or None):
+            raise ApiError(404, f"request '{name}' not found")
+        return info.get("channel") or name
+    return lines.sse_channel(auth.key_name(), name)
 
 
 def _resubscribe(channel):

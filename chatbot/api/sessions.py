@@ -2,7 +2,7 @@
 shape the response; the logic is chatbot/store/admin.py, shared with `flask sessions`."""
 from flask import Blueprint, Response, jsonify, request
 
-from chatbot.api import error_response
+from chatbot.api import auth, error_response
 from chatbot.store import admin, transfer
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/sessions")
@@ -11,6 +11,11 @@ bp = Blueprint("sessions", __name__, url_prefix="/api/sessions")
 @bp.errorhandler(admin.AdminError)
 def _refused(exc):
     return error_response(exc.status, str(exc))
+
+
+def _mine(sid):
+    """The session's id if the asking key may see it; else 404, as for an unknown id."""
+    return admin.get(sid, visible_to=auth.restriction()).id
 
 
 def _body():
@@ -26,13 +31,14 @@ def index():
     args = request.args
     return jsonify(admin.list_sessions(args.get("page", 1), args.get("per_page", 20),
                                        archived=args.get("archived"),
-                                       model=args.get("model") or None))
+                                       model=args.get("model") or None,
+                                       visible_to=auth.restriction()))
 
 
 @bp.get("/<sid>")
 def show(sid):
     args = request.args
-    return jsonify(admin.show(sid, args.get("page", 1), args.get("per_page", 20),
+    return jsonify(admin.show(_mine(sid), args.get("page", 1), args.get("per_page", 20),
                               model=args.get("model") or None))
 
 
@@ -44,28 +50,28 @@ def update(sid):
         raise admin.AdminError(f"unknown field {unknown[0]!r}: only title can be changed")
     if "title" not in body:
         raise admin.AdminError("title is required")
-    return jsonify(admin.rename(sid, body["title"]))
+    return jsonify(admin.rename(_mine(sid), body["title"]))
 
 
 @bp.delete("/<sid>")
 def delete(sid):
-    sid = admin.session_id(sid)
+    sid = _mine(sid)
     return jsonify(id=sid, deleted=True, messages=admin.delete(sid))
 
 
 @bp.post("/<sid>/archive")
 def archive(sid):
-    return jsonify(admin.set_archived(sid, True))
+    return jsonify(admin.set_archived(_mine(sid), True))
 
 
 @bp.post("/<sid>/restore")
 def restore(sid):
-    return jsonify(admin.set_archived(sid, False))
+    return jsonify(admin.set_archived(_mine(sid), False))
 
 
 @bp.get("/<sid>/export")
 def export(sid):
-    fmt = request.args.get("format", "json")
+    fmt, sid = request.args.get("format", "json"), _mine(sid)
     if fmt == "json":
         return jsonify(transfer.export(sid))
     if fmt in ("markdown", "md"):
@@ -75,4 +81,4 @@ def export(sid):
 
 @bp.post("/import")
 def import_():
-    return jsonify(transfer.import_session(_body())), 201
+    return jsonify(transfer.import_session(_body(), owner=auth.key_name())), 201

@@ -4,10 +4,11 @@ import logging
 import time
 import uuid
 
+import redis
 from flask import Response, current_app, g, request, stream_with_context
 
-from chatbot import line as lines, logs, routing
-from chatbot.api import ApiError
+from chatbot import line as lines, logs, quota, routing, store
+from chatbot.api import ApiError, auth
 from chatbot.api.disconnect import client_gone, client_socket
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
@@ -20,27 +21,50 @@ log = logging.getLogger(__name__)
 def submit(kind, model, messages, upstream_body, session_id):
     """Queue a turn. `messages` are what the session gains; `upstream_body` the rest of what
     is sent upstream (chat's context is added by the flow). Returns (request_id, queue)."""
+    owner, who = auth.key_name(), quota.asker()
+    quota.tokens().check(who)
+    if auth.scope() is not auth.ALL and not g.get("fresh_session"):
+        exists, holder = store.session_owner(session_id)
+        if exists and holder != owner:  # another key's session: as if there were none
+            raise ApiError(404, f"session '{session_id}' not found")
     host, queue = routing.get().choose(model, session_id)
     line, lease = lines.get(), current_app.extensions["relay"].hub().lease
     g.model = model
-    info = {"model": model, "session_id": session_id, "host": host}
+
+    def admit():
+        info = {"model": model, "session_id": session_id, "host": host, "owner": owner or "",
+                "channel": lines.sse_channel(owner, g.request_id)}
+        return line.admit(g.request_id, queue, info, lease), info["channel"]
+
     try:
-        position = line.admit(g.request_id, queue, info, lease)
+        position, channel = admit()
         while position is None:  # a client reusing an id never reads another request's reply
             g.request_id = str(uuid.uuid4())
-            position = line.admit(g.request_id, queue, info, lease)
+            position, channel = admit()
     except lines.QueueFull:
         log.warning("refused: queue %s is full", queue)
         raise ApiError(503, BUSY, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+    except redis.RedisError:
+        log.warning("refused: redis does not answer", exc_info=True)
+        raise ApiError(503, lines.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})
     request_id = g.request_id
     logs.bind(request_id=request_id, session_id=session_id, model=model, queue_position=position)
     log.info("queued on %s for %s", queue, host)
     job = {"request_id": request_id, "session_id": session_id, "kind": kind, "model": model,
            "messages": messages, "upstream": {**upstream_body, "model": model},
-           "host": host, "queue": queue, "fresh": bool(g.get("fresh_session"))}
+           "host": host, "queue": queue, "fresh": bool(g.get("fresh_session")),
+           "owner": owner, "channel": channel, "asker": who}
     # This app's own Celery (not the process default: tests run several apps side by side).
-    current_app.extensions["celery"].send_task("chatbot.run_request", args=[job],
-                                               task_id=request_id, queue=queue)
+    try:
+        current_app.extensions["celery"].send_task("chatbot.run_request", args=[job],
+                                                   task_id=request_id, queue=queue)
+    except Exception:  # the broker went away between admission and sending
+        log.warning("refused: the task could not be sent", exc_info=True)
+        try:
+            line.cancel(request_id)
+        except redis.RedisError:
+            pass  # gone with Redis: nothing left to cancel
+        raise ApiError(503, lines.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})
     return request_id, queue
 
 

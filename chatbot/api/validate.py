@@ -1,13 +1,16 @@
 """Request bodies checked the way Ollama checks them, with its error texts."""
+import base64
+import binascii
 import json
 import re
 import uuid
 
-from flask import g, request
+from flask import current_app, g, request
 
 from chatbot.api import ApiError
 
 ROLES = ("system", "user", "assistant", "tool")
+CEILINGS = {"num_ctx": "MAX_NUM_CTX", "num_predict": "MAX_NUM_PREDICT"}
 SURROGATE = re.compile("[\ud800-\udfff]")
 # Ollama's option types (api.Options): a wrong type is refused before anything is queued.
 INT_OPTIONS = ("num_ctx", "num_predict", "num_batch", "num_thread", "num_keep", "seed", "top_k",
@@ -71,6 +74,10 @@ def options(body, struct):
         if key == "stop" and not (isinstance(value, str) or (
                 isinstance(value, list) and all(isinstance(v, str) for v in value))):
             raise ApiError(400, "option \"stop\" must be of type array of strings")
+        ceiling = CEILINGS.get(key)
+        if ceiling and value > current_app.config[ceiling]:
+            raise ApiError(400, f"option \"{key}\" must be at most "
+                                f"{current_app.config[ceiling]} ({ceiling})")
 
 
 def model_name(body):
@@ -87,6 +94,9 @@ def chat_messages(body):
     if not isinstance(messages, list):
         raise ApiError(400, "json: cannot unmarshal " + _go_type(messages)
                        + " into Go struct field ChatRequest.messages of type []api.Message")
+    if len(messages) > current_app.config["MAX_MESSAGES"]:
+        raise ApiError(400, f"too many messages: {len(messages)} (at most "
+                            f"{current_app.config['MAX_MESSAGES']} per request, MAX_MESSAGES)")
     for message in messages:
         if not isinstance(message, dict):
             raise ApiError(400, "json: cannot unmarshal " + _go_type(message)
@@ -97,7 +107,36 @@ def chat_messages(body):
         if not isinstance(message.get("content", ""), str):
             raise ApiError(400, "json: cannot unmarshal " + _go_type(message["content"])
                            + " into Go struct field Message.messages.content of type string")
+        _text_size("message content", message.get("content") or "")
+        images(message.get("images"), "Message.messages.images")
     return messages
+
+
+def _text_size(what, text):
+    limit = current_app.config["MAX_MESSAGE_CHARS"]
+    if len(text) > limit:
+        raise ApiError(400, f"{what} too long: {len(text)} characters (at most {limit}, "
+                            "MAX_MESSAGE_CHARS)")
+
+
+def images(value, field):
+    """Base64 strings, each within MAX_IMAGE_BYTES, as Ollama's []ImageData."""
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise ApiError(400, f"json: cannot unmarshal {_go_type(value)} into Go struct field "
+                            f"{field} of type []api.ImageData")
+    limit = current_app.config["MAX_IMAGE_BYTES"]
+    for image in value:
+        if not isinstance(image, str):
+            raise ApiError(400, f"json: cannot unmarshal {_go_type(image)} into Go struct field "
+                                f"{field} of type api.ImageData")
+        try:
+            size = len(base64.b64decode(image, validate=True))
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "illegal base64 data in images")
+        if size > limit:
+            raise ApiError(400, f"image too large: {size} bytes (at most {limit}, MAX_IMAGE_BYTES)")
 
 
 def prompt_messages(body):
@@ -107,6 +146,9 @@ def prompt_messages(body):
         if not isinstance(value, str):
             raise ApiError(400, "json: cannot unmarshal " + _go_type(value)
                            + f" into Go struct field GenerateRequest.{name} of type string")
+    _text_size("prompt", prompt)
+    _text_size("system", system)
+    images(body.get("images"), "GenerateRequest.images")
     if not prompt:
         return []  # an empty prompt only loads the model
     user = {"role": "user", "content": prompt}

@@ -4,7 +4,8 @@ one upstream call), writes in `post`, which returns the next action.
 Shared store (built by chatbot.tasks):
   job        {request_id, session_id, kind: chat|generate, model, messages: what the session
              gains, upstream: the request's own fields, sent upstream untouched, host, queue,
-             fresh: the session was created for this request}
+             fresh: the session was created for this request, owner: the key asking (None
+             while keys are off), channel: its SSE channel}
   emit       callable(event): a streamed chunk, to the waiting client
   stop       callable() -> bool: the request was cancelled or its client is gone
   end        callable(reply): asks the line to end the request with the reply's outcome
@@ -131,16 +132,16 @@ class StoreRequest(Node):
 
     def prep(self, shared):
         job = shared["job"]
-        return (job["session_id"], job["model"], shared["new"], job["request_id"],
-                shared["dropped"], shared["tail"])
+        return (job["session_id"], job.get("owner"), job["model"], shared["new"],
+                job["request_id"], shared["dropped"], shared["tail"])
 
     def exec(self, prep_res):
         return prep_res
 
     def post(self, shared, prep_res, exec_res):
-        session_id, model, new, request_id, dropped, tail = exec_res
+        session_id, owner, model, new, request_id, dropped, tail = exec_res
         try:
-            store.touch_session(session_id)
+            store.touch_session(session_id, owner)
             # Always commits: the session's last use counts even for a load or a pure resend.
             shared["tail"] = store.append_messages(session_id, model, new, request_id,
                                                    truncated=dropped, tail=tail)

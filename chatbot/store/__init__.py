@@ -2,7 +2,8 @@
 from chatbot.store.models import db, ChatSession, Message  # noqa: F401
 from chatbot.store.sessions import (  # noqa: F401
     Conflict, append_messages, chain, fail_request, leading_system, newest_first,
-    note_truncation, open_session, save_lost_reply, save_reply, thread_tail, touch_session,
+    note_truncation, open_session, save_lost_reply, save_reply, session_owner, thread_tail,
+    touch_session,
 )
 
 

@@ -51,9 +51,11 @@ def session_id(value):
         raise AdminError(f"invalid session id {value!r}: must be a UUID")
 
 
-def get(sid):
+def get(sid, visible_to=None):
+    """The session, or NotFound. `visible_to`: a key's name; another key's session is not
+    found either (None: every session, as for an admin)."""
     session = db.session.get(ChatSession, session_id(sid))
-    if session is None:
+    if session is None or (visible_to is not None and session.owner != visible_to):
         raise NotFound(f"session '{sid}' not found")
     return session
 
@@ -106,10 +108,13 @@ def summary(session, threads=None):
             "meta": session.meta or {}}
 
 
-def list_sessions(page=1, per_page=20, archived=None, model=None):
-    """Newest use first; `model` keeps sessions having at least one message of that model."""
+def list_sessions(page=1, per_page=20, archived=None, model=None, visible_to=None):
+    """Newest use first; `model` keeps sessions having at least one message of that model;
+    `visible_to` only that key's sessions."""
     (page, per_page), archived = paging(page, per_page), flag(archived)
     query = db.select(ChatSession)
+    if visible_to is not None:
+        query = query.where(ChatSession.owner == visible_to)
     if archived is not None:
         query = query.where(ChatSession.archived.is_(archived))
     if model:

@@ -19,6 +19,18 @@ class ChatSession(db.Model):
     last_access = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
     archived = db.Column(db.Boolean, nullable=False, default=False)
     meta = db.Column(db.JSON, nullable=False, default=dict)
+    # The API key (its name) that created the session; None: made while keys were off.
+    owner = db.Column(db.String(100), index=True)
+
+
+class ApiKey(db.Model):
+    """A key made with `flask keys create`; only its SHA-256 is kept."""
+    __tablename__ = "api_keys"
+
+    name = db.Column(db.String(100), primary_key=True)
+    key_hash = db.Column(db.String(64), nullable=False, unique=True)
+    admin = db.Column(db.Boolean, nullable=False, default=False)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
 
 
 class Message(db.Model):

@@ -38,18 +38,25 @@ def open_session(session_id):
     return session
 
 
-def touch_session(session_id):
-    """The request path's open_session: one upsert statement (created, or marked used and
-    un-archived), not committed (the turn's first append commits it). True if it is new."""
+def touch_session(session_id, owner=None):
+    """The request path's open_session: one upsert statement (created, owned by `owner`, or
+    marked used and un-archived), not committed (the turn's first append commits it). True if
+    it is new."""
     now = utcnow()
     insert = _dialect_insert()(ChatSession).values(
-        id=session_id, created_at=now, last_access=now, archived=False, meta={})
+        id=session_id, created_at=now, last_access=now, archived=False, meta={}, owner=owner)
     row = db.session.execute(
         insert.on_conflict_do_update(index_elements=[ChatSession.id],
                                      set_={"last_access": now, "archived": False})
         .returning(ChatSession.created_at)
     ).one()
     return row.created_at == now
+
+
+def session_owner(session_id):
+    """(whether the session exists, the key that owns it)."""
+    row = db.session.execute(db.select(ChatSession.owner).where(ChatSession.id == session_id)).first()
+    return (row is not None), (row.owner if row else None)
 
 
 def _dialect_insert():

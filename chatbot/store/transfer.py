@@ -55,10 +55,12 @@ def _markdown_message(m):
     return "\n".join(lines)
 
 
-def import_session(doc, progress=None):
-    """Create a session from an export (its own id if given and unused). Everything is checked
-    before anything is written, so a refused import leaves nothing behind."""
+def import_session(doc, progress=None, owner=None):
+    """Create a session from an export (its own id if given and unused), owned by `owner` (a
+    key's name). Everything is checked before anything is written, so a refused import leaves
+    nothing behind."""
     session, runs = _checked_export(doc)
+    session.owner = owner
     if db.session.get(ChatSession, session.id) is not None:
         raise Conflict(f"session '{session.id}' already exists")
     db.session.add(session)

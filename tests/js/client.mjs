@@ -1,8 +1,9 @@
 // Drives chatbot with the official `ollama` npm package; prints one JSON summary line.
 import { Ollama } from 'ollama'
 
-const [host, model] = process.argv.slice(2)
-const client = new Ollama({ host })
+const [host, model, key] = process.argv.slice(2)
+// With API keys on, the key goes in the Authorization header, as for any Ollama server.
+const client = new Ollama({ host, headers: key ? { Authorization: `Bearer ${key}` } : {} })
 const stream = await client.chat({
   model,
   messages: [{ role: 'user', content: 'What is 2+2?' }],

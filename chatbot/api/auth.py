@@ -1,0 +1,61 @@
+"""Who is asking: `Authorization: Bearer KEY` when keys are on (chatbot.keys), and what they
+may see. A session or request belongs to the key that made it; any other key is told it does
+not exist (404), exactly as for an unknown id. Admin keys, and everyone while keys are off,
+see everything."""
+from flask import current_app, g, request
+
+from chatbot import logs
+from chatbot.api import ApiError
+
+ALL = object()  # the scope of an admin key, or of everyone while keys are off
+OPEN = {"/", "/api/version", "/healthz", "/readyz"}
+UNAUTHORIZED = "unauthorized"
+
+
+def authenticate():
+    """Runs before every request: sets g.identity (None while keys are off)."""
+    g.identity = None
+    keys = current_app.extensions["keys"]
+    if is_open() or not keys.enabled():
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    identity = keys.identify(token.strip()) if scheme.lower() == "bearer" else None
+    if identity is None:
+        raise ApiError(401, UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
+    g.identity = identity
+    logs.bind(key=identity.name)
+
+
+def is_open():
+    """A route anyone may use, key or not."""
+    if request.path in OPEN or request.method == "OPTIONS":
+        return True
+    return request.path == "/metrics" and current_app.config.get("METRICS_OPEN")
+
+
+def scope():
+    """ALL, or the name of the (non-admin) key asking."""
+    identity = g.get("identity")
+    return ALL if identity is None or identity.admin else identity.name
+
+
+def restriction():
+    """None (everything), or the name of the non-admin key whose things alone it may see."""
+    narrowed = scope()
+    return None if narrowed is ALL else narrowed
+
+
+def key_name():
+    """The asking key's name (None while keys are off): what a new session is owned by."""
+    identity = g.get("identity")
+    return identity.name if identity else None
+
+
+def owns(owner):
+    return scope() is ALL or owner == scope()
+
+
+def require_admin(what):
+    if scope() is not ALL:
+        raise ApiError(403, f"{what} needs an admin key")

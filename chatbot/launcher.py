@@ -156,7 +156,7 @@ class Up:
         redis_url = os.environ.get("REDIS_URL")
         if redis_url:
             if not procs.redis_ok(redis_url):
-                sys.exit(f"REDIS_URL={redis_url} does not answer")
+                sys.exit(f"REDIS_URL={_no_password(redis_url)} does not answer")
             return redis_url
         port, log = procs.free_port(), os.path.join(_instance(), "redis.log")
         proc = self.add("redis", lambda: procs.spawn(procs.redis_argv(port), log=log))
@@ -188,11 +188,22 @@ def up(host, port, engine_port):
 def _welcome(url, env):
     model = os.environ.get("DEFAULT_MODEL") or "<model>"
     upstream = env.get("OLLAMA_HOSTS") or env.get("OLLAMA_HOST")
-    print(f"\nchatbot is up at {url}  (upstream {upstream}, redis {env['REDIS_URL']})\n"
+    redis_url = _no_password(env["REDIS_URL"])
+    print(f"\nchatbot is up at {url}  (upstream {upstream}, redis {redis_url})\n"
           f"  OLLAMA_HOST={url} ollama run {model}\n"
           f"  curl {url}/api/chat -d '{{\"model\": \"{model}\", "
           f"\"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'\n"
           "Ctrl-C stops everything.", flush=True)
+
+
+def _no_password(url):
+    """A Redis URL fit for a log: its password hidden."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 def _queues(count):

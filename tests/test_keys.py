@@ -244,3 +244,43 @@ def test_without_keys_nothing_changes(stack):
     assert chat(stack.url, None).status_code == 200
     assert requests.get(stack.url + "/api/sessions", timeout=10).status_code == 200
     assert requests.get(stack.url + "/metrics", timeout=10).status_code == 200
+
+
+def test_cors_is_off_unless_origins_are_listed(stack):
+    def app_with(**config):
+        return create_app({"REDIS_URL": stack.env["REDIS_URL"],
+                           "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
+                           "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"], **config})
+
+    origin = {"Origin": "http://page.example", "Access-Control-Request-Method": "POST"}
+    closed = app_with().test_client().options("/api/chat", headers=origin)
+    assert "Access-Control-Allow-Origin" not in closed.headers
+    opened = app_with(CORS_ORIGINS="http://page.example").test_client()
+    assert opened.options("/api/chat", headers=origin).headers[
+        "Access-Control-Allow-Origin"] == "http://page.example"
+    other = opened.options("/api/chat", headers={**origin, "Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_audit_lines_name_the_key_and_never_the_content(keyed):
+    import io
+    import logging
+
+    from chatbot import logs
+
+    captured = io.StringIO()
+    handler = logging.StreamHandler(captured)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.addFilter(logs.ContextFilter())
+    audit = logging.getLogger("chatbot.audit")
+    audit.addHandler(handler)
+    audit.setLevel(logging.INFO)
+    try:
+        _, url = keyed
+        assert chat(url, A, content="my secret recipe").status_code == 200
+    finally:
+        audit.removeHandler(handler)
+    lines = [json.loads(line) for line in captured.getvalue().splitlines()]
+    assert any(e["message"] == "POST /api/chat 200" and e.get("key") == "alice"
+               and e.get("session_id") for e in lines)
+    assert "secret recipe" not in captured.getvalue()

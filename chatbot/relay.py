@@ -48,11 +48,15 @@ class Hub(threading.Thread):
         inbox = queue.SimpleQueue()
         with self.lock:
             self.waiters[stream_key(request_id).encode()] = ["0-0", inbox]
-        # Interrupt the blocked XREAD so the next one includes this stream.
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(self.wake_key, {"w": 1}, maxlen=10)
-        pipe.expire(self.wake_key, WAKE_TTL)
-        pipe.execute()
+        # Interrupt the blocked XREAD so the next one includes this stream (without it, the
+        # next read within HUB_BLOCK_MS does; Redis away: the waiter's watchdog reports it).
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xadd(self.wake_key, {"w": 1}, maxlen=10)
+            pipe.expire(self.wake_key, WAKE_TTL)
+            pipe.execute()
+        except redis.RedisError:
+            pass
         return inbox
 
     def unwatch(self, request_id):

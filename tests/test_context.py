@@ -10,6 +10,7 @@ from chatbot.flow.window import BAND, MAX_OVERHEAD, RATIOS, learn
 from chatbot.tokens import count_tokens
 from chatbot.store import chain
 from tests.conftest import MODEL
+from tests.test_queue import wait_for
 
 GREEDY = {"temperature": 0, "seed": 42}
 
@@ -123,9 +124,13 @@ def test_a_short_first_chat_leaves_every_window_as_it_was(stack):
     calibration = stack.app.extensions["calibration"]
     host = stack.env["OLLAMA_HOST"]
     calibration.redis.hdel(RATIOS, f"{host}|{MODEL}")
+    # A fresh load: the engine's prompt cache would otherwise spare the template's tokens.
+    requests.post(host + "/api/generate", json={"model": MODEL, "keep_alive": 0}, timeout=60)
     reply = chat(stack, str(uuid.uuid4()), [{"role": "user", "content": "hi"}],
                  {**GREEDY, "num_predict": 2})
     assert reply.prompt_eval_count > 5 * count_tokens({"content": "hi"})
+    # Calibration runs just after the client has its reply.
+    wait_for(lambda: calibration.read(host, MODEL)[1] > 0, what="the overhead to be learned")
     ratio, overhead = calibration.read(host, MODEL)
     assert ratio == 1.0 and 0 < overhead <= MAX_OVERHEAD
     # Another session's 300-token message still fits a 512-token window.

@@ -78,7 +78,7 @@ def watchdog(request_id, queue):
         if client_gone(sock):
             log.info("client disconnected while waiting")
             _metrics().inc("chatbot_stream_disconnects_total")
-            line.cancel(request_id, lines.CLIENT_GONE)
+            _cancel(request_id, lines.CLIENT_GONE)
             return lines.CLIENT_GONE
         if not started and time.monotonic() < next_look[0]:
             return None
@@ -114,7 +114,7 @@ def _first_reply_event(events, request_id):
             if event["t"] != "started":
                 return event
     except BaseException:
-        lines.get().cancel(request_id)
+        _cancel(request_id)
         raise
 
 
@@ -140,7 +140,7 @@ def _lines(first, events, request_id, wire):
         if not finished:  # the client went away mid-stream: stop the generation
             log.info("client disconnected mid-stream")
             _metrics().inc("chatbot_stream_disconnects_total")
-            lines.get().cancel(request_id, lines.CLIENT_GONE)
+            _cancel(request_id, lines.CLIENT_GONE)
 
 
 def _chain(first, events):
@@ -164,6 +164,15 @@ def _timed(events, started):
             model_time = (event["d"].get("total_duration") or 0) / 1e9
             _metrics().observe("chatbot_proxy_overhead_seconds", max(0.0, now - waited - model_time))
         yield event
+
+
+def _cancel(request_id, event=lines.CANCELLED):
+    """Nobody waits for it any more. With Redis away there is nothing left to cancel, and
+    the error that brought us here must not be masked."""
+    try:
+        lines.get().cancel(request_id, event)
+    except redis.RedisError:
+        log.warning("could not cancel %s: redis does not answer", request_id)
 
 
 def _metrics():

@@ -49,7 +49,8 @@ def run_request(job):
             return
         create_chat_flow().run({
             "job": job, "started_at": utcnow(), "upstream": ext["router"].upstream(job.get("host")),
-            "emit": lambda event: line.emit(request_id, job["channel"], event),
+            # A job queued by an older web process names no channel: its id is the channel.
+            "emit": lambda event: line.emit(request_id, job.get("channel", request_id), event),
             "stop": heartbeat.stop_asked,
             "end": end, "windows": ext["windows"], "calibration": ext["calibration"],
             "metrics": ext["metrics"], "reserve": current_app.config["CONTEXT_REPLY_RESERVE"],

@@ -53,6 +53,8 @@ def init_app(app):
     app.register_blueprint(ollama.bp)
     app.register_blueprint(openai.bp)
     app.register_blueprint(sessions.bp)
+    from chatbot.api import openapi
+    app.register_blueprint(openapi.bp)
     queue.init_app(app)
 
     @app.before_request

@@ -114,23 +114,40 @@ def _message(message):
     if isinstance(content, list):
         images = []
         for part in content:
+            if not isinstance(part, dict):
+                raise ApiError(400, "invalid message content part: must be an object")
             if part.get("type") == "text":
                 out["content"] += part.get("text") or ""
             elif part.get("type") == "image_url":
-                url = (part.get("image_url") or {}).get("url", "")
+                image = part.get("image_url") or {}
+                url = image.get("url", "") if isinstance(image, dict) else ""
+                if not isinstance(url, str):
+                    raise ApiError(400, "invalid image_url: url must be a string")
                 images.append(url.split("base64,", 1)[-1])
         if images:
             out["images"] = images
     elif content is not None:
         out["content"] = content
     if message.get("tool_calls"):
-        out["tool_calls"] = [{"function": {
-            "name": c["function"]["name"],
-            "arguments": json.loads(c["function"].get("arguments") or "{}")}}
-            for c in message["tool_calls"]]
+        out["tool_calls"] = [_tool_call(call) for call in _list(message, "tool_calls")]
     if message.get("name") and out["role"] == "tool":
         out["tool_name"] = message["name"]
     return out
+
+
+def _tool_call(call):
+    """An OpenAI tool call ({function: {name, arguments: JSON text}}) as Ollama's."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise ApiError(400, "invalid tool_calls: each needs a function with a name")
+    arguments = function.get("arguments") or "{}"
+    try:
+        parsed = json.loads(arguments) if isinstance(arguments, str) else None
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ApiError(400, "invalid tool_calls: function.arguments must be a JSON object text")
+    return {"function": {"name": function["name"], "arguments": parsed}}
 
 
 def _options(body):
@@ -142,10 +159,13 @@ def _options(body):
 
 def _format(body):
     fmt = body.get("response_format") or {}
+    if not isinstance(fmt, dict):
+        raise ApiError(400, "invalid response_format: must be an object")
     if fmt.get("type") == "json_object":
         return {"format": "json"}
     if fmt.get("type") == "json_schema":
-        return {"format": (fmt.get("json_schema") or {}).get("schema") or "json"}
+        schema = fmt.get("json_schema") or {}
+        return {"format": (schema.get("schema") if isinstance(schema, dict) else None) or "json"}
     return {}
 
 

@@ -71,6 +71,8 @@ def options(body, struct):
             raise ApiError(400, f"option \"{key}\" must be of type integer")
         if key in FLOAT_OPTIONS and not number:
             raise ApiError(400, f"option \"{key}\" must be of type float")
+        if key in ("top_p", "min_p", "typical_p") and not 0 <= value <= 1:
+            raise ApiError(400, f"option \"{key}\" must be between 0 and 1")
         if key == "stop" and not (isinstance(value, str) or (
                 isinstance(value, list) and all(isinstance(v, str) for v in value))):
             raise ApiError(400, "option \"stop\" must be of type array of strings")
@@ -109,6 +111,14 @@ def chat_messages(body):
                            + " into Go struct field Message.messages.content of type string")
         _text_size("message content", message.get("content") or "")
         images(message.get("images"), "Message.messages.images")
+        for field, kind, go in (("thinking", str, "string"), ("tool_name", str, "string"),
+                                ("tool_calls", list, "[]api.ToolCall")):
+            if message.get(field) is not None and not isinstance(message[field], kind):
+                raise ApiError(400, f"json: cannot unmarshal {_go_type(message[field])} into Go "
+                                    f"struct field Message.messages.{field} of type {go}")
+        if not all(isinstance(call, dict) for call in message.get("tool_calls") or []):
+            raise ApiError(400, "json: cannot unmarshal into Go struct field "
+                                "Message.messages.tool_calls of type api.ToolCall")
     return messages
 
 

@@ -47,6 +47,7 @@ MINIMUM = {
     "mirostat": (0, "must be 0, 1 or 2"),
 }
 MAXIMUM = {"mirostat": (2, "must be 0, 1 or 2")}
+PROBABILITIES = ("top_p", "min_p", "typical_p")
 CEILINGS = ("num_ctx", "num_batch", "num_thread", "num_predict")  # lowered, never refused
 INT32 = 2**31 - 1
 FLOAT32 = 3.4e38
@@ -104,6 +105,9 @@ def check_options(options):
             value = _integer(key, value)
         elif kind == FLOAT:
             value = _float(key, value)
+            if key in PROBABILITIES and not 0.0 <= value <= 1.0:
+                # llama.cpp's typical sampler aborts the process on a negative one.
+                raise _bad(key, "must be between 0 and 1")
         elif kind == BOOL and not isinstance(value, bool):
             raise _bad(key, "must be of type boolean")
         elif kind == ARRAY:

@@ -15,6 +15,7 @@ EXTRA_FIELDS = {"images": list, "tool_calls": list, "thinking": str, "tool_name"
 ROLES = ("system", "user", "assistant", "tool")
 STATUSES = ("ok", "cancelled", "failed", "lost")
 MAX_PER_PAGE = 100
+MAX_PAGE = 10 ** 7  # an offset the database can hold
 MAX_TITLE = 200
 
 
@@ -68,6 +69,8 @@ def paging(page=1, per_page=20):
         raise AdminError("page and per_page must be integers")
     if page < 1 or per_page < 1:
         raise AdminError("page and per_page must be at least 1")
+    if page > MAX_PAGE:
+        raise AdminError(f"page must be at most {MAX_PAGE}")
     return page, min(per_page, MAX_PER_PAGE)
 
 

@@ -124,8 +124,10 @@ def _checked_message(where, raw):
         raise AdminError(f"{where}.role {raw.get('role')!r} must be one of {', '.join(ROLES)}")
     if not isinstance(raw.get("content") or "", str):
         raise AdminError(f"{where}.content must be a string")
+    if raw.get("request_id") is not None and not isinstance(raw["request_id"], str):
+        raise AdminError(f"{where}.request_id must be a string")
     status = raw.get("status", "ok")
-    if status not in STATUSES:
+    if not isinstance(status, str) or status not in STATUSES:
         raise AdminError(f"{where}.status {status!r} must be one of {', '.join(STATUSES)}")
     message = {"role": raw["role"], "content": raw.get("content") or ""}
     for field, kind in EXTRA_FIELDS.items():

@@ -90,6 +90,17 @@ def test_lone_surrogates_become_replacement_characters(engine, tokenizer):
     assert r.status_code == 200 and len(r.json()["embeddings"]) == 1
 
 
+@pytest.mark.parametrize("option", [{"typical_p": -1}, {"top_p": 1.5}, {"min_p": -0.1}])
+def test_probabilities_outside_0_to_1_are_400_and_the_engine_lives(engine, option):
+    """A negative typical_p with a grammar aborted llama.cpp (found by the fuzzer)."""
+    r = post(engine, "/api/chat", {"model": MODEL, "stream": False, "format": "json",
+                                   "messages": HI, "options": {"num_predict": 2, **option}})
+    assert r.status_code == 400 and "must be between 0 and 1" in r.json()["error"]
+    r = post(engine, "/api/chat", {"model": MODEL, "stream": False, "messages": HI,
+                                   "options": {"num_predict": 2}})
+    assert r.status_code == 200 and r.json()["done"]
+
+
 @pytest.mark.parametrize("body, message", [
     ({"messages": [{"role": "user", "content": "hi", "images": ["not base64!"]}]},
      "illegal base64 data at input byte 3"),
@@ -112,8 +123,8 @@ def test_images_that_are_not_base64_are_400(engine, body, message):
     {"messages": HI, "images": None, "options": {**GREEDY, "num_predict": 1e30}},
     {"messages": HI, "options": {"num_predict": 2, "top_k": 10**30, "seed": 2**70,
                                  "temperature": 1e300, "repeat_last_n": -1}},
-    {"messages": HI, "options": {"num_predict": 2, "temperature": -3, "top_p": -1,
-                                 "min_p": 9, "repeat_penalty": -2, "mirostat": 2}},
+    {"messages": HI, "options": {"num_predict": 2, "temperature": -3, "top_p": 0,
+                                 "min_p": 1, "repeat_penalty": -2, "mirostat": 2}},
     {"messages": HI, "keep_alive": 1e300, "options": {"num_predict": 2}},
     {"messages": HI, "keep_alive": "9999999999999h", "options": {"num_predict": 2}},
     {"messages": [{"role": "user", "content": "hi", "images": ["aGVsbG8="]}],

@@ -302,7 +302,7 @@ class Line:
 
     def beat(self, request_id, queue, lock=None):
         """Renew the heartbeat (and the thread lock); returns 0 to go on, else why to stop."""
-        key, token = lock or ("", "")
+        key = lock[0] if lock else ""
         return self._beat(keys=[INFO.format(request_id), BEAT.format(request_id)],
                           args=[request_id, HEARTBEAT_TTL, INFO_TTL, key,
                                 THREAD_LOCK_TTL * 1000])

@@ -418,7 +418,7 @@ def outcome(reply):
     if reply.get("status") == "cancelled":
         return "cancelled", CANCELLED
     whole = {k: reply[k] for k in ("content", "thinking", "tool_calls")}
-    return "done", {"t": "done", "d": reply["final"], "reply": whole}
+    return "done", {"t": "done", "d": reply["final"], "reply": whole, "marks": reply.get("marks")}
 
 
 class Heartbeat(threading.Thread):

@@ -5,7 +5,7 @@ import logging
 from celery import shared_task
 from flask import current_app
 
-from chatbot import line as lines, logs
+from chatbot import line as lines, logs, timing
 from chatbot.flow.flow import create_chat_flow
 from chatbot.store.models import utcnow
 from chatbot.worker import QUEUE
@@ -20,6 +20,7 @@ def run_request(job):
     """job: {request_id, session_id, kind, model, messages, upstream, host, queue, fresh}
     (plain data, no ORM). Runs only if the line hands the request over: a redelivered or
     duplicated task finds it taken and does nothing."""
+    marks = {"task": timing.now()}
     ext = current_app.extensions
     line, request_id, queue = ext["line"], job["request_id"], job.get("queue", QUEUE)
     logs.clear()
@@ -39,7 +40,8 @@ def run_request(job):
         generated = (reply.get("final") or {}).get("eval_count")
         logs.bind(tokens=generated)
         ext["tokens"].spend(job.get("asker"), generated)  # counted before the client hears
-        line.finish(request_id, queue, reply)
+        marks["ending"] = timing.now()
+        line.finish(request_id, queue, {**reply, "marks": marks})
 
     try:
         lock = heartbeat.lock = line.lock_thread(job["session_id"], job["model"],
@@ -47,8 +49,9 @@ def run_request(job):
         if lock is None:  # the client left while another turn held its thread
             end({"status": "cancelled"})
             return
+        marks["begun"] = timing.now()
         create_chat_flow().run({
-            "job": job, "started_at": utcnow(), "upstream": ext["router"].upstream(job.get("host")),
+            "job": job, "marks": marks, "started_at": utcnow(), "upstream": ext["router"].upstream(job.get("host")),
             # A job queued by an older web process names no channel: its id is the channel.
             "emit": lambda event: line.emit(request_id, job.get("channel", request_id), event),
             "stop": heartbeat.stop_asked,

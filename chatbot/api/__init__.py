@@ -7,7 +7,7 @@ import uuid
 from flask import g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from chatbot import logs
+from chatbot import logs, timing
 from chatbot.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ def init_app(app):
         g.request_id_given = bool(REQUEST_ID.fullmatch(given))
         g.request_id = given if g.request_id_given else str(uuid.uuid4())
         g.started = time.perf_counter()
+        g.marks = {"received": timing.now()}
         logs.clear()
         logs.bind(request_id=g.request_id)
         auth.authenticate()

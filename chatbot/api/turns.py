@@ -7,7 +7,7 @@ import uuid
 import redis
 from flask import Response, current_app, g, request, stream_with_context
 
-from chatbot import line as lines, logs, quota, routing, store
+from chatbot import line as lines, logs, quota, routing, store, timing
 from chatbot.api import ApiError, auth
 from chatbot.api.disconnect import client_gone, client_socket
 
@@ -48,6 +48,7 @@ def submit(kind, model, messages, upstream_body, session_id):
         log.warning("refused: redis does not answer", exc_info=True)
         raise ApiError(503, lines.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})
     request_id = g.request_id
+    g.marks["admitted"] = timing.now()
     logs.bind(request_id=request_id, session_id=session_id, model=model, queue_position=position)
     log.info("queued on %s for %s", queue, host)
     job = {"request_id": request_id, "session_id": session_id, "kind": kind, "model": model,
@@ -65,6 +66,7 @@ def submit(kind, model, messages, upstream_body, session_id):
         except redis.RedisError:
             pass  # gone with Redis: nothing left to cancel
         raise ApiError(503, lines.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})
+    g.marks["sent"] = timing.now()
     return request_id, queue
 
 
@@ -100,6 +102,9 @@ def respond(request_id, queue, session_id, stream, wire):
     elif not stream:
         last = first if first["t"] == "done" else _last(events)
         resp = wire.failure(last["status"], last["error"]) if last["t"] == "error" else wire.whole(last)
+        # What each layer took (see chatbot.timing); clients that don't know it ignore it.
+        resp.headers["Server-Timing"] = timing.header(
+            {**(last.get("marks") or {}), **g.marks, "responded": timing.now()})
     else:
         # The context stays pushed while streaming: the watchdog and a cancel on close need it.
         resp = Response(stream_with_context(_lines(first, events, request_id, wire)),
@@ -161,6 +166,7 @@ def _timed(events, started):
             first = False
             _metrics().observe("chatbot_time_to_first_token_seconds", now)
         elif event["t"] == "done":
+            g.marks["relayed"] = timing.now()
             model_time = (event["d"].get("total_duration") or 0) / 1e9
             _metrics().observe("chatbot_proxy_overhead_seconds", max(0.0, now - waited - model_time))
         yield event

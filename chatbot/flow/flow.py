@@ -1,5 +1,9 @@
 """The flow the worker runs for every chat and generate request, streamed or not."""
+import copy
+
 from pocketflow import Flow
+
+from chatbot import timing
 
 from chatbot.flow.nodes import (Begin, BuildContext, Calibrate, CallChat, CallGenerate, Finish,
                                 LoadThread, SizeWindow, StoreReply, StoreRequest, TakePrompt)
@@ -17,4 +21,18 @@ def create_chat_flow():
     store_generate = StoreRequest()
     begin - "generate" >> TakePrompt() >> store_generate >> CallGenerate() >> StoreReply() >> Finish()
     store_generate - "conflict" >> store_generate
-    return Flow(start=begin)
+    return TimedFlow(start=begin)
+
+
+class TimedFlow(Flow):
+    """PocketFlow's own loop, marking when each node ends (shared["marks"], see chatbot.timing)."""
+
+    def _orch(self, shared, params=None):
+        marks = shared.setdefault("marks", {})
+        curr, p, last_action = copy.copy(self.start_node), (params or {**self.params}), None
+        while curr:
+            curr.set_params(p)
+            last_action = curr._run(shared)
+            marks[type(curr).__name__] = timing.now()
+            curr = copy.copy(self.get_next_node(curr, last_action))
+        return last_action

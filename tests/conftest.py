@@ -4,6 +4,7 @@ Redis is REDIS_URL when it answers, else the redis-server binary bundled in redi
 """
 import os
 import threading
+import uuid
 
 import pytest
 from werkzeug.serving import make_server
@@ -41,6 +42,40 @@ def engine_url(logs):
     proc, url = procs.start_engine(procs.free_port(), log=logs / "engine.log")
     yield url
     procs.stop(proc)
+
+
+POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh database on the machine's PostgreSQL (TEST_POSTGRES_URL; the default needs
+    trust auth for `postgres`), dropped afterwards. Where none answers, the test is skipped
+    with a reason naming the URL, never passed or failed."""
+    import sqlalchemy
+
+    shown = sqlalchemy.engine.make_url(POSTGRES).render_as_string(hide_password=True)
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pytest.skip(f"PostgreSQL test NOT RUN: psycopg2 is not installed (pip install -e "
+                    f"'.[postgres]') to reach {shown}")
+    admin = sqlalchemy.create_engine(POSTGRES, isolation_level="AUTOCOMMIT",
+                                     connect_args={"connect_timeout": 5})
+    name = f"chatbot_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    except sqlalchemy.exc.OperationalError as exc:
+        admin.dispose()
+        why = " ".join(str(exc.orig).split())
+        pytest.skip(f"PostgreSQL test NOT RUN: no PostgreSQL answers at {shown} ({why}); "
+                    "set TEST_POSTGRES_URL to one that does")
+    yield sqlalchemy.engine.make_url(POSTGRES).set(database=name).render_as_string(
+        hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
 
 
 class Stack:

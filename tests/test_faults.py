@@ -118,27 +118,6 @@ def test_ten_threads_three_turns_on_one_session_with_two_workers(stack, logs_dir
     assert_whole_ordered_turns(stack.rows(sid))
 
 
-POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-
-
-@pytest.fixture
-def postgres_url():
-    """A fresh database on the machine's PostgreSQL, dropped afterwards."""
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    pytest.importorskip("psycopg2")
-    admin = sqlalchemy.create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
-    name = f"chatbot_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    except sqlalchemy.exc.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc.orig}")
-    yield POSTGRES.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
-
-
 def test_ten_threads_three_turns_on_postgresql_with_two_workers(redis_url, engine_url,
                                                                  postgres_url, logs_dir):
     # A broker of its own (another Redis database): the suite's worker must not take these.

@@ -1,9 +1,9 @@
 """Chaos: sessions chat without pause while the parts of `chatbot up` are SIGKILLed in turn
-(the worker's pool child, the worker, the engine, the web server, Redis); then count what a
+(the web server's gevent worker, the Celery worker, the engine, the web server, Redis); then count what a
 client would mind: replies not stored, stored twice, clients left hanging, processes left over.
 
     .venv/bin/python bench/chaos.py [--sessions 6] [--rounds 2] [--interval 4] [--num-predict 24]
-        [--bound 60] [--after-turns 3] [--faults pool,worker,engine,web,redis]
+        [--bound 60] [--after-turns 3] [--faults webworker,worker,engine,web,redis]
         [--ollama-host URL] [--database-url URL] [--engine-threads N]
 
 Starts `chatbot up` itself on free ports (bundled Redis; the bundled engine unless
@@ -38,7 +38,7 @@ import requests
 from chatbot import procs
 
 MODEL = "smollm2:135m"
-FAULTS = ("pool", "worker", "engine", "web", "redis")
+FAULTS = ("webworker", "worker", "engine", "web", "redis")
 TOPICS = ("the sea", "volcanoes", "bread", "owls", "the moon", "trains", "chess", "rain",
           "copper", "bees", "glaciers", "tea")
 FIGURES = ("requests", "faults", "replies", "errors", "lost", "duplicated", "half_written",
@@ -96,10 +96,11 @@ def find(up_pid, kind):
     workers = [pid for pid, argv in direct.items() if _is_ollama_worker(argv)]
     if kind == "worker":
         return workers
-    if kind == "pool":
-        return [pid for pid, (ppid, _, _) in procs_.items() if ppid in workers]
+    webs = [pid for pid, argv in direct.items() if "chatbot.launcher" in argv and "web" in argv]
+    if kind == "webworker":  # gunicorn's worker, which its master starts again
+        return [pid for pid, (ppid, _, _) in procs_.items() if ppid in webs]
     if kind == "web":
-        return [pid for pid, argv in direct.items() if "chatbot.launcher" in argv and "web" in argv]
+        return webs
     if kind == "redis":
         return [pid for pid, argv in direct.items() if argv and "redis-server" in argv[0]]
     if kind == "engine":
@@ -225,12 +226,12 @@ def inject(up_pid, kind, web, engine, timeout=90):
     killed = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     back = {
-        "pool": lambda: [p for p in find(up_pid, "pool") if p != victim],
-        "worker": lambda: [p for p in find(up_pid, "worker") if p != victim]
-                          and find(up_pid, "pool"),
+        "webworker": lambda: [p for p in find(up_pid, "webworker") if p != victim],
+        "worker": lambda: [p for p in find(up_pid, "worker") if p != victim],
         "engine": lambda: [p for p in find(up_pid, "engine") if p != victim]
                           and procs.http_ok(engine + "/api/version"),
-        "web": lambda: [p for p in find(up_pid, "web") if p != victim],
+        "web": lambda: [p for p in find(up_pid, "web") if p != victim]
+                       and find(up_pid, "webworker"),
         "redis": lambda: [p for p in find(up_pid, "redis") if p != victim],
     }[kind]
     while time.monotonic() - killed < timeout:
@@ -317,7 +318,7 @@ def run(sessions=6, rounds=2, interval=4.0, num_predict=24, bound=60.0, after_tu
                       "--engine-port", engine_port], env=env, log=log)
     sampler, stop, clients, injected = Sampler(up.pid), threading.Event(), [], []
     try:
-        procs.wait_until(lambda: ready(web) and find(up.pid, "pool"), 180, up, "chatbot up")
+        procs.wait_until(lambda: ready(web) and find(up.pid, "webworker"), 180, up, "chatbot up")
         sampler.start()
         # Load the model once: the first turn of a fresh engine is not what is measured.
         chat(web, str(uuid.uuid4()), "hello", False, num_predict, 120)
@@ -398,7 +399,7 @@ def _dump(path, records, injected, t0):
 def errors_after(records, injected):
     """Errors per fault kind: each is put down to the last fault before it ended, except a
     worker's death, which the line notices only once the heartbeat has lapsed (after the
-    next fault, maybe): that goes to the last kill of a pool child or worker before then."""
+    next fault, maybe): that goes to the last kill of a worker before then."""
     from chatbot.line import HEARTBEAT_TTL
 
     counts = collections.Counter({f["kind"]: 0 for f in injected})
@@ -407,7 +408,7 @@ def errors_after(records, injected):
             continue
         kinds, end = FAULTS, rec["end"]
         if "worker running this request died" in rec["detail"]:
-            kinds, end = ("pool", "worker"), end - HEARTBEAT_TTL + 1
+            kinds, end = ("worker",), end - HEARTBEAT_TTL + 1
         before = [f for f in injected if f["at"] <= end and f["kind"] in kinds]
         counts[before[-1]["kind"] if before else "(no fault yet)"] += 1
     return dict(counts)

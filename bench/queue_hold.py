@@ -1,7 +1,7 @@
-"""500 clients waiting in line, held by one web process: its memory, and how fast it still
-answers /api/tags and /api/queue meanwhile.
+"""Clients waiting in line, held by one web process (`chatbot web`: gunicorn, one gevent
+worker): its memory, and how fast it still answers /api/tags and /api/queue meanwhile.
 
-    .venv/bin/python bench/queue_hold.py [--clients 500] [--samples 200] [--server werkzeug|gunicorn]
+    .venv/bin/python bench/queue_hold.py [--clients 10000] [--samples 200]
 
 No worker consumes the queue, so every chat waits. The clients are bare sockets that send a
 streaming chat and read nothing; at the end they hang up and the queue must empty again.
@@ -16,10 +16,11 @@ import uuid
 from pathlib import Path
 
 import requests
+from redis import Redis
 
 from chatbot import procs
 
-MODEL = "smollm2:135m"
+MODEL = "fake:latest"
 
 
 def rss_mb(pid):
@@ -52,38 +53,34 @@ def latencies(url, samples):
     return statistics.median(out), out[int(len(out) * 0.99) - 1]
 
 
-def web_command(server, port):
-    if server == "gunicorn":
-        return [procs.bin_path("gunicorn"), "-c", str(procs.PROJECT_ROOT / "docker" / "gunicorn.conf.py"),
-                "-b", f"127.0.0.1:{port}", "wsgi:app"]
-    return [procs.bin_path("chatbot"), "web", "--port", str(port)]
-
-
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--clients", type=int, default=500)
+    parser.add_argument("--clients", type=int, default=10000)
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--server", choices=("werkzeug", "gunicorn"), default="werkzeug")
     args = parser.parse_args()
     redis, redis_url = procs.start_redis(procs.free_port())
-    engine, engine_url = procs.start_engine(procs.free_port())
+    fake_port = procs.free_port()  # an instant upstream: what is measured is chatbot alone
+    engine = procs.spawn([sys.executable, str(Path(__file__).with_name("fake_ollama.py")),
+                          "--port", str(fake_port)])
+    engine_url = f"http://127.0.0.1:{fake_port}"
+    procs.wait_until(lambda: procs.http_ok(engine_url + "/api/version"), 30, engine, "fake ollama")
     port = procs.free_port()
     env = {"REDIS_URL": redis_url, "OLLAMA_HOST": engine_url, "MAX_QUEUE": str(args.clients + 10),
            "DATABASE_URL": f"sqlite:////tmp/chatbot-hold-{uuid.uuid4().hex}.db"}
-    web = procs.spawn(web_command(args.server, port), env=env, cwd=procs.PROJECT_ROOT,
+    web = procs.spawn([procs.bin_path("chatbot"), "web", "--port", str(port)], env=env, cwd=procs.PROJECT_ROOT,
                       log="/tmp/chatbot-hold-web.log")
     url = f"http://127.0.0.1:{port}"
+    depth = lambda: Redis.from_url(redis_url).zcard("chatbot:waiting:ollama")  # noqa: E731
     clients = []
     try:
         procs.wait_until(lambda: procs.http_ok(url + "/"), 60, web, "web")
         idle_rss = rss_mb(web.pid)
         quiet = latencies(url + "/api/tags", args.samples)
         clients = [waiting_client(port) for _ in range(args.clients)]
-        procs.wait_until(lambda: requests.get(url + "/api/queue", timeout=30).json()["queues"][0]
-                         ["depth"] == args.clients, 120, web, "every client in line")
+        procs.wait_until(lambda: depth() == args.clients, 300, web, "every client in line")
         held_rss = rss_mb(web.pid)
         tags, queue = latencies(url + "/api/tags", args.samples), latencies(url + "/api/queue", 50)
-        print(f"server {args.server}: {args.clients} clients waiting in line")
+        print(f"{args.clients} clients waiting in line on one web process")
         print(f"memory   idle {idle_rss:7.1f} MB   holding {held_rss:7.1f} MB   "
               f"(+{(held_rss - idle_rss) * 1024 / args.clients:.0f} KB per waiting client)")
         print(f"/api/tags   quiet p50 {quiet[0]:6.2f} ms p99 {quiet[1]:6.2f} ms   "
@@ -93,8 +90,7 @@ def main():
         for sock in clients:
             sock.close()
         started = time.monotonic()
-        procs.wait_until(lambda: requests.get(url + "/api/queue", timeout=30).json()["queues"][0]
-                         ["depth"] == 0, 60, web, "the line to empty")
+        procs.wait_until(lambda: depth() == 0, 120, web, "the line to empty")
         print(f"all clients hung up: line empty after {time.monotonic() - started:.2f} s")
     finally:
         for sock in clients:

@@ -1,5 +1,6 @@
 """Which models an upstream has, cached briefly so a chat doesn't cost an extra round trip.
 A host that does not answer is skipped for a few seconds rather than asked on every request."""
+import threading
 import time
 
 from chatbot.upstream import UpstreamError
@@ -13,6 +14,7 @@ class Catalog:
         self.upstream = upstream
         self.names, self.fetched_at = set(), 0.0
         self.down_until, self.down_error = 0.0, None
+        self.lock = threading.Lock()  # one refresh at a time, however many requests ask
 
     def _refresh(self):
         if time.monotonic() < self.down_until:
@@ -28,7 +30,10 @@ class Catalog:
     def has(self, model):
         """Whether the upstream serves `model` (looking again before saying no)."""
         if time.monotonic() - self.fetched_at > TTL_SECONDS or not self._known(model):
-            self._refresh()
+            asked = time.monotonic()
+            with self.lock:
+                if self.fetched_at < asked:  # nobody refreshed while this request waited
+                    self._refresh()
         return self._known(model)
 
     def _known(self, model):

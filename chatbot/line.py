@@ -20,7 +20,7 @@ import redis
 from flask import current_app
 from flask_sse import Message
 
-from chatbot.relay import LEASE, LEASE_TTL, stream_key
+from chatbot.relay import BELL_LENGTH, BELL_TTL, LEASE, LEASE_TTL, ring, stream_key
 from chatbot.store import save_lost_reply
 from chatbot.upstream import fold
 
@@ -39,6 +39,35 @@ HEARTBEAT_TTL = 5  # seconds a running request survives without a heartbeat from
 BEAT_EVERY = 0.25  # the heartbeat also carries the cancel check: a cancel stops within this
 THREAD_LOCK_TTL = 30
 
+# Tell every waiting request that listens its (new) position, and the queue channel the depth.
+# Only listeners: a mass hang-up must not cost a publish per pair. Shared by the scripts below
+# that change the line, so a change and its announcement are one round trip.
+ANNOUNCE_LUA = """
+local function announce(waiting_key, queue_channel, position_fmt, depth_fmt)
+  local waiting = redis.call('ZRANGE', waiting_key, 0, -1)
+  for i, id in ipairs(waiting) do
+    local channel = redis.call('HGET', 'chatbot:req:' .. id, 'channel') or id
+    if redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0 then
+      redis.call('PUBLISH', channel, string.format(position_fmt, i))
+    end
+  end
+  redis.call('PUBLISH', queue_channel, string.format(depth_fmt, #waiting))
+end
+"""
+ANNOUNCE_SCRIPT = ANNOUNCE_LUA + "announce(KEYS[1], ARGV[1], ARGV[2], ARGV[3])"
+# Append a relay event and ring the doorbell of the web process waiting for it (chatbot.relay).
+EVENT_LUA = """
+local function append(info_key, stream, request_id, event, ttl)
+  redis.call('XADD', stream, '*', 'e', event)
+  redis.call('EXPIRE', stream, ttl)
+  local lease = redis.call('HGET', info_key, 'lease')
+  if lease then
+    local bell = 'chatbot:bell:' .. lease
+    redis.call('XADD', bell, 'MAXLEN', '~', %d, '*', 'r', request_id)
+    redis.call('EXPIRE', bell, %d)
+  end
+end
+""" % (BELL_LENGTH, BELL_TTL)
 # Check the bound and that the id is unused, join the line, describe the request, renew the
 # web process's lease and tell SSE listeners, in one atomic round trip.
 ADMIT_SCRIPT = """
@@ -53,10 +82,11 @@ redis.call('PUBLISH', ARGV[10], string.format(ARGV[6], waiting + 1))
 redis.call('PUBLISH', ARGV[7], string.format(ARGV[8], waiting + 1))
 return waiting + 1
 """
-# Move a request from one of the states in ARGV[2] to ARGV[3], append its event and notice.
+# Move a request from one of the states in ARGV[2] to ARGV[3], append its event and notice;
+# announce the line if it left it, and release the thread lock KEYS[6] if it holds ARGV[7].
 # ARGV[9] = '1': only if its heartbeat has stopped (a live worker is not declared lost).
 # ARGV[10] = '1': a running request is flagged for cancel instead (its worker ends it).
-END_SCRIPT = """
+END_SCRIPT = ANNOUNCE_LUA + EVENT_LUA + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {0, ''} end
 if ARGV[10] == '1' and state == 'running' then
@@ -70,14 +100,16 @@ redis.call('EXPIRE', KEYS[1], ARGV[8])
 local left = redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('SREM', KEYS[5], ARGV[1])
 redis.call('DEL', KEYS[4])
-redis.call('XADD', KEYS[2], '*', 'e', ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[8])
+append(KEYS[1], KEYS[2], ARGV[1], ARGV[5], ARGV[8])
 redis.call('PUBLISH', redis.call('HGET', KEYS[1], 'channel') or ARGV[1], ARGV[6])
+if ARGV[7] ~= '' and redis.call('GET', KEYS[6]) == ARGV[7] then redis.call('DEL', KEYS[6]) end
+if left == 1 then announce(KEYS[3], ARGV[11], ARGV[12], ARGV[13]) end
 return {1, state, left}
 """
 # A worker takes a queued request: only if it is still queued, its client's web process still
-# lives and it has not waited too long. Returns {verdict, waited, ids still waiting...}.
-CLAIM_SCRIPT = """
+# lives and it has not waited too long; then it tries the thread lock KEYS[6] (token ARGV[15])
+# and announces the line. Returns {verdict, waited, 1 if it holds the lock}.
+CLAIM_SCRIPT = ANNOUNCE_LUA + EVENT_LUA + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'queued' then return {'already ' .. (state or 'gone')} end
 local now = tonumber(ARGV[2])
@@ -99,12 +131,14 @@ if verdict == 'run' then
 else
   redis.call('HSET', KEYS[1], 'state', verdict, 'finished_at', ARGV[2])
 end
-redis.call('XADD', KEYS[4], '*', 'e', event)
-redis.call('EXPIRE', KEYS[4], ARGV[11])
+append(KEYS[1], KEYS[4], ARGV[1], event, ARGV[11])
 redis.call('PUBLISH', redis.call('HGET', KEYS[1], 'channel') or ARGV[1], notice)
-local out = {verdict, waited}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do out[#out + 1] = id end
-return out
+local locked = 0
+if verdict == 'run' and redis.call('SET', KEYS[6], ARGV[15], 'NX', 'PX', ARGV[16]) then
+  locked = 1
+end
+announce(KEYS[2], ARGV[12], ARGV[13], ARGV[14])
+return {verdict, waited, locked}
 """
 # The worker's heartbeat, which also says whether to stop: 0 go on, 1 cancelled, 2 the
 # client's web process is gone, 3 the request was ended elsewhere (declared lost).
@@ -115,7 +149,9 @@ if cancel then return 1 end
 if lease and redis.call('EXISTS', 'chatbot:lease:' .. lease) == 0 then return 2 end
 redis.call('SET', KEYS[2], 1, 'EX', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-if ARGV[4] ~= '' then redis.call('PEXPIRE', ARGV[4], ARGV[5]) end
+if ARGV[4] ~= '' and redis.call('GET', ARGV[4]) == ARGV[6] then
+  redis.call('PEXPIRE', ARGV[4], ARGV[5])
+end
 return 0
 """
 STOP_REASONS = {1: "cancelled", 2: "the client's web process is gone",
@@ -124,6 +160,12 @@ RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+def _announce_args(queue):
+    """The announce snippet's arguments after its waiting key: channel and templates."""
+    return [QUEUE_CHANNEL, _sse_template("queued", {"position": 0}, "position"),
+            _sse_template("depth", {"queue": queue, "waiting": 0}, "waiting")]
 
 
 def sse_message(type_, data):
@@ -174,6 +216,7 @@ class Line:
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._beat = client.register_script(BEAT_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
+        self._announce = client.register_script(ANNOUNCE_SCRIPT)
 
     # --- the web side -------------------------------------------------------------------
 
@@ -277,47 +320,49 @@ class Line:
 
     # --- the worker side ----------------------------------------------------------------
 
-    def claim(self, request_id, queue):
-        """Take the request out of line to run it. Returns (verdict, seconds waited): 'run'
-        means run it; anything else ('already <state>', or 'cancelled'/'expired' now) means
-        the request is not ours to run and nothing may be done."""
+    def claim(self, request_id, queue, thread=None):
+        """Take the request out of line to run it, and try the lock of its `thread`
+        ((session, model)). Returns (verdict, seconds waited, the lock if taken): 'run' means
+        run it; anything else ('already <state>', or 'cancelled'/'expired' now) means the
+        request is not ours to run and nothing may be done."""
         now = time.time()
+        lock = (THREAD.format(*thread), str(uuid.uuid4())) if thread else ("", "")
         expired = error_event(503, f"the request waited over {self.queue_timeout:g} s in line "
                                    "(QUEUE_TIMEOUT_SECONDS); please retry")
         out = self._claim(
             keys=[INFO.format(request_id), WAITING.format(queue), BEAT.format(request_id),
-                  stream_key(request_id), STARTED.format(queue)],
+                  stream_key(request_id), STARTED.format(queue), lock[0] or "chatbot:nolock"],
             args=[request_id, now, HEARTBEAT_TTL, self.queue_timeout,
                   '{"t": "started", "waited": %s}', sse_message("started", {}),
                   json.dumps(CLIENT_GONE), sse_message(*notice(CLIENT_GONE)),
-                  json.dumps(expired), sse_message(*notice(expired)), self.relay_ttl])
+                  json.dumps(expired), sse_message(*notice(expired)), self.relay_ttl,
+                  *_announce_args(queue), lock[1], THREAD_LOCK_TTL * 1000])
         verdict = out[0].decode()
         if len(out) < 2:
-            return verdict, 0.0
-        if verdict == "run":
-            self.announce(queue, out[2:])
-        else:
-            self.announce(queue)
-        return verdict, float(out[1])
+            return verdict, 0.0, None
+        return verdict, float(out[1]), (lock if out[2] and lock[0] else None)
 
     def beat(self, request_id, queue, lock=None):
         """Renew the heartbeat (and the thread lock); returns 0 to go on, else why to stop."""
-        key = lock[0] if lock else ""
+        key, token = lock or ("", "")
         return self._beat(keys=[INFO.format(request_id), BEAT.format(request_id)],
                           args=[request_id, HEARTBEAT_TTL, INFO_TTL, key,
-                                THREAD_LOCK_TTL * 1000])
+                                THREAD_LOCK_TTL * 1000, token])
 
-    def emit(self, request_id, channel, event):
-        """A streamed chunk, to the waiting client and SSE listeners of `channel`."""
+    def emit(self, request_id, channel, event, lease=None):
+        """A streamed chunk, to the waiting client (whose web process holds `lease`) and the
+        SSE listeners of `channel`."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(stream_key(request_id), {"e": json.dumps(event)})
+        ring(pipe, lease, request_id)
         pipe.publish(channel, sse_message(*notice(event)))
         pipe.execute()
 
-    def finish(self, request_id, queue, reply):
-        """End a running request with its reply's outcome. False if it had already ended."""
+    def finish(self, request_id, queue, reply, lock=None):
+        """End a running request with its reply's outcome, releasing its thread `lock`. False
+        if it had already ended."""
         state, event = outcome(reply)
-        return self._move(request_id, queue, ("running",), state, event)
+        return self._move(request_id, queue, ("running",), state, event, lock=lock)
 
     def lock_thread(self, session_id, model, stop, wait=600.0):
         """Hold the thread for one turn at a time, across workers and hosts. Returns the lock,
@@ -337,15 +382,15 @@ class Line:
     # --- shared -------------------------------------------------------------------------
 
     def _move(self, request_id, queue, from_states, to_state, event, only_if_dead=False,
-              cancel_running=False):
-        moved, _, *left = self._end(
+              cancel_running=False, lock=None):
+        key, token = lock or ("chatbot:nolock", "")
+        moved, *_ = self._end(
             keys=[INFO.format(request_id), stream_key(request_id), WAITING.format(queue),
-                  BEAT.format(request_id), STARTED.format(queue)],
+                  BEAT.format(request_id), STARTED.format(queue), key],
             args=[request_id, ",".join(from_states), to_state, time.time(), json.dumps(event),
-                  sse_message(*notice(event)), "", self.relay_ttl, "1" if only_if_dead else "0",
-                  "1" if cancel_running else "0"])
-        if moved and left and left[0]:  # it left the line: the others move up
-            self.announce(queue)
+                  sse_message(*notice(event)), token, self.relay_ttl,
+                  "1" if only_if_dead else "0", "1" if cancel_running else "0",
+                  *_announce_args(queue)])
         return bool(moved)
 
     def counts(self, queue):
@@ -360,21 +405,9 @@ class Line:
         """Requests waiting plus the one running: what a new request would wait behind."""
         return sum(self.counts(queue))
 
-    def announce(self, queue, waiting=None):
-        """Tell every waiting request that listens its (new) position, and the queue channel
-        the depth. Only listeners: a mass hang-up must not cost a publish per pair."""
-        if waiting is None:
-            waiting = self.redis.zrange(WAITING.format(queue), 0, -1)
-        pipe = self.redis.pipeline(transaction=False)
-        for request_id in waiting:
-            pipe.hget(INFO.format(request_id.decode()), "channel")
-        channels = [channel or rid for channel, rid in zip(pipe.execute(), waiting)]
-        listening = dict(self.redis.pubsub_numsub(*channels)) if channels else {}
-        for position, channel in enumerate(channels, 1):
-            if listening.get(channel):
-                pipe.publish(channel, sse_message("queued", {"position": position}))
-        pipe.publish(QUEUE_CHANNEL, sse_message("depth", {"queue": queue, "waiting": len(waiting)}))
-        pipe.execute()
+    def announce(self, queue):
+        """Every waiting request that listens hears its position, the queue channel the depth."""
+        self._announce(keys=[WAITING.format(queue)], args=_announce_args(queue))
 
     def position(self, request_id, queue):
         rank = self.redis.zrank(WAITING.format(queue), request_id)

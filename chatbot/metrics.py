@@ -59,6 +59,10 @@ class Metrics:
 
         self._write(pipe, write)
 
+    def batch(self):
+        """A request's metrics, written in one round trip by flush()."""
+        return Batch(self)
+
     def _write(self, pipe, write):
         """Metrics never fail a request: a Redis hiccup costs a data point, not a reply."""
         if pipe is not None:
@@ -68,6 +72,25 @@ class Metrics:
             p = self.redis.pipeline(transaction=False)
             write(p)
             p.execute()
+        except redis.RedisError:
+            log.warning("metrics write failed", exc_info=True)
+
+
+class Batch:
+    """inc and observe as Metrics has them, held in a pipeline until flush()."""
+
+    def __init__(self, metrics):
+        self.metrics, self.pipe = metrics, metrics.redis.pipeline(transaction=False)
+
+    def inc(self, name, amount=1, **labels):
+        self.metrics.inc(name, amount, pipe=self.pipe, **labels)
+
+    def observe(self, name, value, **labels):
+        self.metrics.observe(name, value, pipe=self.pipe, **labels)
+
+    def flush(self):
+        try:
+            self.pipe.execute()
         except redis.RedisError:
             log.warning("metrics write failed", exc_info=True)
 

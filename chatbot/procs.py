@@ -174,9 +174,10 @@ def start_engine(port, log=None, env=None):
 
 
 def start_worker(env, queues="ollama", log=None, extra=()):
-    """One Celery worker, concurrency 1, prefork (control commands answer while a task runs)."""
+    """One Celery worker, concurrency 1. The threads pool runs the task in the worker's own
+    process (no hop to a pool child) while control commands still answer."""
     proc = spawn([bin_path("celery"), "-A", "celery_app", "worker", "-Q", queues, "-c", "1",
-                  "-P", "prefork", "--without-gossip", "--without-mingle", "-l", "INFO",
+                  "-P", "solo", "--without-gossip", "--without-mingle", "-l", "INFO",
                   "-n", f"{queues}@%h", *extra],
                  env=env, log=log, cwd=PROJECT_ROOT)  # celery_app.py lives there
     return proc

@@ -2,9 +2,12 @@
 from the start.
 
 A stream (not pub/sub) so that no event is lost when the worker is faster than the reader,
-and a reader can resume from the last id it saw. In the web process a single hub thread
-reads every stream being waited on with one XREAD, so a waiting request holds no Redis
-connection of its own (hundreds of clients can wait in line).
+and a reader can resume from the last id it saw. In the web process a single hub thread does
+all the reading, so a waiting request holds no Redis connection of its own: it blocks on the
+process's doorbell (bell:<lease>, a stream of request ids that every writer of an event rings
+in the same round trip) and reads only the streams that rang. However many clients wait, a
+reply costs the hub the same two round trips; every SAFETY_EVERY seconds it also reads every
+stream it waits on, in case a ring was missed.
 
 Events: {"t": "started"} · {"t": "chunk", "raw": <upstream NDJSON line>} ·
 {"t": "done", "d": <final chunk>, "reply": {...}} · {"t": "error", "status": int, "error": str}.
@@ -22,7 +25,13 @@ from chatbot.redis_pool import connect
 
 FINAL = ("done", "error")
 HUB_BLOCK_MS = 2000  # under the pool's 5 s socket timeout
-WAKE_TTL = 24 * 3600
+BELL = "chatbot:bell:{}"  # the scripts in chatbot.line spell it out too
+BELL_LENGTH, BELL_TTL = 10000, 120
+SAFETY_EVERY = 15.0
+SAFETY_BATCH = 500  # streams per round trip of the safety read
+# Checks per second a process spends on requests still waiting in line, however many: with
+# thousands waiting, each is looked at less often (a running request keeps its own pace).
+WAITING_CHECKS_PER_SECOND = 2000
 LEASE = "chatbot:lease:{}"
 LEASE_TTL = 15  # seconds a web process's requests outlive its hub's last renewal
 RENEW_EVERY = 3
@@ -30,6 +39,13 @@ RENEW_EVERY = 3
 
 def stream_key(request_id):
     return f"chatbot:relay:{request_id}"
+
+
+def ring(pipe, lease, request_id):
+    """Ring the doorbell of the web process that waits for `request_id` (in `pipe`)."""
+    if lease:
+        pipe.xadd(BELL.format(lease), {"r": request_id}, maxlen=BELL_LENGTH, approximate=True)
+        pipe.expire(BELL.format(lease), BELL_TTL)
 
 
 class Hub(threading.Thread):
@@ -40,31 +56,26 @@ class Hub(threading.Thread):
         super().__init__(daemon=True, name="relay-hub")
         self.redis = client
         self.lease = str(uuid.uuid4())
-        self.wake_key = f"chatbot:wake:{self.lease}"
-        self.waiters = {}  # stream key -> [last id, queue of events]
+        self.bell = BELL.format(self.lease)
+        self.waiters = {}  # request id -> [last entry id read, queue of events]
         self.lock = threading.Lock()
 
     def watch(self, request_id):
-        inbox = queue.SimpleQueue()
+        """The request's inbox. Watch before the request can produce events (before its task
+        is sent), so that no ring comes too early; watching again returns the same inbox."""
         with self.lock:
-            self.waiters[stream_key(request_id).encode()] = ["0-0", inbox]
-        # Interrupt the blocked XREAD so the next one includes this stream (without it, the
-        # next read within HUB_BLOCK_MS does; Redis away: the waiter's watchdog reports it).
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.xadd(self.wake_key, {"w": 1}, maxlen=10)
-            pipe.expire(self.wake_key, WAKE_TTL)
-            pipe.execute()
-        except redis.RedisError:
-            pass
-        return inbox
+            waiter = self.waiters.setdefault(request_id, [b"0-0", queue.SimpleQueue()])
+        return waiter[1]
 
     def unwatch(self, request_id):
         with self.lock:
-            self.waiters.pop(stream_key(request_id).encode(), None)
+            self.waiters.pop(request_id, None)
+
+    def waiting(self):
+        return len(self.waiters)
 
     def run(self):
-        renewed = 0.0
+        renewed, safe, last = 0.0, time.monotonic(), b"0-0"
         while True:
             if time.monotonic() - renewed > RENEW_EVERY:
                 try:
@@ -72,22 +83,39 @@ class Hub(threading.Thread):
                     renewed = time.monotonic()
                 except redis.RedisError:
                     pass
-            with self.lock:
-                streams = {key: last for key, (last, _) in self.waiters.items()}
-            streams[self.wake_key] = "$"
             try:
-                reply = self.redis.xread(streams, block=HUB_BLOCK_MS, count=256)
+                reply = self.redis.xread({self.bell: last}, block=HUB_BLOCK_MS, count=1024)
+                rang = set()
+                for _, entries in reply or ():
+                    for entry_id, fields in entries:
+                        last = entry_id
+                        rang.add(fields[b"r"].decode())
+                self.read(rang)
+                if time.monotonic() - safe > SAFETY_EVERY:
+                    safe = time.monotonic()
+                    everyone = list(self.waiters)
+                    for start in range(0, len(everyone), SAFETY_BATCH):
+                        self.read(everyone[start:start + SAFETY_BATCH])
+                        time.sleep(0)  # under gevent, let requests run between batches
             except redis.RedisError:
                 threading.Event().wait(0.5)  # Redis away: waiters' watchdogs report it
-                continue
-            with self.lock:
-                for key, entries in reply or ():
-                    waiter = self.waiters.get(key)
-                    if waiter is None:
-                        continue
-                    for entry_id, fields in entries:
-                        waiter[0] = entry_id
-                        waiter[1].put(json.loads(fields[b"e"]))
+
+    def read(self, request_ids):
+        """Hand the new events of these requests' streams to their waiters."""
+        with self.lock:
+            wanted = [(rid, self.waiters[rid][0]) for rid in request_ids if rid in self.waiters]
+        if not wanted:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for rid, after in wanted:
+            pipe.xrange(stream_key(rid), min=b"(" + after if after != b"0-0" else "-")
+        results = pipe.execute()
+        with self.lock:
+            for (rid, _), entries in zip(wanted, results):
+                waiter = self.waiters.get(rid)
+                for entry_id, fields in entries if waiter else ():
+                    waiter[0] = entry_id
+                    waiter[1].put(json.loads(fields[b"e"]))
 
 
 class Relay:
@@ -107,13 +135,15 @@ class Relay:
     def events(self, request_id, check=None, every=0.5):
         """Yield events until a final one.
 
-        `check(started)` runs every `every` seconds, events or not; when it returns an event
-        (the client left, the worker died), that event ends the stream, unless a final event
-        has landed meanwhile.
+        `check(started)` runs every `every` seconds once started, events or not (while
+        waiting, less often when thousands wait); when it returns an event (the client left,
+        the worker died), that event ends the stream, unless a final event has landed
+        meanwhile.
         """
         hub = self.hub()
         inbox, started = hub.watch(request_id), False
-        next_check = time.monotonic() + every
+        pace = lambda: every if started else max(every, hub.waiting() / WAITING_CHECKS_PER_SECOND)  # noqa: E731
+        next_check = time.monotonic() + pace()
         try:
             while True:
                 try:
@@ -126,7 +156,7 @@ class Relay:
                     if event["t"] in FINAL:
                         return
                 if check and time.monotonic() >= next_check:
-                    next_check = time.monotonic() + every
+                    next_check = time.monotonic() + pace()
                     verdict = check(started)
                     if verdict:
                         yield from self._tail_or(request_id, inbox, verdict)

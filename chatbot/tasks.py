@@ -25,15 +25,18 @@ def run_request(job):
     line, request_id, queue = ext["line"], job["request_id"], job.get("queue", QUEUE)
     logs.clear()
     logs.bind(request_id=request_id, session_id=job["session_id"], model=job["model"])
-    verdict, waited = line.claim(request_id, queue)
+    # The claim also takes the thread's lock when it is free (one round trip for both).
+    verdict, waited, lock = line.claim(request_id, queue, (job["session_id"], job["model"]))
     if verdict != "run":
         log.info("not run: %s", verdict)
         return
-    ext["metrics"].observe("chatbot_queue_wait_seconds", waited, queue=queue)
+    metrics = ext["metrics"].batch()  # written in one round trip once the client has heard
+    metrics.observe("chatbot_queue_wait_seconds", waited, queue=queue)
     log.info("started after %.3f s in line, upstream %s", waited, job.get("host"))
     heartbeat = lines.Heartbeat(line, request_id, queue)
+    heartbeat.lock = lock
     heartbeat.start()
-    ended, lock = [], None
+    ended, held = [], [lock]
 
     def end(reply):
         ended.append(lines.outcome(reply)[0])
@@ -41,31 +44,36 @@ def run_request(job):
         logs.bind(tokens=generated)
         ext["tokens"].spend(job.get("asker"), generated)  # counted before the client hears
         marks["ending"] = timing.now()
-        line.finish(request_id, queue, {**reply, "marks": marks})
+        heartbeat.lock = None
+        if line.finish(request_id, queue, {**reply, "marks": marks}, held[0]):
+            held[0] = None  # the line released it with the ending
 
     try:
-        lock = heartbeat.lock = line.lock_thread(job["session_id"], job["model"],
-                                                 heartbeat.stop_asked)
-        if lock is None:  # the client left while another turn held its thread
-            end({"status": "cancelled"})
-            return
+        if lock is None:  # another turn holds the thread: wait for it
+            lock = held[0] = heartbeat.lock = line.lock_thread(
+                job["session_id"], job["model"], heartbeat.stop_asked)
+            if lock is None:  # the client left while another turn held its thread
+                end({"status": "cancelled"})
+                return
         marks["begun"] = timing.now()
         create_chat_flow().run({
             "job": job, "marks": marks, "started_at": utcnow(), "upstream": ext["router"].upstream(job.get("host")),
             # A job queued by an older web process names no channel: its id is the channel.
-            "emit": lambda event: line.emit(request_id, job.get("channel", request_id), event),
+            "emit": lambda event: line.emit(request_id, job.get("channel", request_id), event,
+                                            job.get("lease")),
             "stop": heartbeat.stop_asked,
             "end": end, "windows": ext["windows"], "calibration": ext["calibration"],
-            "metrics": ext["metrics"], "reserve": current_app.config["CONTEXT_REPLY_RESERVE"],
+            "metrics": metrics, "reserve": current_app.config["CONTEXT_REPLY_RESERVE"],
         })
     except Exception:  # the waiting client must hear of it rather than hang
         end({"error": {"status": 500, "error": logs.incident(log, "request failed")}})
     finally:
         heartbeat.stopped.set()
-        if lock:
-            line.unlock_thread(lock)
         if not ended:
             end({"error": {"status": 500, "error": "the request ended without a reply"}})
+        if held[0]:
+            line.unlock_thread(held[0])
+        metrics.flush()
         log.info("finished: %s", ended[0])
 
 

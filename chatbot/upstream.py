@@ -31,6 +31,12 @@ class Upstream:
         self.timeout = (connect_timeout, read_timeout)
         self.retries, self.backoff = retries, backoff
         self.http = requests.Session()
+        # The environment's proxy settings for this host, read once: requests would otherwise
+        # scan the whole environment (and ~/.netrc) on every call.
+        self.http.trust_env = False
+        self.http.proxies = requests.utils.get_environ_proxies(host)
+        # Connections kept for reuse: as many as requests a web process passes through at once.
+        self.http.mount(host, requests.adapters.HTTPAdapter(pool_maxsize=64))
 
     def request(self, method, path, **kwargs):
         """One call; a refused or dropped connection is retried with backoff (a restarting

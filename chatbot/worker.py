@@ -1,7 +1,7 @@
 """Celery in Flask's pattern (tasks run inside an app context), set up once for the web, which
 sends tasks, and the workers, which run them."""
 from celery import Celery, Task
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_init
 
 from chatbot.tokens import encoding
 
@@ -53,6 +53,6 @@ def _keep_our_logging(**_):
     """Connected, so Celery leaves logging as create_app configured it (JSON, request ids)."""
 
 
-@worker_process_init.connect
+@worker_init.connect
 def _warm_up(**_):
     encoding()  # load the tokenizer before the first request, not during it

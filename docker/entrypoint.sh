@@ -34,7 +34,7 @@ case "${1:-web}" in
         flask --app wsgi db upgrade
         exec gunicorn -c docker/gunicorn.conf.py wsgi:app ;;
     worker)  # one per Ollama host: concurrency 1 is what makes the queue fair
-        exec celery -A celery_app worker -Q "${CHATBOT_QUEUES:-ollama}" -c 1 -P prefork \
+        exec celery -A celery_app worker -Q "${CHATBOT_QUEUES:-ollama}" -c 1 -P solo \
             --without-gossip --without-mingle -n "worker-${CHATBOT_QUEUES:-ollama}@%h" -l "$LEVEL" ;;
     beat)  # session archiving on a schedule: celery beat inside a small maintenance worker
         exec celery -A celery_app worker -Q maintenance -c 1 -B \

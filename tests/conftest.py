@@ -81,8 +81,9 @@ def postgres_url():
 class Stack:
     """The app served over HTTP in this process, its worker in another."""
 
-    def __init__(self, app, url, env, worker):
+    def __init__(self, app, url, env, worker, worker_log=None):
         self.app, self.url, self.env, self.worker = app, url, env, worker
+        self.worker_log = worker_log
 
     def rows(self, session_id):
         from chatbot.store import Message, db
@@ -126,6 +127,7 @@ def stack(redis_url, engine_url, tmp_path_factory, logs):
     procs.wait_until(lambda: app.extensions["celery"].control.ping(timeout=0.5), 60, worker,
                      "celery worker")
     server, url = serve(app)
-    yield Stack(app, url, env, worker)
+    stack = Stack(app, url, env, worker, logs / "worker.log")
+    yield stack
     server.shutdown()
-    procs.stop(worker)
+    procs.stop(stack.worker)  # a test may have replaced it

@@ -1,5 +1,5 @@
 """A short bench/chaos.py: three sessions chat while every part of a real `chatbot up` is
-SIGKILLed once (the worker's pool child, the worker, its own engine, the web server, Redis).
+SIGKILLed once (the web server's worker, the Celery worker, its own engine, the web server, Redis).
 Nothing a client was told is lost or stored twice, no client hangs, no process is left."""
 from bench.chaos import FAULTS, passed, run
 

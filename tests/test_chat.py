@@ -117,3 +117,22 @@ def test_ten_concurrent_chats_run_one_at_a_time(stack):
     spans = sorted((rows[1].started_at, rows[1].created_at) for rows in replies_rows)
     for (_, finished), (next_start, _) in zip(spans, spans[1:]):
         assert finished <= next_start, "two requests ran at once"
+
+
+def test_a_non_streamed_turn_says_what_each_layer_took(stack):
+    """Server-Timing (chatbot.timing): measured marks from the web, the broker, the worker's
+    flow and the relay back, which bench/sidebyside.py reports per layer."""
+    body = {"model": MODEL, "messages": [QUESTION], "options": OPTIONS, "stream": False}
+    resp = requests.post(stack.url + "/api/chat", json=body, timeout=60)
+    timings = {}
+    for part in resp.headers["Server-Timing"].split(","):
+        name, dur = part.strip().split(";dur=")
+        timings[name] = float(dur)
+    assert set(timings) == {"admit", "send", "hop", "start", "context", "store_request",
+                            "upstream", "store_reply", "finish", "relay", "respond", "total"}
+    assert all(value >= 0 for value in timings.values())
+    # The model's own time is the biggest part, and the parts fit inside the whole.
+    assert timings["upstream"] >= resp.json()["total_duration"] / 1e6 * 0.9
+    assert sum(v for k, v in timings.items() if k != "total") <= timings["total"] + 1.0
+    # Ollama's own fields are untouched: no timing leaks into the body.
+    assert "marks" not in resp.json() and "marks" not in json.dumps(resp.json())

@@ -18,7 +18,7 @@ from chatbot.store import db
 from chatbot.line import INFO
 from chatbot.relay import LEASE, stream_key
 from tests.conftest import MODEL, migrated_app, serve
-from tests.test_queue import (LONG, SHORT, Background, cancel, chat_body, pool_child,
+from tests.test_queue import (LONG, SHORT, Background, cancel, chat_body,
                               queue_state, running_id, start_slow, wait_for)
 
 
@@ -293,22 +293,6 @@ def test_redis_restart_answers_every_waiting_client_and_the_stack_carries_on(fra
     # The worker and the web reconnect by themselves.
     wait_for(lambda: chat(fragile["url"], str(uuid.uuid4()), "Hi").status_code == 200,
              timeout=60, what="a chat after the restart")
-
-
-def test_a_killed_worker_main_process_gives_an_error_within_10s(fragile):
-    sid = str(uuid.uuid4())
-    busy = fragile_busy(fragile, sid)
-    child = pool_child(fragile["worker"].pid)
-    os.kill(fragile["worker"].pid, signal.SIGKILL)
-    killed = time.monotonic()
-    busy.join(30)
-    assert not busy.is_alive() and time.monotonic() - killed < 10
-    assert "error" in busy.lines[-1]
-    wait_for(lambda: not os.path.exists(f"/proc/{child}") or
-             open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0] == "Z",
-             timeout=10, what="the pool child to die with its parent")
-    fragile["start_worker"]()  # what `chatbot up`'s supervisor does
-    assert chat(fragile["url"], str(uuid.uuid4()), "Hi").status_code == 200
 
 
 def test_the_sweep_clears_what_no_client_will(stack):

@@ -15,6 +15,7 @@ BUSY = "server busy, please try again.  maximum pending requests exceeded"
 RETRY_AFTER_SECONDS = 5
 CHECK_EVERY = 0.5  # seconds between looks at the client socket (and a running request's worker)
 LOOK_EVERY = 2.0  # seconds between asking the line about a request still waiting in it
+LOOKS_PER_SECOND = 500  # ... at most this many asks a second from one process
 log = logging.getLogger(__name__)
 
 
@@ -28,7 +29,8 @@ def submit(kind, model, messages, upstream_body, session_id):
         if exists and holder != owner:  # another key's session: as if there were none
             raise ApiError(404, f"session '{session_id}' not found")
     host, queue = routing.get().choose(model, session_id)
-    line, lease = lines.get(), current_app.extensions["relay"].hub().lease
+    hub = current_app.extensions["relay"].hub()
+    line, lease = lines.get(), hub.lease
     g.model = model
 
     def admit():
@@ -54,13 +56,15 @@ def submit(kind, model, messages, upstream_body, session_id):
     job = {"request_id": request_id, "session_id": session_id, "kind": kind, "model": model,
            "messages": messages, "upstream": {**upstream_body, "model": model},
            "host": host, "queue": queue, "fresh": bool(g.get("fresh_session")),
-           "owner": owner, "channel": channel, "asker": who}
+           "owner": owner, "channel": channel, "asker": who, "lease": lease}
+    hub.watch(request_id)  # before the task exists, so that no event comes too early
     # This app's own Celery (not the process default: tests run several apps side by side).
     try:
         current_app.extensions["celery"].send_task("chatbot.run_request", args=[job],
                                                    task_id=request_id, queue=queue)
     except Exception:  # the broker went away between admission and sending
         log.warning("refused: the task could not be sent", exc_info=True)
+        hub.unwatch(request_id)
         try:
             line.cancel(request_id)
         except redis.RedisError:
@@ -73,7 +77,7 @@ def submit(kind, model, messages, upstream_body, session_id):
 def watchdog(request_id, queue):
     """A relay check: ends the wait when the client left, or when the line says the request
     can no longer answer (vanished, waited too long, its worker died)."""
-    sock, line = client_socket(request.environ), lines.get()
+    sock, line, hub = client_socket(request.environ), lines.get(), current_app.extensions["relay"].hub()
     next_look = [time.monotonic() + LOOK_EVERY]
 
     def check(started):
@@ -84,7 +88,8 @@ def watchdog(request_id, queue):
             return lines.CLIENT_GONE
         if not started and time.monotonic() < next_look[0]:
             return None
-        next_look[0] = time.monotonic() + LOOK_EVERY
+        # A round trip each: with thousands waiting, each asks less often.
+        next_look[0] = time.monotonic() + max(LOOK_EVERY, hub.waiting() / LOOKS_PER_SECOND)
         return line.verdict(request_id, queue)
 
     return check

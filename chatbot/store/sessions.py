@@ -133,17 +133,20 @@ def append_messages(session_id, model, messages, request_id, status="ok", starte
         seq, last = tail if tail is not None else thread_tail(session_id, model)
     else:
         seq, last = None, None
+    rows, now = [], utcnow()
     for part, message in enumerate(messages, first_part):
         extra = {k: message[k] for k in MESSAGE_FIELDS if message.get(k)}
         if status == "ok":
             seq, last = seq + 1, chain(last, message["role"], message.get("content"))
-        db.session.add(Message(
+        rows.append(dict(
             session_id=session_id, model=model, role=message["role"],
             content=message.get("content") or "", extra=extra or None,
             tokens=message.get("tokens", 0), status=status, request_id=request_id,
-            started_at=started_at, seq=seq, chain=last, part=part,
+            started_at=started_at, seq=seq, chain=last, part=part, created_at=now,
         ))
     try:
+        if rows:  # one INSERT statement, without the ORM's unit of work: this is the hot path
+            db.session.execute(db.insert(Message), rows)
         db.session.commit()
     except IntegrityError:
         db.session.rollback()

@@ -37,7 +37,7 @@ def load(instance_path):
         "UPSTREAM_READ_TIMEOUT": _float("UPSTREAM_READ_TIMEOUT", 300.0),
         "RELAY_TTL_SECONDS": _int("RELAY_TTL_SECONDS", 3600),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
-        "LOG_FORMAT": os.environ.get("LOG_FORMAT", "json"),
+        "LOG_FORMAT": os.environ.get("LOG_FORMAT", "auto"),  # see logs.resolve
         "UPSTREAM_RETRIES": _int("UPSTREAM_RETRIES", 2),
         # Many users: keys, what may pass, how much.
         "API_KEYS": os.environ.get("API_KEYS", ""),

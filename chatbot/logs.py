@@ -1,6 +1,11 @@
-"""Logs: JSON lines by default (LOG_FORMAT=text for plain), each carrying the request it
-belongs to. The request's fields live in a context variable set by the web (per request) and
-by the worker (per task), so every log line of both sides can be joined on request_id."""
+"""Logs: readable text lines in a terminal, JSON lines elsewhere (LOG_FORMAT=auto, the
+default; LOG_FORMAT=json or text forces one), each carrying the request it belongs to. The
+request's fields live in a context variable set by the web (per request) and by the worker (per
+task), so every log line of both sides can be joined on request_id.
+
+Each process decides for itself, on its own log stream: the children of `chatbot up` inherit
+its terminal, so they all write text there, and JSON when their output goes to a file or a
+pipe (Docker, systemd, a log shipper)."""
 import contextvars
 import json
 import logging
@@ -56,18 +61,59 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """One line for a person: `18:09:01 INFO  worker  started after 0.001 s ... [request_id=...]`
+    (local time, level, a short logger name, the message, the request's fields)."""
+
+    LEVELS = {"WARNING": "WARN", "CRITICAL": "CRIT"}  # five columns at most
+
     def __init__(self):
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        super().__init__(datefmt="%H:%M:%S")
+
+    @staticmethod
+    def short(name):
+        """chatbot.api.turns -> api.turns, chatbot.tasks -> worker, celery.app.trace -> celery."""
+        if name.startswith("chatbot."):
+            name = name[len("chatbot."):]
+            return "worker" if name == "tasks" else name
+        return name.split(".", 1)[0]
 
     def format(self, record):
+        level = self.LEVELS.get(record.levelname, record.levelname)
+        line = (f"{self.formatTime(record, self.datefmt)} {level:<5} {self.short(record.name):<7} "
+                f"{record.getMessage()}")
         extra = " ".join(f"{k}={getattr(record, k)}" for k in FIELDS
                          if getattr(record, k, None) is not None)
-        return super().format(record) + (f" [{extra}]" if extra else "")
+        if extra:
+            line += f" [{extra}]"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
 
 
-def configure(level="INFO", fmt="json", stream=None):
-    """Route every logger (ours, Flask's, Celery's, werkzeug's) through one formatted handler."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+# Routine chatter of libraries, shown only with LOG_LEVEL=DEBUG: Alembic's plugin and revision
+# lines on every start ("Context impl SQLiteImpl.", "Will assume non-transactional DDL.",
+# "Running upgrade ..."), and celery beat's start and its "Sending due task" every 30 s.
+QUIET = ("alembic", "celery.beat")
+
+
+def resolve(fmt, stream):
+    """The format a process writes to `stream` in: json or text as asked; for auto (or
+    anything else), text when the stream is a terminal and JSON otherwise."""
+    fmt = (fmt or "auto").strip().lower()
+    if fmt in ("json", "text"):
+        return fmt
+    try:
+        return "text" if stream.isatty() else "json"
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return "json"
+
+
+def configure(level="INFO", fmt="auto", stream=None):
+    """Route every logger (ours, Flask's, Celery's, werkzeug's) through one formatted handler,
+    text or JSON as `resolve` decides for that stream. Returns the format chosen."""
+    stream = stream or sys.stderr
+    fmt = resolve(fmt, stream)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
     handler.addFilter(ContextFilter())
     handler.chatbot = True
@@ -75,6 +121,10 @@ def configure(level="INFO", fmt="json", stream=None):
     # Replace only our own earlier handler: a test runner's capture handler stays.
     root.handlers[:] = [h for h in root.handlers if not getattr(h, "chatbot", False)] + [handler]
     root.setLevel(level.upper())
+    quiet = logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+    for name in QUIET:
+        logging.getLogger(name).setLevel(quiet)
+    return fmt
 
 
 def init_app(app):

@@ -23,6 +23,7 @@ ENGINE_MODEL = "smollm2:135m"
 # over once the child has stayed up STEADY seconds; GIVE_UP crashes in a row, each within
 # QUICK seconds of starting, stop everything.
 BACKOFF_FIRST, BACKOFF_MAX, STEADY, QUICK, GIVE_UP = 0.5, 30.0, 60.0, 5.0, 8
+WORKERS_LATE = 60.0  # seconds after the web answers: say which worker the welcome waits for
 
 
 class _Stopping(BaseException):
@@ -47,6 +48,28 @@ class Child:
         except OSError as exc:
             say(f"{self.name} did not start again: {exc}")
         self.since, self.due = time.monotonic(), None
+
+
+class _Workers:
+    """Whether Celery workers are ready: each answers a control broadcast, which it does only
+    once its "ready." line is written. Known by pid, not node name: workers of another
+    `chatbot up` or of a test suite on the same Redis may bear the same names."""
+
+    def __init__(self, celery, children):
+        self.celery, self.children, self.answered = celery, children, set()
+
+    def waiting(self):
+        return ", ".join(c.name for c in self.children if c.proc.pid not in self.answered)
+
+    def ready(self):
+        if self.waiting():
+            try:
+                replies = self.celery.control.broadcast("stats", reply=True, timeout=0.5)
+            except Exception:  # Redis gone for a moment: not ready yet
+                return False
+            self.answered.update(stats.get("pid") for reply in replies or ()
+                                 for stats in reply.values() if isinstance(stats, dict))
+        return not self.waiting()
 
 
 def _how(code):
@@ -90,22 +113,31 @@ class Up:
             env.update(self._upstreams())
             os.environ.update(env)
             self.checkpoint()
-            _migrate()
+            app = _migrate()
             count = len(env["OLLAMA_HOSTS"].split(",")) if "OLLAMA_HOSTS" in env else 1
+            # No Celery banner: the welcome says where everything is.
+            workers_env = {**env, "CELERY_QUIET": "1"}
+            first = len(self.children)
             for queue in _queues(count):
-                self.add(f"worker {queue}", lambda q=queue: procs.start_worker(env, queues=q))
+                self.add(f"worker {queue}",
+                         lambda q=queue: procs.start_worker(workers_env, queues=q))
             # Session archiving: celery beat inside a small worker of its own queue.
             extra = ("-B", "-s", os.path.join(_instance(), "celerybeat-schedule"),
                      *procs.BEAT_HOOK)
-            self.add("maintenance", lambda: procs.start_worker(env, queues="maintenance",
-                                                                extra=extra))
+            maintenance_env = _housekeeping(workers_env, app.config["LOG_LEVEL"])
+            self.add("maintenance", lambda: procs.start_worker(
+                maintenance_env, queues="maintenance", extra=extra))
+            workers = _Workers(app.extensions["celery"], self.children[first:])
             web = self.add("web", lambda: procs.spawn(
                 [sys.executable, "-m", "chatbot.launcher", "web", "--host", self.host,
                  "--port", str(self.port)], env=env))
             url = f"http://{self.host}:{self.port}"
-            self.wait(lambda: procs.http_ok(url + "/"), 30, web, "web server")
-            _welcome(url, env)
-            return self.supervise()
+            # One probe at a time, waited for: a probe given up on while the server boots
+            # would still be served (and logged) later, after the welcome.
+            self.wait(lambda: procs.http_ok(url + "/", timeout=10), 30, web, "web server")
+            # The welcome is the last thing printed at start: it waits for every worker too
+            # (under supervision: one that dies meanwhile is restarted as ever).
+            return self.supervise(workers, lambda: _welcome(url, env))
         except _Stopping:
             say(f"{signal.Signals(self.signalled).name}: stopping every child")
             return 0
@@ -117,8 +149,10 @@ class Up:
             for child in reversed(self.children):
                 procs.stop(child.proc)
 
-    def supervise(self):
-        """Restart crashed children with backoff until a signal, or a child that keeps crashing."""
+    def supervise(self, workers=None, welcome=None):
+        """Restart crashed children with backoff until a signal, or a child that keeps crashing;
+        meanwhile call `welcome` once, when every one of `workers` is ready."""
+        late = time.monotonic() + WORKERS_LATE
         while True:
             self.checkpoint()
             now = time.monotonic()
@@ -131,6 +165,12 @@ class Up:
                         return 1
                 elif now - child.since >= STEADY:
                     child.delay, child.quick = BACKOFF_FIRST, 0
+            if welcome and workers.ready():
+                welcome()
+                welcome = None
+            elif welcome and late and now > late:
+                say(f"still waiting for {workers.waiting()} to answer")
+                late = None
             time.sleep(0.1)
 
     def _crashed(self, child, now):
@@ -221,13 +261,31 @@ def _instance():
     return path
 
 
+def _housekeeping(env, level):
+    """The maintenance worker's environment. Its INFO lines are routine (its start, beat's,
+    and the sweeps and archiving beat runs, at once when they are overdue, so after the
+    welcome): shown only with LOG_LEVEL=DEBUG; warnings and errors always."""
+    if level.strip().upper() == "INFO":
+        return {**env, "LOG_LEVEL": "WARNING"}
+    return env
+
+
 def _migrate():
+    """Migrate the database in this process; returns the app. migrations/env.py hands
+    alembic.ini's logging section to fileConfig, which would replace the handler create_app
+    set up (text or JSON, see chatbot.logs) with one of its own: skipped here."""
+    import logging.config
+    from unittest import mock
+
     import flask_migrate
 
     from chatbot import create_app
 
-    with create_app().app_context():
+    app = create_app()
+    with app.app_context(), mock.patch.object(logging.config, "fileConfig",
+                                              lambda *args, **kwargs: None):
         flask_migrate.upgrade()
+    return app
 
 
 def web(host, port):

@@ -2,11 +2,14 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+# llama.cpp for any x86-64-v3 CPU, not -march=native: some VMs report AMX that they do not
+# let a process use, and a native build then dies with an invalid opcode on its first token.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 $(BIN)/chatbot: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip wheel
-	$(BIN)/pip install -e '.[embedded,test]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -e '.[embedded,test]'
 	touch $@
 
 install: $(BIN)/chatbot

@@ -25,6 +25,7 @@ from chatbot import procs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = "fake:latest"
+LITELLM_KEY = "sk-bench-" + "0123456789abcdef" * 3  # LiteLLM refuses to start without one
 LAYERS = ("admit", "send", "hop", "start", "context", "store_request", "upstream",
           "store_reply", "finish", "relay", "respond")
 ABOUT = {"admit": "parse, validate and admit", "send": "send_task", "hop": "the broker hop",
@@ -64,7 +65,7 @@ class Door:
     def call(self, stream):
         """(seconds to the first byte of the body, seconds to its end, the response headers)."""
         path, body = self.request(stream)
-        headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {LITELLM_KEY}"}
         for attempt in (0, 1):  # a kept-alive connection the server closed is opened again
             conn = self.connection()
             start = time.perf_counter()
@@ -190,7 +191,8 @@ def start_litellm(fake, logdir):
                 f"      model: ollama_chat/{MODEL}\n      api_base: {fake}\n"
                 "litellm_settings:\n  telemetry: false\n")
     proc = procs.spawn([binary, "--config", config, "--port", str(port), "--num_workers", "1"],
-                       env={"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"},
+                       env={"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
+                            "LITELLM_MASTER_KEY": LITELLM_KEY},
                        log=os.path.join(logdir, "litellm.log"))
     url = f"http://127.0.0.1:{port}"
     procs.wait_until(lambda: procs.http_ok(url + "/health/liveliness"), 120, proc, "litellm")

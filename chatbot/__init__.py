@@ -1,10 +1,12 @@
 """chatbot: an Ollama-compatible chat server with sessions and a fair queue."""
 import os
 
-from flask import Flask
-
 
 def create_app(config=None):
+    # Imported here, not above: `chatbot web` and gunicorn's config import this package before
+    # gevent patches the standard library, which must come before ssl is imported (by Flask).
+    from flask import Flask
+
     from chatbot import api, cli, config as settings, keys, line, logs, metrics, redis_pool, relay, store
     from chatbot import quota, tasks  # noqa: F401  tasks registers the Celery tasks
     from chatbot.worker import celery_init_app

@@ -5,12 +5,20 @@
                   Celery workers and the web server. A crashed child is restarted (with
                   backoff); Ctrl-C or SIGTERM stops every child; the children die with it even
                   when it is SIGKILLed.
+`chatbot web`     the web server alone: gunicorn with gevent workers (chatbot.webserver).
 `chatbot engine`  the bundled Ollama-compatible engine alone.
 """
+import sys
+
+if __name__ == "__main__" and sys.argv[1:2] == ["web"]:
+    # The web's gevent workers patch the standard library: before anything imports ssl.
+    from gevent import monkey
+
+    monkey.patch_all()
+
 import argparse
 import os
 import signal
-import sys
 import time
 
 from chatbot import procs
@@ -289,18 +297,10 @@ def _migrate():
 
 
 def web(host, port):
-    """A threaded server for `chatbot up` (production runs gunicorn with gevent, see docker/)."""
-    from werkzeug.serving import make_server
+    """The web server of `chatbot up`: gunicorn with one gevent worker (chatbot.webserver)."""
+    from chatbot.webserver import serve
 
-    from chatbot import create_app
-
-    server = make_server(host, port, create_app(), threaded=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve(host, port, workers=int(os.environ.get("WEB_CONCURRENCY", 1)))
 
 
 def main(argv=None):
@@ -313,7 +313,7 @@ def main(argv=None):
     p_engine = sub.add_parser("engine", help="run the bundled Ollama-compatible engine")
     p_engine.add_argument("--host", default="127.0.0.1")
     p_engine.add_argument("--port", type=int, default=11435)
-    p_web = sub.add_parser("web", help="serve the web app alone (threaded)")
+    p_web = sub.add_parser("web", help="serve the web app alone (gunicorn, gevent)")
     p_web.add_argument("--host", default="127.0.0.1")
     p_web.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)

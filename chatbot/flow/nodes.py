@@ -5,12 +5,16 @@ Shared store (built by chatbot.tasks):
   job        {request_id, session_id, kind: chat|generate, model, messages: what the session
              gains, upstream: the request's own fields, sent upstream untouched, host, queue,
              fresh: the session was created for this request, owner: the key asking (None
-             while keys are off), channel: its SSE channel}
+             while keys are off), channel: its SSE channel, asker: who its tokens count
+             against, lease: the web process that waits for it (its doorbell)}
+  marks      {name: time} along the request's path (chatbot.timing; the flow adds each
+             node's end)
   emit       callable(event): a streamed chunk, to the waiting client
   stop       callable() -> bool: the request was cancelled or its client is gone
   end        callable(reply): asks the line to end the request with the reply's outcome
   upstream   chatbot.upstream.Upstream for the job's host
-  windows, calibration, metrics, reserve   context-window helpers and settings
+  windows, calibration, reserve   context-window helpers and settings
+  metrics    the request's batch of metric writes (chatbot.metrics.Batch), sent once it ends
   started_at when the worker took the request
   attempts   how often the turn found its thread moved on and started over
   tail       (seq, chain) of the stored thread (LoadThread; StoreRequest moves it on)
@@ -266,8 +270,8 @@ class Calibrate(Node):
     def post(self, shared, prep_res, exec_res):
         figures, cut = exec_res
         host, model = shared["upstream"].host, shared["job"]["model"]
-        if figures:
-            shared["calibration"].write(host, model, figures)
+        if figures:  # written with the request's metrics, in one round trip
+            shared["calibration"].write(host, model, figures, pipe=shared["metrics"].pipe)
         if cut:
             _, sent, seen, window, _ = prep_res
             log.warning("upstream %s evaluated %s tokens of a prompt we sized at %s for %s "

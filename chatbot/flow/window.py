@@ -50,9 +50,11 @@ class Calibration:
         except (ValueError, TypeError, KeyError):  # unknown, or an older format: start afresh
             return 1.0, 0.0
 
-    def write(self, host, model, figures):
+    def write(self, host, model, figures, pipe=None):
+        """Store the figures now, or in `pipe` (a request's batch of writes)."""
         ratio, overhead = figures
-        self.redis.hset(RATIOS, f"{host}|{model}", json.dumps({"ratio": ratio, "overhead": overhead}))
+        (pipe or self.redis).hset(RATIOS, f"{host}|{model}",
+                                  json.dumps({"ratio": ratio, "overhead": overhead}))
 
 
 def learn(known, sent, seen, window, pure_text):

@@ -115,6 +115,24 @@ def test_patch_title(stack):
     assert ok(call(stack, "GET", f"/api/sessions/{sid}"))["title"] == "Sums"
 
 
+def test_search_finds_titles_containing_the_words_in_any_case(stack):
+    word = uuid.uuid4().hex[:10]
+    hit = imported(stack, {tag(): []}, title=f"Notes on {word.upper()} 100%_done")
+    miss = imported(stack, {tag(): []}, title="Something else")
+    found = ok(call(stack, "GET", f"/api/sessions?q={word}"))
+    assert [s["id"] for s in found["sessions"]] == [hit] and found["total"] == 1
+    # LIKE's wildcards are plain characters.
+    assert ok(call(stack, "GET", f"/api/sessions?q={word} 100%25_")).get("total") == 1
+    assert ok(call(stack, "GET", "/api/sessions?q=%25&per_page=100"))["total"] < \
+        ok(call(stack, "GET", "/api/sessions?per_page=1"))["total"]
+    assert miss not in [s["id"] for s in found["sessions"]]
+    ok(call(stack, "POST", f"/api/sessions/{hit}/archive"))
+    assert ok(call(stack, "GET", f"/api/sessions?q={word}&archived=false"))["total"] == 0
+    assert ok(call(stack, "GET", f"/api/sessions?q={word}&archived=true"))["total"] == 1
+    resp = call(stack, "GET", "/api/sessions?q=" + "x" * 201)
+    assert resp.status_code == 400 and "search" in resp.json()["error"]
+
+
 def test_delete_removes_messages(stack):
     sid = imported(stack, {tag(): [{"role": "user", "content": "bye"}]})
     assert ok(call(stack, "DELETE", f"/api/sessions/{sid}")) == {"id": sid, "deleted": True,

@@ -219,7 +219,8 @@ PATHS = {
     "/api/sessions": {"get": op("Sessions, most recently used first", {
         **ok(JSON, schema=obj(sessions=array(OBJ), page=INT, per_page=INT, total=INT)),
         **errors(400)},
-        params=[*PAGING, query("archived", {"type": "string", "enum": ["true", "false"]})])},
+        params=[*PAGING, query("archived", {"type": "string", "enum": ["true", "false"]}),
+                query("q")])},
     "/api/sessions/import": {"post": op("Import a session export", {
         **ok(JSON, schema=obj(id=UUID, messages=INT), status="201"), **errors(400, 409)},
         body(ref("SessionExport")))},

@@ -32,7 +32,8 @@ def index():
     return jsonify(admin.list_sessions(args.get("page", 1), args.get("per_page", 20),
                                        archived=args.get("archived"),
                                        model=args.get("model") or None,
-                                       visible_to=auth.restriction()))
+                                       visible_to=auth.restriction(),
+                                       search=args.get("q") or None))
 
 
 @bp.get("/<sid>")

@@ -111,11 +111,15 @@ def summary(session, threads=None):
             "meta": session.meta or {}}
 
 
-def list_sessions(page=1, per_page=20, archived=None, model=None, visible_to=None):
+def list_sessions(page=1, per_page=20, archived=None, model=None, visible_to=None, search=None):
     """Newest use first; `model` keeps sessions having at least one message of that model;
-    `visible_to` only that key's sessions."""
+    `visible_to` only that key's sessions; `search` those whose title contains it (any case)."""
     (page, per_page), archived = paging(page, per_page), flag(archived)
     query = db.select(ChatSession)
+    if search:
+        if len(search) > MAX_TITLE:
+            raise AdminError(f"search must be at most {MAX_TITLE} characters")
+        query = query.where(ChatSession.title.icontains(search, autoescape=True))
     if visible_to is not None:
         query = query.where(ChatSession.owner == visible_to)
     if archived is not None:

@@ -55,6 +55,8 @@ def init_app(app):
     app.register_blueprint(sessions.bp)
     from chatbot.api import openapi
     app.register_blueprint(openapi.bp)
+    from chatbot import web
+    web.init_app(app)  # the chat page at /chat
     queue.init_app(app)
 
     @app.before_request

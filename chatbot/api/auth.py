@@ -8,7 +8,8 @@ from chatbot import logs
 from chatbot.api import ApiError
 
 ALL = object()  # the scope of an admin key, or of everyone while keys are off
-OPEN = {"/", "/api/version", "/healthz", "/readyz"}
+OPEN = {"/", "/api/version", "/healthz", "/readyz", "/chat"}
+PAGE_FILES = "/chat/static/"  # the chat page's own files: no data in them
 UNAUTHORIZED = "unauthorized"
 
 
@@ -29,7 +30,7 @@ def authenticate():
 
 def is_open():
     """A route anyone may use, key or not."""
-    if request.path in OPEN or request.method == "OPTIONS":
+    if request.path in OPEN or request.path.startswith(PAGE_FILES) or request.method == "OPTIONS":
         return True
     return request.path == "/metrics" and current_app.config.get("METRICS_OPEN")
 

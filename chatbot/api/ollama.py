@@ -2,9 +2,9 @@
 
 With several hosts, listings are merged, a request about a model goes to a host that has
 it, and the rest (pull, create, blobs, version) to the first host."""
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, redirect, request
 
-from chatbot import routing
+from chatbot import routing, web
 from chatbot.api import ApiError, auth, turns, validate, wire
 from chatbot.api.wire import dumps
 from chatbot.upstream import UpstreamError
@@ -14,7 +14,14 @@ bp = Blueprint("ollama", __name__)
 
 @bp.route("/", methods=["GET", "HEAD"])
 def root():
-    return Response("Ollama is running", mimetype="text/plain")
+    # A browser is sent to the chat page; every other client (curl, Ollama's, HEAD) gets
+    # Ollama's answer, as before.
+    if request.method == "GET" and web.wants_page():
+        resp = redirect("/chat")
+    else:
+        resp = Response("Ollama is running", mimetype="text/plain")
+    resp.vary.add("Accept")
+    return resp
 
 
 def passthrough(method, path, body=None, data=None, host=None):

@@ -5,7 +5,7 @@ valid Ollama or OpenAI request validates. tests/test_openapi.py checks that ever
 the app is described here, and tests/test_fuzz.py fuzzes the routes from this document."""
 from flask import Blueprint, jsonify
 
-from chatbot.api.auth import OPEN  # the routes that never ask for a key
+from chatbot.api.auth import OPEN, PAGE_FILES  # the routes that never ask for a key
 
 bp = Blueprint("openapi", __name__)
 
@@ -171,7 +171,8 @@ def model_op(summary, request, *media):
 
 
 PATHS = {
-    "/": {"get": op("Ollama is running", ok(TEXT, schema=STR)),
+    "/": {"get": op("Ollama is running (a browser, preferring text/html, is redirected to "
+                    "/chat)", {**ok(TEXT, schema=STR), "302": {"description": "to /chat"}}),
           "head": op("Ollama is running", {"200": {"description": "OK"}})},
     "/api/version": {"get": op("Upstream version", {**ok(JSON, schema=obj(version=STR)),
                                                     **PASSTHROUGH})},
@@ -246,6 +247,9 @@ PATHS = {
     "/metrics": {"get": op("Prometheus metrics", ok(TEXT, schema=STR))},
     "/static/{filename}": {"get": op("Static files (none are shipped)", {
         "200": {"description": "the file"}, **errors(404)}, params=[path_param("filename")])},
+    "/chat": {"get": op("The chat page", ok("text/html", schema=STR))},
+    PAGE_FILES + "{filename}": {"get": op("The chat page's scripts and styles", {
+        "200": {"description": "the file"}, **errors(404)}, params=[path_param("filename")])},
 }
 
 def finish(paths):
@@ -258,7 +262,7 @@ def finish(paths):
         for operation in item.values():
             operation["responses"].setdefault("default", {
                 "description": "error", "content": {JSON: {"schema": shape}}})
-            if path in OPEN:
+            if path in OPEN or path.startswith(PAGE_FILES):
                 operation["security"] = [{}]
     return paths
 

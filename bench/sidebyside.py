@@ -137,6 +137,53 @@ def throughput(door, clients, seconds):
     return sum(done) / (time.perf_counter() - began)
 
 
+def processes():
+    """{pid: (parent pid, command line)} of every process."""
+    out = {}
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                with open(f"/proc/{stat}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{stat}/cmdline", "rb") as f:
+                    argv = f.read().decode(errors="replace").split("\0")
+            except (OSError, ValueError):
+                continue
+            out[int(stat)] = (ppid, argv)
+    return out
+
+
+def roles(root):
+    """chatbot's processes under `chatbot up` (pid `root`) by role: web (gunicorn's master and
+    worker), worker (the model queue's Celery worker), redis."""
+    table, found = processes(), {"web": [], "worker": [], "redis": []}
+    children = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    for pid in children.get(root, []):
+        argv = " ".join(table[pid][1])
+        if "chatbot.launcher web" in argv:
+            found["web"] += [pid] + children.get(pid, [])
+        elif "celery" in argv and "-Q ollama" in argv:
+            found["worker"].append(pid)
+        elif "redis-server" in argv:
+            found["redis"].append(pid)
+    return found
+
+
+def cpu_seconds(pids):
+    """User plus system CPU time of these processes so far."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def ms(seconds):
     return f"{seconds * 1000:.1f} ms"
 
@@ -236,8 +283,20 @@ def main():
         doors.append(Door("chatbot", chatbot, "ollama"))
         interleaved(doors, 20)  # warm every path up before measuring
         figures, layers = interleaved(doors, args.runs)
-        rates = {d.name: throughput(d, args.clients, args.seconds) for d in doors}
+        rates, cpu = {}, {}
+        for door in doors:
+            parts = roles(children[-1].pid) if door.name == "chatbot" and not args.chatbot else {}
+            before = {role: cpu_seconds(pids) for role, pids in parts.items()}
+            began = time.perf_counter()
+            rates[door.name] = throughput(door, args.clients, args.seconds)
+            served = rates[door.name] * (time.perf_counter() - began)
+            if parts:
+                cpu = {role: (cpu_seconds(pids) - before[role]) / served
+                       for role, pids in parts.items()}
         report(doors, figures, rates, args.clients)
+        if cpu:
+            print("\nchatbot's CPU per request during the throughput run (less sensitive to a busy "
+                  "machine than wall time): " + ", ".join(f"{role} {ms(s)}" for role, s in cpu.items()))
         report_layers(layers)
         print(f"\n({args.runs} interleaved requests per door and kind; throughput over "
               f"{args.seconds:g} s each; logs in {logdir})")

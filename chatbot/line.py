@@ -33,25 +33,28 @@ class QueueFull(Exception):
 
 WAITING, STARTED, BEAT = "chatbot:waiting:{}", "chatbot:started:{}", "chatbot:beat:{}"
 INFO, THREAD = "chatbot:req:{}", "chatbot:thread:{}:{}"
+LISTENING = "chatbot:listening"  # the scripts spell it out too
 QUEUE_CHANNEL = "queue"
 INFO_TTL = 3600
 HEARTBEAT_TTL = 5  # seconds a running request survives without a heartbeat from its worker
 BEAT_EVERY = 0.25  # the heartbeat also carries the cancel check: a cancel stops within this
 THREAD_LOCK_TTL = 30
 
-# Tell every waiting request that listens its (new) position, and the queue channel the depth.
-# Only listeners: a mass hang-up must not cost a publish per pair. Shared by the scripts below
-# that change the line, so a change and its announcement are one round trip.
+# Tell every waiting request that an SSE client listens to (LISTENING: request id -> how many
+# listen) its (new) position, and the queue channel the depth. Only listeners, found without
+# walking the line: ten thousand clients hanging up must not cost ten thousand squared.
+# Shared by the scripts below that change the line, so a change and its announcement are one
+# round trip.
 ANNOUNCE_LUA = """
 local function announce(waiting_key, queue_channel, position_fmt, depth_fmt)
-  local waiting = redis.call('ZRANGE', waiting_key, 0, -1)
-  for i, id in ipairs(waiting) do
-    local channel = redis.call('HGET', 'chatbot:req:' .. id, 'channel') or id
-    if redis.call('PUBSUB', 'NUMSUB', channel)[2] > 0 then
-      redis.call('PUBLISH', channel, string.format(position_fmt, i))
+  for _, id in ipairs(redis.call('HKEYS', 'chatbot:listening')) do
+    local rank = redis.call('ZRANK', waiting_key, id)
+    if rank then
+      local channel = redis.call('HGET', 'chatbot:req:' .. id, 'channel') or id
+      redis.call('PUBLISH', channel, string.format(position_fmt, rank + 1))
     end
   end
-  redis.call('PUBLISH', queue_channel, string.format(depth_fmt, #waiting))
+  redis.call('PUBLISH', queue_channel, string.format(depth_fmt, redis.call('ZCARD', waiting_key)))
 end
 """
 ANNOUNCE_SCRIPT = ANNOUNCE_LUA + "announce(KEYS[1], ARGV[1], ARGV[2], ARGV[3])"
@@ -205,6 +208,7 @@ CLIENT_GONE = error_event(499, "client disconnected")
 LOST = error_event(500, "the worker running this request died")
 VANISHED = error_event(503, "the request was lost: the queue's store restarted; please retry")
 UNAVAILABLE = error_event(503, "the queue's store does not answer; please retry")
+ENDED = error_event(500, "the request ended, but its reply was lost on the way")
 
 
 class Line:
@@ -249,7 +253,8 @@ class Line:
 
     def verdict(self, request_id, queue):
         """For a waiting client: an error event if its request can no longer answer (its record
-        vanished, it waited too long, its worker died), else None."""
+        vanished, it waited too long, its worker died) or has ended without the client hearing
+        (the relay then reads the final event from its stream), else None."""
         try:
             pipe = self.redis.pipeline(transaction=False)
             pipe.hmget(INFO.format(request_id), "state", "queued_at")
@@ -264,6 +269,8 @@ class Line:
             return self.expire(request_id, queue)
         if state == "running" and not beating:
             return self.lose(request_id, queue)
+        if state not in ("queued", "running"):
+            return ENDED
         return None
 
     def expire(self, request_id, queue):
@@ -301,7 +308,7 @@ class Line:
         cleared = 0
         for rid in self.redis.zrange(WAITING.format(queue), 0, -1):
             verdict = self.verdict(rid.decode(), queue)
-            if verdict is VANISHED:
+            if verdict is VANISHED or verdict is ENDED:  # no record, or one that has moved on
                 cleared += self.redis.zrem(WAITING.format(queue), rid)
             elif verdict:
                 cleared += 1
@@ -310,8 +317,7 @@ class Line:
                 cleared += self._move(rid.decode(), queue, ("queued",), "cancelled", CLIENT_GONE)
         for rid in self.redis.smembers(STARTED.format(queue)):
             verdict = self.verdict(rid.decode(), queue)
-            if verdict is VANISHED or (verdict is None and self.info(rid.decode()).get("state")
-                                       != "running"):
+            if verdict is VANISHED or verdict is ENDED:
                 self.redis.srem(STARTED.format(queue), rid)
             cleared += verdict is LOST
         if cleared:
@@ -392,6 +398,11 @@ class Line:
                   "1" if only_if_dead else "0", "1" if cancel_running else "0",
                   *_announce_args(queue)])
         return bool(moved)
+
+    def listen(self, request_id, delta):
+        """An SSE client starts (+1) or stops (-1) listening to a request's notices."""
+        if self.redis.hincrby(LISTENING, request_id, delta) <= 0:
+            self.redis.hdel(LISTENING, request_id)
 
     def counts(self, queue):
         """(requests waiting, requests running: one per worker), in one round trip."""

@@ -6,8 +6,9 @@ and a reader can resume from the last id it saw. In the web process a single hub
 all the reading, so a waiting request holds no Redis connection of its own: it blocks on the
 process's doorbell (bell:<lease>, a stream of request ids that every writer of an event rings
 in the same round trip) and reads only the streams that rang. However many clients wait, a
-reply costs the hub the same two round trips; every SAFETY_EVERY seconds it also reads every
-stream it waits on, in case a ring was missed.
+reply costs the hub the same two round trips. A ring that never came (its bell trimmed away
+unread) is made up for by the waiter's watchdog: the line says the request has ended, and the
+final event is read from its stream (Relay._tail_or).
 
 Events: {"t": "started"} · {"t": "chunk", "raw": <upstream NDJSON line>} ·
 {"t": "done", "d": <final chunk>, "reply": {...}} · {"t": "error", "status": int, "error": str}.
@@ -27,8 +28,6 @@ FINAL = ("done", "error")
 HUB_BLOCK_MS = 2000  # under the pool's 5 s socket timeout
 BELL = "chatbot:bell:{}"  # the scripts in chatbot.line spell it out too
 BELL_LENGTH, BELL_TTL = 10000, 120
-SAFETY_EVERY = 15.0
-SAFETY_BATCH = 500  # streams per round trip of the safety read
 # Checks per second a process spends on requests still waiting in line, however many: with
 # thousands waiting, each is looked at less often (a running request keeps its own pace).
 WAITING_CHECKS_PER_SECOND = 2000
@@ -75,7 +74,7 @@ class Hub(threading.Thread):
         return len(self.waiters)
 
     def run(self):
-        renewed, safe, last = 0.0, time.monotonic(), b"0-0"
+        renewed, last = 0.0, b"0-0"
         while True:
             if time.monotonic() - renewed > RENEW_EVERY:
                 try:
@@ -91,12 +90,6 @@ class Hub(threading.Thread):
                         last = entry_id
                         rang.add(fields[b"r"].decode())
                 self.read(rang)
-                if time.monotonic() - safe > SAFETY_EVERY:
-                    safe = time.monotonic()
-                    everyone = list(self.waiters)
-                    for start in range(0, len(everyone), SAFETY_BATCH):
-                        self.read(everyone[start:start + SAFETY_BATCH])
-                        time.sleep(0)  # under gevent, let requests run between batches
             except redis.RedisError:
                 threading.Event().wait(0.5)  # Redis away: waiters' watchdogs report it
 

@@ -4,7 +4,6 @@ A WSGI app only learns of a disconnect when it writes, and a queued or non-strea
 writes nothing for a long time; official clients parse every NDJSON line, so no keep-alive
 lines either. Instead we peek at the client's socket: readable with nothing to read = closed.
 """
-import select
 import socket
 
 
@@ -15,14 +14,12 @@ def client_socket(environ):
 def client_gone(sock):
     if sock is None:
         return False
+    # A peek that never waits, on the OS socket itself: gevent's wrapper (`_sock` inside) would
+    # wait for data, and select() refuses descriptors past 1023, which thousands of waiting
+    # clients reach. Data or nothing to read: still there; end of file: gone.
+    raw = getattr(sock, "_sock", sock)
     try:
-        # poll, not select: select refuses descriptors past 1023, which thousands of waiting
-        # clients reach (and gevent's poll, like the real one, answers at once with 0).
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        if not poller.poll(0):
-            return False
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
     except BlockingIOError:
         return False
     except (OSError, ValueError):

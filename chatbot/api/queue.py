@@ -63,12 +63,16 @@ def events():
     has the headers misses nothing) and with a comment every few seconds, which keeps proxies
     from closing the stream and lets us notice a client that left. After a Redis restart it
     subscribes again (what was published meanwhile is lost, as with any pub/sub)."""
-    channel = _channel(request.args.get("channel") or lines.QUEUE_CHANNEL)
+    name = request.args.get("channel") or lines.QUEUE_CHANNEL
+    channel = _channel(name)
     pubsub = sse.redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(channel)
+    line, about_a_request = lines.get(), name != lines.QUEUE_CHANNEL
 
     def stream():
         listener = pubsub
+        if about_a_request:
+            line.listen(name, 1)  # its position is announced while someone listens
         try:
             yield ": subscribed\n\n"
             while True:
@@ -85,6 +89,11 @@ def events():
                     yield str(Message(**json.loads(message["data"])))
         finally:
             listener.close()
+            if about_a_request:
+                try:
+                    line.listen(name, -1)
+                except redis.RedisError:
+                    pass  # gone with Redis
 
     return Response(stream(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
 

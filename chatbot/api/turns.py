@@ -15,7 +15,7 @@ BUSY = "server busy, please try again.  maximum pending requests exceeded"
 RETRY_AFTER_SECONDS = 5
 CHECK_EVERY = 0.5  # seconds between looks at the client socket (and a running request's worker)
 LOOK_EVERY = 2.0  # seconds between asking the line about a request still waiting in it
-LOOKS_PER_SECOND = 500  # ... at most this many asks a second from one process
+LOOKS_PER_SECOND = 200  # ... at most this many asks a second from one process
 log = logging.getLogger(__name__)
 
 

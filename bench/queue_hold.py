@@ -78,6 +78,9 @@ def main():
         quiet = latencies(url + "/api/tags", args.samples)
         clients = [waiting_client(port) for _ in range(args.clients)]
         procs.wait_until(lambda: depth() == args.clients, 300, web, "every client in line")
+        # ... and every task sent: the web is done taking them in.
+        procs.wait_until(lambda: Redis.from_url(redis_url).llen("ollama") == args.clients, 300,
+                         web, "every task sent")
         held_rss = rss_mb(web.pid)
         tags, queue = latencies(url + "/api/tags", args.samples), latencies(url + "/api/queue", 50)
         print(f"{args.clients} clients waiting in line on one web process")

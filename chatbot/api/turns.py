@@ -60,8 +60,11 @@ def submit(kind, model, messages, upstream_body, session_id):
     hub.watch(request_id)  # before the task exists, so that no event comes too early
     # This app's own Celery (not the process default: tests run several apps side by side).
     try:
+        # ignore_result: no result backend to set up (per greenlet, under gevent) for a task
+        # whose answer comes back through the relay.
         current_app.extensions["celery"].send_task("chatbot.run_request", args=[job],
-                                                   task_id=request_id, queue=queue)
+                                                   task_id=request_id, queue=queue,
+                                                   ignore_result=True)
     except Exception:  # the broker went away between admission and sending
         log.warning("refused: the task could not be sent", exc_info=True)
         hub.unwatch(request_id)

@@ -29,6 +29,7 @@ def run_request(job):
     verdict, waited, lock = line.claim(request_id, queue, (job["session_id"], job["model"]))
     if verdict != "run":
         log.info("not run: %s", verdict)
+        logs.clear()
         return
     metrics = ext["metrics"].batch()  # written in one round trip once the client has heard
     metrics.observe("chatbot_queue_wait_seconds", waited, queue=queue)
@@ -75,6 +76,9 @@ def run_request(job):
             line.unlock_thread(held[0])
         metrics.flush()
         log.info("finished: %s", ended[0])
+        # The solo pool runs tasks where Celery receives them: its next "received" line must
+        # not carry this request's fields.
+        logs.clear()
 
 
 @shared_task(name="chatbot.sweep_line")

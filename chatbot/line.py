@@ -20,7 +20,7 @@ import redis
 from flask import current_app
 from flask_sse import Message
 
-from chatbot.relay import BELL_LENGTH, BELL_TTL, LEASE, LEASE_TTL, ring, stream_key
+from chatbot.relay import BELL_LENGTH, BELL_TTL, LEASE, LEASE_TTL, stream_key
 from chatbot.store import save_lost_reply
 from chatbot.upstream import fold
 
@@ -58,19 +58,29 @@ local function announce(waiting_key, queue_channel, position_fmt, depth_fmt)
 end
 """
 ANNOUNCE_SCRIPT = ANNOUNCE_LUA + "announce(KEYS[1], ARGV[1], ARGV[2], ARGV[3])"
-# Append a relay event and ring the doorbell of the web process waiting for it (chatbot.relay).
+# Append a relay event and ring the doorbell of the web process waiting for it (chatbot.relay):
+# the ring carries the event, its id and the id before it, so the hub hands it over without
+# reading the stream unless it sees a gap.
 EVENT_LUA = """
 local function append(info_key, stream, request_id, event, ttl)
-  redis.call('XADD', stream, '*', 'e', event)
+  local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  local previous = newest[1] and newest[1][1] or '0-0'
+  local id = redis.call('XADD', stream, '*', 'e', event)
   redis.call('EXPIRE', stream, ttl)
   local lease = redis.call('HGET', info_key, 'lease')
   if lease then
     local bell = 'chatbot:bell:' .. lease
-    redis.call('XADD', bell, 'MAXLEN', '~', %d, '*', 'r', request_id)
+    redis.call('XADD', bell, 'MAXLEN', '~', %d, '*', 'r', request_id, 'i', id, 'p', previous,
+               'e', event)
     redis.call('EXPIRE', bell, %d)
   end
 end
 """ % (BELL_LENGTH, BELL_TTL)
+# A streamed chunk: appended, rung, and published to the request's SSE channel.
+EMIT_SCRIPT = EVENT_LUA + """
+append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+"""
 # Check the bound and that the id is unused, join the line, describe the request, renew the
 # web process's lease and tell SSE listeners, in one atomic round trip.
 ADMIT_SCRIPT = """
@@ -221,6 +231,7 @@ class Line:
         self._beat = client.register_script(BEAT_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
         self._announce = client.register_script(ANNOUNCE_SCRIPT)
+        self._emit = client.register_script(EMIT_SCRIPT)
 
     # --- the web side -------------------------------------------------------------------
 
@@ -355,14 +366,11 @@ class Line:
                           args=[request_id, HEARTBEAT_TTL, INFO_TTL, key,
                                 THREAD_LOCK_TTL * 1000, token])
 
-    def emit(self, request_id, channel, event, lease=None):
-        """A streamed chunk, to the waiting client (whose web process holds `lease`) and the
-        SSE listeners of `channel`."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(stream_key(request_id), {"e": json.dumps(event)})
-        ring(pipe, lease, request_id)
-        pipe.publish(channel, sse_message(*notice(event)))
-        pipe.execute()
+    def emit(self, request_id, channel, event):
+        """A streamed chunk, to the waiting client and the SSE listeners of `channel`."""
+        self._emit(keys=[INFO.format(request_id), stream_key(request_id)],
+                   args=[request_id, json.dumps(event), self.relay_ttl, channel,
+                         sse_message(*notice(event))])
 
     def finish(self, request_id, queue, reply, lock=None):
         """End a running request with its reply's outcome, releasing its thread `lock`. False

@@ -4,11 +4,12 @@ from the start.
 A stream (not pub/sub) so that no event is lost when the worker is faster than the reader,
 and a reader can resume from the last id it saw. In the web process a single hub thread does
 all the reading, so a waiting request holds no Redis connection of its own: it blocks on the
-process's doorbell (bell:<lease>, a stream of request ids that every writer of an event rings
-in the same round trip) and reads only the streams that rang. However many clients wait, a
-reply costs the hub the same two round trips. A ring that never came (its bell trimmed away
-unread) is made up for by the waiter's watchdog: the line says the request has ended, and the
-final event is read from its stream (Relay._tail_or).
+process's doorbell (bell:<lease>, a stream that every writer of an event rings in the same
+script, with the request id, the event, its id and the id before it). The hub hands a ring's
+event over when it follows the last one its waiter has, and reads that request's stream only
+when it sees a gap (rings trimmed away unread). However many clients wait, an event costs the
+hub one read. A final ring lost altogether is made up for by the waiter's watchdog: the line
+says the request has ended, and the final event is read from its stream (Relay._tail_or).
 
 Events: {"t": "started"} · {"t": "chunk", "raw": <upstream NDJSON line>} ·
 {"t": "done", "d": <final chunk>, "reply": {...}} · {"t": "error", "status": int, "error": str}.
@@ -27,7 +28,7 @@ from chatbot.redis_pool import connect
 FINAL = ("done", "error")
 HUB_BLOCK_MS = 2000  # under the pool's 5 s socket timeout
 BELL = "chatbot:bell:{}"  # the scripts in chatbot.line spell it out too
-BELL_LENGTH, BELL_TTL = 10000, 120
+BELL_LENGTH, BELL_TTL = 1000, 120  # rings kept unread at most (about), and for how long
 # Checks per second a process spends on requests still waiting in line, however many: with
 # thousands waiting, each is looked at less often (a running request keeps its own pace).
 WAITING_CHECKS_PER_SECOND = 2000
@@ -38,13 +39,6 @@ RENEW_EVERY = 3
 
 def stream_key(request_id):
     return f"chatbot:relay:{request_id}"
-
-
-def ring(pipe, lease, request_id):
-    """Ring the doorbell of the web process that waits for `request_id` (in `pipe`)."""
-    if lease:
-        pipe.xadd(BELL.format(lease), {"r": request_id}, maxlen=BELL_LENGTH, approximate=True)
-        pipe.expire(BELL.format(lease), BELL_TTL)
 
 
 class Hub(threading.Thread):
@@ -84,14 +78,28 @@ class Hub(threading.Thread):
                     pass
             try:
                 reply = self.redis.xread({self.bell: last}, block=HUB_BLOCK_MS, count=1024)
-                rang = set()
-                for _, entries in reply or ():
-                    for entry_id, fields in entries:
-                        last = entry_id
-                        rang.add(fields[b"r"].decode())
-                self.read(rang)
+                gaps = set()
+                with self.lock:
+                    for _, entries in reply or ():
+                        for entry_id, fields in entries:
+                            last = entry_id
+                            self.hand_over(fields, gaps)
+                self.read(gaps)
             except redis.RedisError:
                 threading.Event().wait(0.5)  # Redis away: waiters' watchdogs report it
+
+    def hand_over(self, ring, gaps):
+        """Give a ring's event to its waiter if it follows the last one the waiter has;
+        otherwise (a ring trimmed away unread) note the request for a read of its stream."""
+        rid = ring[b"r"].decode()
+        waiter = self.waiters.get(rid)
+        if waiter is None:
+            return
+        if rid not in gaps and waiter[0] == ring[b"p"]:
+            waiter[0] = ring[b"i"]
+            waiter[1].put(json.loads(ring[b"e"]))
+        elif waiter[0] != ring[b"i"]:
+            gaps.add(rid)
 
     def read(self, request_ids):
         """Hand the new events of these requests' streams to their waiters."""

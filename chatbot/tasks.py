@@ -60,8 +60,7 @@ def run_request(job):
         create_chat_flow().run({
             "job": job, "marks": marks, "started_at": utcnow(), "upstream": ext["router"].upstream(job.get("host")),
             # A job queued by an older web process names no channel: its id is the channel.
-            "emit": lambda event: line.emit(request_id, job.get("channel", request_id), event,
-                                            job.get("lease")),
+            "emit": lambda event: line.emit(request_id, job.get("channel", request_id), event),
             "stop": heartbeat.stop_asked,
             "end": end, "windows": ext["windows"], "calibration": ext["calibration"],
             "metrics": metrics, "reserve": current_app.config["CONTEXT_REPLY_RESERVE"],

@@ -56,7 +56,7 @@ def submit(kind, model, messages, upstream_body, session_id):
     job = {"request_id": request_id, "session_id": session_id, "kind": kind, "model": model,
            "messages": messages, "upstream": {**upstream_body, "model": model},
            "host": host, "queue": queue, "fresh": bool(g.get("fresh_session")),
-           "owner": owner, "channel": channel, "asker": who, "lease": lease}
+           "owner": owner, "channel": channel, "asker": who}
     hub.watch(request_id)  # before the task exists, so that no event comes too early
     # This app's own Celery (not the process default: tests run several apps side by side).
     try:

@@ -6,7 +6,7 @@ Shared store (built by chatbot.tasks):
              gains, upstream: the request's own fields, sent upstream untouched, host, queue,
              fresh: the session was created for this request, owner: the key asking (None
              while keys are off), channel: its SSE channel, asker: who its tokens count
-             against, lease: the web process that waits for it (its doorbell)}
+             against}
   marks      {name: time} along the request's path (chatbot.timing; the flow adds each
              node's end)
   emit       callable(event): a streamed chunk, to the waiting client

@@ -1,0 +1,41 @@
+"""The relay's doorbell (chatbot.relay.Hub): a ring carries its event, and a ring that went
+missing is made up for by reading the request's stream, with no event lost or given twice."""
+import queue
+import uuid
+
+from chatbot.relay import BELL, Hub
+from tests.conftest import MODEL
+
+
+def drain(inbox):
+    out = []
+    while True:
+        try:
+            out.append(inbox.get_nowait())
+        except queue.Empty:
+            return out
+
+
+def test_rings_hand_events_over_and_a_lost_ring_is_read_from_the_stream(stack):
+    client, line = stack.app.extensions["redis"], stack.app.extensions["line"]
+    hub = Hub(client)  # not started: this test plays its loop by hand
+    rid, q = f"bell-{uuid.uuid4()}", f"bell-{uuid.uuid4().hex[:8]}"
+    line.admit(rid, q, {"model": MODEL, "session_id": str(uuid.uuid4()), "channel": rid},
+               hub.lease)
+    inbox = hub.watch(rid)
+    for n in range(5):
+        line.emit(rid, rid, {"t": "chunk", "raw": f'{{"n": {n}}}'})
+    rings = client.xrange(BELL.format(hub.lease))
+    assert len(rings) == 5 and all(f[b"r"].decode() == rid for _, f in rings)
+    gaps = set()
+    for _, ring in rings[:2]:  # in order: handed over from the ring alone
+        hub.hand_over(ring, gaps)
+    assert not gaps and [e["raw"] for e in drain(inbox)] == ['{"n": 0}', '{"n": 1}']
+    for _, ring in rings[3:]:  # the third ring was trimmed away unread
+        hub.hand_over(ring, gaps)
+    assert gaps == {rid} and drain(inbox) == []
+    hub.read(gaps)  # the stream from the last event the waiter has
+    assert [e["raw"] for e in drain(inbox)] == ['{"n": 2}', '{"n": 3}', '{"n": 4}']
+    for _, ring in rings:  # rings seen again (the hub read past them) change nothing
+        hub.hand_over(ring, set())
+    assert drain(inbox) == []

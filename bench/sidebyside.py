@@ -46,14 +46,8 @@ class Door:
         self.local = threading.local()
 
     def request(self, stream):
-        if self.dialect == "ollama":
-            path = "/api/chat"
-            body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
-                    "stream": stream}
-        else:
-            path = "/chat/completions"
-            body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
-                    "stream": stream}
+        path = "/api/chat" if self.dialect == "ollama" else "/chat/completions"
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": stream}
         return path, json.dumps(body).encode()
 
     def connection(self):

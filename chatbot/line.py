@@ -34,6 +34,7 @@ class QueueFull(Exception):
 WAITING, STARTED, BEAT = "chatbot:waiting:{}", "chatbot:started:{}", "chatbot:beat:{}"
 INFO, THREAD = "chatbot:req:{}", "chatbot:thread:{}:{}"
 LISTENING = "chatbot:listening"  # the scripts spell it out too
+NO_LOCK = ("chatbot:nolock", "")  # (key, token) of a script's lock argument when none is held
 QUEUE_CHANNEL = "queue"
 INFO_TTL = 3600
 HEARTBEAT_TTL = 5  # seconds a running request survives without a heartbeat from its worker
@@ -147,7 +148,7 @@ end
 append(KEYS[1], KEYS[4], ARGV[1], event, ARGV[11])
 redis.call('PUBLISH', redis.call('HGET', KEYS[1], 'channel') or ARGV[1], notice)
 local locked = 0
-if verdict == 'run' and redis.call('SET', KEYS[6], ARGV[15], 'NX', 'PX', ARGV[16]) then
+if verdict == 'run' and ARGV[15] ~= '' and redis.call('SET', KEYS[6], ARGV[15], 'NX', 'PX', ARGV[16]) then
   locked = 1
 end
 announce(KEYS[2], ARGV[12], ARGV[13], ARGV[14])
@@ -343,12 +344,12 @@ class Line:
         run it; anything else ('already <state>', or 'cancelled'/'expired' now) means the
         request is not ours to run and nothing may be done."""
         now = time.time()
-        lock = (THREAD.format(*thread), str(uuid.uuid4())) if thread else ("", "")
+        lock = (THREAD.format(*thread), str(uuid.uuid4())) if thread else NO_LOCK
         expired = error_event(503, f"the request waited over {self.queue_timeout:g} s in line "
                                    "(QUEUE_TIMEOUT_SECONDS); please retry")
         out = self._claim(
             keys=[INFO.format(request_id), WAITING.format(queue), BEAT.format(request_id),
-                  stream_key(request_id), STARTED.format(queue), lock[0] or "chatbot:nolock"],
+                  stream_key(request_id), STARTED.format(queue), lock[0]],
             args=[request_id, now, HEARTBEAT_TTL, self.queue_timeout,
                   '{"t": "started", "waited": %s}', sse_message("started", {}),
                   json.dumps(CLIENT_GONE), sse_message(*notice(CLIENT_GONE)),
@@ -357,7 +358,7 @@ class Line:
         verdict = out[0].decode()
         if len(out) < 2:
             return verdict, 0.0, None
-        return verdict, float(out[1]), (lock if out[2] and lock[0] else None)
+        return verdict, float(out[1]), (lock if out[2] else None)
 
     def beat(self, request_id, queue, lock=None):
         """Renew the heartbeat (and the thread lock); returns 0 to go on, else why to stop."""
@@ -397,7 +398,7 @@ class Line:
 
     def _move(self, request_id, queue, from_states, to_state, event, only_if_dead=False,
               cancel_running=False, lock=None):
-        key, token = lock or ("chatbot:nolock", "")
+        key, token = lock or NO_LOCK
         moved, *_ = self._end(
             keys=[INFO.format(request_id), stream_key(request_id), WAITING.format(queue),
                   BEAT.format(request_id), STARTED.format(queue), key],

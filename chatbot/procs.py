@@ -174,8 +174,8 @@ def start_engine(port, log=None, env=None):
 
 
 def start_worker(env, queues="ollama", log=None, extra=()):
-    """One Celery worker, concurrency 1. The threads pool runs the task in the worker's own
-    process (no hop to a pool child) while control commands still answer."""
+    """One Celery worker, concurrency 1. The solo pool runs the task in the worker's own
+    process (no hop to a pool child); control commands answer between tasks."""
     proc = spawn([bin_path("celery"), "-A", "celery_app", "worker", "-Q", queues, "-c", "1",
                   "-P", "solo", "--without-gossip", "--without-mingle", "-l", "INFO",
                   "-n", f"{queues}@%h", *extra],

@@ -64,8 +64,11 @@ class Hub(threading.Thread):
         with self.lock:
             self.waiters.pop(request_id, None)
 
-    def waiting(self):
-        return len(self.waiters)
+    def spread(self, every, per_second):
+        """Seconds between one waiter's looks at something, so that all of this process's
+        waiters together look at most `per_second` times a second (never more often than
+        `every`)."""
+        return max(every, len(self.waiters) / per_second)
 
     def run(self):
         renewed, last = 0.0, b"0-0"
@@ -143,7 +146,7 @@ class Relay:
         """
         hub = self.hub()
         inbox, started = hub.watch(request_id), False
-        pace = lambda: every if started else max(every, hub.waiting() / WAITING_CHECKS_PER_SECOND)  # noqa: E731
+        pace = lambda: every if started else hub.spread(every, WAITING_CHECKS_PER_SECOND)  # noqa: E731
         next_check = time.monotonic() + pace()
         try:
             while True:

@@ -37,7 +37,7 @@ def run_request(job):
     heartbeat = lines.Heartbeat(line, request_id, queue)
     heartbeat.lock = lock
     heartbeat.start()
-    ended, held = [], [lock]
+    ended, held = [], [lock]  # the thread lock while this task still holds it
 
     def end(reply):
         ended.append(lines.outcome(reply)[0])
@@ -50,10 +50,10 @@ def run_request(job):
             held[0] = None  # the line released it with the ending
 
     try:
-        if lock is None:  # another turn holds the thread: wait for it
-            lock = held[0] = heartbeat.lock = line.lock_thread(
+        if held[0] is None:  # another turn holds the thread: wait for it
+            held[0] = heartbeat.lock = line.lock_thread(
                 job["session_id"], job["model"], heartbeat.stop_asked)
-            if lock is None:  # the client left while another turn held its thread
+            if held[0] is None:  # the client left while another turn held its thread
                 end({"status": "cancelled"})
                 return
         marks["begun"] = timing.now()

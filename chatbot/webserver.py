@@ -5,7 +5,7 @@ import multiprocessing
 import os
 
 
-def settings(bind=None, workers=None):
+def settings(bind=None, workers=None, graceful=30):
     """gunicorn's settings; the environment's (CHATBOT_BIND, WEB_CONCURRENCY, ...) unless given."""
     return {
         "bind": bind or os.environ.get("CHATBOT_BIND", "0.0.0.0:8000"),
@@ -17,7 +17,7 @@ def settings(bind=None, workers=None):
         "backlog": 4096,
         # A stream lasts as long as the model talks; gevent workers heartbeat on their own.
         "timeout": int(os.environ.get("GUNICORN_TIMEOUT", 0)),
-        "graceful_timeout": int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", 30)),
+        "graceful_timeout": int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", graceful)),
         "keepalive": 5,
         "accesslog": None,  # chatbot logs each request itself, with its request id
         "errorlog": "-",
@@ -38,8 +38,7 @@ def serve(host, port, workers=1):
 
     class Server(BaseApplication):
         def load_config(self):
-            options = settings(f"{host}:{port}", workers)
-            options["graceful_timeout"] = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", 5))
+            options = settings(f"{host}:{port}", workers, graceful=5)  # Ctrl-C stops soon
             options["loglevel"] = "warning"  # no start-up chatter under `chatbot up`
             for key, value in options.items():
                 self.cfg.set(key, value)

@@ -92,7 +92,7 @@ def watchdog(request_id, queue):
         if not started and time.monotonic() < next_look[0]:
             return None
         # A round trip each: with thousands waiting, each asks less often.
-        next_look[0] = time.monotonic() + max(LOOK_EVERY, hub.waiting() / LOOKS_PER_SECOND)
+        next_look[0] = time.monotonic() + hub.spread(LOOK_EVERY, LOOKS_PER_SECOND)
         return line.verdict(request_id, queue)
 
     return check

@@ -17,6 +17,14 @@ def _bool(name, default):
     return os.environ.get(name, str(default)).strip().lower() in ("1", "true", "yes", "on")
 
 
+def _choice(name, choices):
+    """One of `choices` (the first when unset); anything else stops the start, named."""
+    value = os.environ.get(name, choices[0]).strip().lower()
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: must be one of {', '.join(choices)}")
+    return value
+
+
 def load(instance_path):
     """A fresh dict of settings; called by create_app so tests can change the environment."""
     load_dotenv()
@@ -33,6 +41,9 @@ def load(instance_path):
         "MAX_QUEUE": _int("MAX_QUEUE", 512),
         "QUEUE_TIMEOUT_SECONDS": _float("QUEUE_TIMEOUT_SECONDS", 600),
         "CONTEXT_REPLY_RESERVE": _int("CONTEXT_REPLY_RESERVE", 512),
+        "CONTEXT_STRATEGY": _choice("CONTEXT_STRATEGY", ("truncate", "summarize")),
+        "SUMMARY_MODEL": os.environ.get("SUMMARY_MODEL", ""),  # empty: the chat's own model
+        "SUMMARY_MAX_TOKENS": _int("SUMMARY_MAX_TOKENS", 96),
         "UPSTREAM_CONNECT_TIMEOUT": _float("UPSTREAM_CONNECT_TIMEOUT", 2.0),
         "UPSTREAM_READ_TIMEOUT": _float("UPSTREAM_READ_TIMEOUT", 300.0),
         "RELAY_TTL_SECONDS": _int("RELAY_TTL_SECONDS", 3600),

@@ -12,7 +12,7 @@ from celery import shared_task
 from flask import current_app
 
 from chatbot.store.admin import parse_time
-from chatbot.store.models import ChatSession, Message, db, utcnow
+from chatbot.store.models import ChatSession, Message, Summary, db, utcnow
 
 log = logging.getLogger(__name__)
 BATCH = 500  # ids per statement: well under SQLite's bound-parameter limit
@@ -79,8 +79,9 @@ def delete_archived(ids, cutoff, progress=None):
             .returning(ChatSession.id).execution_options(synchronize_session=False)
         ).scalars().all()
         if gone:  # the foreign key cascades too; this also covers a database that ignores it
-            db.session.execute(db.delete(Message).where(Message.session_id.in_(gone))
-                               .execution_options(synchronize_session=False))
+            for table in (Message, Summary):
+                db.session.execute(db.delete(table).where(table.session_id.in_(gone))
+                                   .execution_options(synchronize_session=False))
         return len(gone)
     return _in_batches(ids, run, progress)
 

@@ -463,6 +463,17 @@ class Line:
                                    "age": round(now - queued_at, 3)})
         return out
 
+    def set_phase(self, request_id, channel, phase, event, data=None):
+        """A running request's step its client may wait on (summarizing its history, say):
+        `phase` in GET /api/queue/<id> (None clears it), and `event` to SSE listeners."""
+        pipe = self.redis.pipeline(transaction=False)
+        if phase:
+            pipe.hset(INFO.format(request_id), "phase", phase)
+        else:
+            pipe.hdel(INFO.format(request_id), "phase")
+        pipe.publish(channel, sse_message(event, data or {}))
+        pipe.execute()
+
 
 def outcome(reply):
     """(state, final event) of a flow's reply."""

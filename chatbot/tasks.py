@@ -1,5 +1,6 @@
 """The worker's tasks, kept thin: a request's life belongs to the line (chatbot.line), its work
 to the flow (chatbot.flow)."""
+import functools
 import logging
 
 from celery import shared_task
@@ -64,6 +65,8 @@ def run_request(job):
             "stop": heartbeat.stop_asked,
             "end": end, "windows": ext["windows"], "calibration": ext["calibration"],
             "metrics": metrics, "reserve": current_app.config["CONTEXT_REPLY_RESERVE"],
+            "summarizer": summarizer(current_app.config),
+            "phase": functools.partial(line.set_phase, request_id, job.get("channel", request_id)),
         })
     except Exception:  # the waiting client must hear of it rather than hang
         end({"error": {"status": 500, "error": logs.incident(log, "request failed")}})
@@ -78,6 +81,13 @@ def run_request(job):
         # The solo pool runs tasks where Celery receives them: its next "received" line must
         # not carry this request's fields.
         logs.clear()
+
+
+def summarizer(config):
+    """The flow's summary settings: None unless CONTEXT_STRATEGY=summarize."""
+    if config["CONTEXT_STRATEGY"] != "summarize":
+        return None
+    return {"model": config["SUMMARY_MODEL"], "max_tokens": config["SUMMARY_MAX_TOKENS"]}
 
 
 @shared_task(name="chatbot.sweep_line")

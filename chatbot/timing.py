@@ -16,7 +16,8 @@ LAYERS = (
     ("hop", "sent", "task"),
     ("start", "task", "begun"),
     ("context", "begun", "BuildContext|TakePrompt"),
-    ("store_request", "BuildContext|TakePrompt", "StoreRequest"),
+    ("summarize", "BuildContext", "SummarizeDropped"),  # only on a turn that summarized
+    ("store_request", "SummarizeDropped|BuildContext|TakePrompt", "StoreRequest"),
     ("upstream", "StoreRequest", "CallChat|CallGenerate"),
     ("store_reply", "CallChat|CallGenerate", "StoreReply"),
     ("finish", "StoreReply", "ending"),

@@ -104,7 +104,10 @@ SCHEMAS = {
                              status={"type": "string",
                                      "enum": ["ok", "cancelled", "failed", "lost"]},
                              request_id=STR, created_at=STR, images=array(STR),
-                             tool_calls=array(OBJ), thinking=STR, tool_name=STR))}),
+                             tool_calls=array(OBJ), thinking=STR, tool_name=STR))},
+                         # Shown, not imported (CONTEXT_STRATEGY=summarize).
+                         summaries=array(obj(model=STR, content=STR, first_seq=INT,
+                                             last_seq=INT))),
 }
 
 
@@ -211,7 +214,7 @@ PATHS = {
                              ok(JSON, schema=obj(queues=array(OBJ))))},
     "/api/queue/{request_id}": {
         "get": op("One request's state and position",
-                  {**ok(JSON, schema=obj(state=STR)), **errors(404)},
+                  {**ok(JSON, schema=obj(state=STR, phase=STR)), **errors(404)},
                   params=[path_param("request_id")]),
         "delete": op("Cancel a request", {**ok(JSON, schema=obj(state=STR)), **errors(404)},
                      params=[path_param("request_id")])},

@@ -1,12 +1,16 @@
 """Token counting, what of a request is new to the session, and fitting a conversation into
 the model's context window. Pure functions: the nodes bring the data."""
 from chatbot.store.sessions import chain
-from chatbot.tokens import count_tokens
+from chatbot.tokens import count_tokens, encoding
 
 # Chat templates wrap every message in a few tokens of their own (role markers, separators).
 PER_MESSAGE = 4
 NOTE = ("Note: this conversation was truncated to fit the context window; {dropped} earlier "
         "message{s} are not shown.")
+SUMMARY = "Summary of the earlier conversation, whose messages are not shown: "
+# A new summary also covers enough of the oldest kept messages to free this share of the
+# history's room, so that the next turns reuse it instead of summarizing again.
+FREE_AFTER_SUMMARY = 0.25
 
 
 class TooLong(Exception):
@@ -51,10 +55,8 @@ def fit(system, newest_first, new, budget, stored):
     dropped = stored - len(system) - len(kept)
     context = list(system)
     if dropped > 0:  # make room for the note, dropping more of the oldest if need be
-        note = {"role": "system", "content": ""}
         while True:
-            note["content"] = NOTE.format(dropped=dropped, s="" if dropped == 1 else "s")
-            note["tokens"] = count_tokens(note)
+            note = note_message(dropped)
             if used + cost(note) <= budget or not kept:
                 break
             used -= cost(kept.pop())
@@ -62,3 +64,87 @@ def fit(system, newest_first, new, budget, stored):
         used += cost(note)
         context.append(note)
     return context + kept[::-1] + list(new), used, max(dropped, 0)
+
+
+def note_message(dropped):
+    note = {"role": "system", "content": NOTE.format(dropped=dropped, s="" if dropped == 1 else "s")}
+    return {**note, "tokens": count_tokens(note)}
+
+
+def summary_room(max_tokens):
+    """What a summary of at most `max_tokens` costs in the window (never less than the note)."""
+    return max(max_tokens + count_tokens({"content": SUMMARY}), note_message(10 ** 6)["tokens"]) \
+        + PER_MESSAGE
+
+
+def summary_message(text, max_tokens):
+    """The system message a summary is sent as, cut to fit its room if the model ran over."""
+    ids = encoding().encode(SUMMARY + text, disallowed_special=())[:summary_room(max_tokens) - PER_MESSAGE]
+    message = {"role": "system", "content": encoding().decode(ids)}
+    return {**message, "tokens": count_tokens(message)}
+
+
+def fit_summarized(system, newest_first, new, budget, stored, summary, room):
+    """CONTEXT_STRATEGY=summarize: like fit, but the messages up to `summary`'s last_seq are
+    sent as that summary (one system message) and never again one by one. When more must be
+    left out, `room` tokens are kept for a new summary (the plain note holds its place until
+    it is made) and FREE_AFTER_SUMMARY of the history's room is freed too.
+
+    Returns (context, tokens, dropped, span): span is the (first, last) seq of the messages a
+    new summary must cover, None when the context is complete as it is."""
+    newest_first = list(newest_first)
+    fixed = sum(cost(m) for m in system) + sum(cost(m) for m in new)
+    if fixed > budget:
+        raise TooLong(fixed, budget)
+    covered, skip = (summary["last_seq"] if summary else 0), {m["seq"] for m in system}
+    history = [m for m in newest_first if m["seq"] not in skip and m["seq"] > covered]
+    after_summary = stored - covered - sum(1 for seq in skip if seq > covered)
+    head = [{"role": "system", "content": summary["content"], "tokens": summary["tokens"]}] \
+        if summary else []
+    kept = newest_within(history, budget - fixed - sum(cost(m) for m in head))
+    if len(kept) == after_summary:  # nothing beyond what the summary covers is left out
+        used = fixed + sum(cost(m) for m in head + kept)
+        return system + head + kept[::-1] + list(new), used, stored - len(system) - len(kept), None
+    if fixed + room > budget:  # no room for a summary in this window: plain truncation
+        return (*fit(system, newest_first, new, budget, stored), None)
+    kept = newest_within(history, (budget - fixed - room) * (1 - FREE_AFTER_SUMMARY))
+    dropped = stored - len(system) - len(kept)
+    note = note_message(dropped)
+    used = fixed + cost(note) + sum(cost(m) for m in kept)
+    first = covered + 1
+    while first in skip:  # a leading system message is sent anyway, not summarized
+        first += 1
+    span = (first, kept[-1]["seq"] - 1 if kept else stored)
+    return system + [note] + kept[::-1] + list(new), used, dropped, span
+
+
+def newest_within(newest_first, room):
+    """The newest messages that fit in `room`, newest first."""
+    kept, used = [], 0
+    for message in newest_first:
+        if used + cost(message) > room:
+            break
+        used += cost(message)
+        kept.append(message)
+    return kept
+
+
+def summary_request(model, previous, messages, max_tokens, options, budget):
+    """The non-streamed /api/chat body asking for a summary of `messages` (oldest first),
+    extending `previous` (a summary's content, or None), and how many of the messages it
+    shows: the newest that fit `budget` (our tokens, the chat's) less the reply and the rest
+    of the prompt. It keeps the chat's num_ctx, so the upstream need not reload the model."""
+    head = f"Summary so far: {previous.removeprefix(SUMMARY)}\n\n" if previous else ""
+    room = budget - max_tokens - count_tokens({"content": SUMMARIZE + head}) - 3 * PER_MESSAGE
+    shown = newest_within(messages[::-1], room)[::-1]
+    transcript = "\n".join(f"{m['role']}: {m['content']}" for m in shown)
+    kept = {k: options[k] for k in ("num_ctx", "seed") if k in options}
+    return {"model": model, "stream": False,
+            "messages": [{"role": "system", "content": SUMMARIZE},
+                         {"role": "user", "content": f"{head}Conversation:\n{transcript}"}],
+            "options": {**kept, "temperature": 0, "num_predict": max_tokens}}, len(shown)
+
+
+SUMMARIZE = ("Summarize the conversation below in a few short sentences for whoever continues "
+             "it: names, facts and preferences the user gave, what was decided or asked. Start "
+             "from the summary so far, if any. Write only the summary.")

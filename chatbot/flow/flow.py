@@ -6,7 +6,8 @@ from pocketflow import Flow
 from chatbot import timing
 
 from chatbot.flow.nodes import (Begin, BuildContext, Calibrate, CallChat, CallGenerate, Finish,
-                                LoadThread, SizeWindow, StoreReply, StoreRequest, TakePrompt)
+                                LoadThread, SizeWindow, StoreReply, StoreRequest,
+                                SummarizeDropped, TakePrompt)
 
 
 def create_chat_flow():
@@ -17,6 +18,7 @@ def create_chat_flow():
         >> finish_chat >> Calibrate()  # the client hears the end before calibration
     store_chat - "conflict" >> load  # another turn took the thread's next place: start over
     build - "too_long" >> finish_chat  # nothing stored, nothing sent: the client gets a 400
+    build - "summarize" >> SummarizeDropped() >> store_chat  # CONTEXT_STRATEGY=summarize
     # generate: single-turn, its own endpoint.
     store_generate = StoreRequest()
     begin - "generate" >> TakePrompt() >> store_generate >> CallGenerate() >> StoreReply() >> Finish()

@@ -19,6 +19,10 @@ Shared store (built by chatbot.tasks):
   attempts   how often the turn found its thread moved on and started over
   tail       (seq, chain) of the stored thread (LoadThread; StoreRequest moves it on)
   system     the thread's leading system messages (LoadThread)
+  summarizer {model, max_tokens} when CONTEXT_STRATEGY=summarize, else None
+  phase      callable(phase, event, data): a step the client may wait on (None: it ended)
+  summary    the thread's newest summary of its dropped history (LoadThread, SummarizeDropped)
+  span       (first, last) seq of the messages a new summary must cover (BuildContext)
   window, budget, figures   the model's window, our tokens the context may use, and the
              calibration (ratio, overhead) they were sized with (SizeWindow)
   new, context, sent_tokens, dropped, pure_text   (BuildContext, TakePrompt)
@@ -29,7 +33,8 @@ import logging
 from pocketflow import Node
 
 from chatbot import store
-from chatbot.flow.context import TooLong, cost, fit, new_messages
+from chatbot.flow.context import (TooLong, cost, fit, fit_summarized, new_messages,
+                                  summary_message, summary_request, summary_room)
 from chatbot.flow.window import learn, reply_reserve
 from chatbot.tokens import count_tokens
 from chatbot.upstream import UpstreamError, fold
@@ -50,15 +55,17 @@ class LoadThread(Node):
     def prep(self, shared):
         job = shared["job"]
         if job.get("fresh"):  # a session made for this request has no history to look up
-            return (0, ""), []
+            return (0, ""), [], None
+        summary = store.latest_summary(job["session_id"], job["model"]) \
+            if shared.get("summarizer") else None
         return (store.thread_tail(job["session_id"], job["model"]),
-                store.leading_system(job["session_id"], job["model"]))
+                store.leading_system(job["session_id"], job["model"]), summary)
 
     def exec(self, prep_res):
         return prep_res
 
     def post(self, shared, prep_res, exec_res):
-        shared["tail"], shared["system"] = exec_res
+        shared["tail"], shared["system"], shared["summary"] = exec_res
 
 
 class SizeWindow(Node):
@@ -84,21 +91,30 @@ class SizeWindow(Node):
 class BuildContext(Node):
     def prep(self, shared):
         job, tail, budget = shared["job"], shared["tail"], shared["budget"]
+        summary, summarizer = shared.get("summary"), shared.get("summarizer")
+        covered = summary["last_seq"] if summary else 0
         stored, used = [], 0  # newest first, as far as the budget could possibly reach
         for message in store.newest_first(job["session_id"], job["model"]) if tail[0] else ():
+            if message["seq"] <= covered:  # sent as the summary
+                break
             stored.append(message)
             used += cost(message)
             if used > budget:
                 break
-        return job, tail, shared["system"], budget, stored
+        return job, tail, shared["system"], budget, stored, summary, summarizer
 
     def exec(self, prep_res):
-        job, tail, system, budget, stored = prep_res
+        job, tail, system, budget, stored, summary, summarizer = prep_res
         new = [{**m, "tokens": count_tokens(m)} for m in new_messages(tail, job["messages"])]
         if not job["messages"]:  # an empty request only loads the model: send it as it is
             return {"new": [], "context": [], "sent_tokens": 0, "dropped": 0, "pure_text": False}
         try:
-            context, used, dropped = fit(system, stored, new, budget, tail[0])
+            if summarizer:
+                context, used, dropped, span = fit_summarized(
+                    system, stored, new, budget, tail[0], summary,
+                    summary_room(summarizer["max_tokens"]))
+            else:
+                (context, used, dropped), span = fit(system, stored, new, budget, tail[0]), None
         except TooLong as exc:
             used, budget = exc.args
             return {"error": {"status": 400, "error": (
@@ -108,7 +124,7 @@ class BuildContext(Node):
         pure = not job["upstream"].get("tools") and not any(
             m.get("images") or m.get("tool_calls") for m in context)
         return {"new": new, "context": context, "sent_tokens": used, "dropped": dropped,
-                "pure_text": pure}
+                "pure_text": pure, "span": span}
 
     def post(self, shared, prep_res, exec_res):
         if "error" in exec_res:
@@ -116,6 +132,64 @@ class BuildContext(Node):
                                "chunks": 0}
             return "too_long"
         shared.update(exec_res)
+        if exec_res.get("span"):
+            first, last = exec_res["span"]
+            shared["phase"]("summarizing", "summarizing", {"first_seq": first, "last_seq": last})
+            return "summarize"
+
+
+class SummarizeDropped(Node):
+    """CONTEXT_STRATEGY=summarize, when BuildContext left out messages no summary covers: one
+    non-streamed call for a short summary of them (extending the previous summary), stored and
+    sent in place of the plain note. Any failure keeps the note."""
+
+    def prep(self, shared):
+        job, summarizer, summary = shared["job"], shared["summarizer"], shared.get("summary")
+        first, last = shared["span"]
+        skip = {m["seq"] for m in shared["system"]}
+        messages = store.span_messages(job["session_id"], job["model"], first, last, skip)
+        options = job["upstream"].get("options") or {}
+        return (shared["upstream"], summarizer["model"] or job["model"], summary, messages,
+                summarizer["max_tokens"], options, shared["budget"])
+
+    def exec(self, prep_res):
+        upstream, model, summary, messages, max_tokens, options, budget = prep_res
+        body, shown = summary_request(model, summary and summary["content"], messages,
+                                      max_tokens, options, budget)
+        if not shown:
+            return {"error": "none of the messages to summarize fits a request"}
+        try:
+            answer = upstream.post_json("/api/chat", body)
+            text = ((answer.get("message") or {}).get("content") or "").strip()
+        except (UpstreamError, ValueError, AttributeError) as exc:
+            return {"error": getattr(exc, "error", str(exc))}
+        if not text:
+            return {"error": "the summary came back empty"}
+        return {"text": text, "left_out": len(messages) - shown}
+
+    def post(self, shared, prep_res, exec_res):
+        job, (first, last), summary = shared["job"], shared["span"], shared.get("summary")
+        model = job["model"]
+        if "error" in exec_res:
+            log.warning("summary of messages %d-%d failed, the note stays: %s", first, last,
+                        exec_res["error"])
+            shared["metrics"].inc("chatbot_context_summaries_total", model=model, outcome="failed")
+            shared["phase"](None, "summarized", {"ok": False})
+            return
+        if exec_res["left_out"]:
+            log.info("summary: %d older messages of the span did not fit the request",
+                     exec_res["left_out"])
+        message = summary_message(exec_res["text"], shared["summarizer"]["max_tokens"])
+        made = store.save_summary(job["session_id"], model, summary["first_seq"] if summary else first,
+                                  last, message["content"], message["tokens"],
+                                  summary and summary["id"], job["request_id"])
+        at = len(shared["system"])  # the note's place, which the summary takes
+        shared["sent_tokens"] += cost(message) - cost(shared["context"][at])
+        shared["context"][at] = message
+        shared["summary"] = made
+        shared["metrics"].inc("chatbot_context_summaries_total", model=model, outcome="ok")
+        shared["phase"](None, "summarized", {"ok": True, "first_seq": made["first_seq"],
+                                             "last_seq": last})
 
 
 class TakePrompt(Node):

@@ -1,10 +1,11 @@
 """Sessions and messages: the SQLAlchemy models and the functions that read and write them."""
-from chatbot.store.models import db, ChatSession, Message  # noqa: F401
+from chatbot.store.models import db, ChatSession, Message, Summary  # noqa: F401
 from chatbot.store.sessions import (  # noqa: F401
     Conflict, append_messages, chain, fail_request, leading_system, newest_first,
     note_truncation, open_session, save_lost_reply, save_reply, session_owner, thread_tail,
     touch_session,
 )
+from chatbot.store.summaries import latest_summary, save_summary, span_messages  # noqa: F401
 
 
 def init_app(app):

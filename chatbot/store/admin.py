@@ -8,7 +8,8 @@ bookkeeping; this module reads rows directly and never inserts them.
 import uuid
 from datetime import datetime, timezone
 
-from chatbot.store.models import ChatSession, Message, db
+from chatbot.store.models import ChatSession, Message, Summary, db
+from chatbot.store.summaries import newest_per_model
 
 EXPORT_VERSION = 1
 EXTRA_FIELDS = {"images": list, "tool_calls": list, "thinking": str, "tool_name": str}
@@ -145,7 +146,17 @@ def show(sid, page=1, per_page=20, model=None):
     if model:
         query = query.where(Message.model == model)
     rows, info = _page(query.order_by(Message.id), page, per_page)
-    return {**summary(session), "messages": [message_dict(row) for row in rows], **info}
+    return {**summary(session), "messages": [message_dict(row) for row in rows],
+            "summaries": summaries(session.id, model), **info}
+
+
+def summaries(sid, model=None):
+    """Each thread's newest summary of its dropped history (CONTEXT_STRATEGY=summarize):
+    what is sent in place of messages first_seq..last_seq, apart from the messages."""
+    return [{"model": row.model, "role": "system", "content": row.content, "tokens": row.tokens,
+             "first_seq": row.first_seq, "last_seq": row.last_seq,
+             "created_at": iso(row.created_at)}
+            for row in newest_per_model(sid).values() if model in (None, row.model)]
 
 
 def rename(sid, title):
@@ -171,6 +182,7 @@ def delete(sid):
     """Delete a session and its messages; returns how many messages went with it."""
     session = get(sid)
     gone = db.session.execute(db.delete(Message).where(Message.session_id == session.id)).rowcount
+    db.session.execute(db.delete(Summary).where(Summary.session_id == session.id))
     db.session.delete(session)
     db.session.commit()
     return gone

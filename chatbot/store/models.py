@@ -72,3 +72,24 @@ class Message(db.Model):
     def as_chat(self):
         """The Ollama message this row stores."""
         return {"role": self.role, "content": self.content, **(self.extra or {})}
+
+
+class Summary(db.Model):
+    """What a thread's messages first_seq..last_seq said, in short (CONTEXT_STRATEGY=summarize):
+    sent as one system message in their place. A summary extends the one before it
+    (`previous_id`), so history is summarized once; a turn uses the newest. Kept apart from
+    the messages: it is never replayed as one of them."""
+    __tablename__ = "summaries"
+    __table_args__ = (db.Index("ix_summaries_thread", "session_id", "model", "last_seq"),)
+
+    id = db.Column(db.Integer, primary_key=True, autoincrement=True)
+    session_id = db.Column(db.String(36), db.ForeignKey("sessions.id", ondelete="CASCADE"),
+                           nullable=False)
+    model = db.Column(db.String(200), nullable=False)
+    first_seq = db.Column(db.Integer, nullable=False)
+    last_seq = db.Column(db.Integer, nullable=False)
+    content = db.Column(db.Text, nullable=False)  # the system message as sent
+    tokens = db.Column(db.Integer, nullable=False)
+    previous_id = db.Column(db.Integer)
+    request_id = db.Column(db.String(36))  # the turn that made it
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)

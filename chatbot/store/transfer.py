@@ -8,12 +8,14 @@ from chatbot import store
 from chatbot.tokens import count_tokens
 from chatbot.store.admin import (EXPORT_VERSION, EXTRA_FIELDS, MAX_TITLE, ROLES, STATUSES,
                                  AdminError, Conflict, get, iso, message_dict, parse_time,
-                                 session_id)
+                                 session_id, summaries)
 from chatbot.store.models import ChatSession, Message, db, utcnow
 
 
 def export(sid):
-    """The versioned export: {version, id, title, created_at, meta, threads: {model: [...]}}."""
+    """The versioned export: {version, id, title, created_at, meta, threads: {model: [...]},
+    summaries: [...]} (summaries are shown, not imported: the next turn that needs one makes
+    it again)."""
     session = get(sid)
     threads = {}
     rows = db.session.execute(
@@ -24,15 +26,20 @@ def export(sid):
         threads.setdefault(row.model, []).append(message)
     return {"version": EXPORT_VERSION, "id": session.id, "title": session.title,
             "created_at": iso(session.created_at), "meta": session.meta or {},
-            "threads": threads}
+            "threads": threads, "summaries": summaries(session.id)}
 
 
 def export_markdown(sid):
     doc = export(sid)
     lines = [f"# {doc['title'] or 'Session ' + doc['id']}", "",
              f"- session: `{doc['id']}`", f"- created: {doc['created_at']}", ""]
+    summarized = {s["model"]: s for s in doc["summaries"]}
     for model, messages in doc["threads"].items():
         lines += [f"## {model}", ""]
+        if model in summarized:
+            s = summarized[model]
+            lines += [f"> _summary of messages {s['first_seq']}-{s['last_seq']}, sent in their "
+                      f"place:_ " + s["content"].replace("\n", "\n> "), ""]
         for message in messages:
             lines += [_markdown_message(message), ""]
     return "\n".join(lines)

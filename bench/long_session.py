@@ -116,6 +116,8 @@ def summarized_session(app, host, turns, num_ctx, predict):
         summarized = "SummarizeDropped" in marks
         call = marks["SummarizeDropped"] - marks["BuildContext"] if summarized else 0.0
         out.append((took, summarized, call, shared["dropped"] > 0))
+        if (i + 1) % 20 == 0:
+            print(f"{i + 1} turns, {sum(t[1] for t in out)} summarized", file=sys.stderr)
         shared["metrics"].flush()
     return out
 
@@ -141,7 +143,8 @@ def report_summaries(turns, args):
 def summarize_main(args):
     os.environ.update(CONTEXT_STRATEGY="summarize", SUMMARY_MAX_TOKENS=str(args.summary_tokens))
     redis, redis_url = procs.start_redis(procs.free_port())
-    engine, host = (None, args.host) if args.host else procs.start_engine(procs.free_port())
+    engine, host = (None, args.host) if args.host else procs.start_engine(
+        procs.free_port(), log=f"{tempfile.mkdtemp()}/engine.log")
     app = create_app({"REDIS_URL": redis_url, "OLLAMA_HOST": host,
                       "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tempfile.mkdtemp()}/bench.db"})
     try:

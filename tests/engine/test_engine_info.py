@@ -4,7 +4,7 @@ import re
 
 import requests
 
-from .conftest import FOLDER_MODEL, GREEDY, MODEL
+from .conftest import EMBED_MODEL, FOLDER_MODEL, GREEDY, MODEL
 
 
 def test_root_answers_like_ollama(engine):
@@ -20,7 +20,7 @@ def test_version_is_plausible(engine):
 
 def test_tags_list_bundled_and_folder_models(client, model_path, sha256):
     models = {m.model: m for m in client.list().models}
-    assert set(models) == {MODEL, FOLDER_MODEL}
+    assert set(models) == {MODEL, FOLDER_MODEL, EMBED_MODEL}
     bundled = models[MODEL]
     assert bundled.digest == sha256 and len(bundled.digest) == 64
     assert bundled.size == model_path.stat().st_size

@@ -1,19 +1,32 @@
 """The names registry in-process (no engine subprocess, no model loaded): corrupt files,
 what survives a restart, Ollama's name syntax."""
 import json
+import os
 
 import pytest
 
+from chatbot.engine import minilm
 from chatbot.engine.server import create_engine_app
 from chatbot.engine.store import valid_name
 
-from .conftest import MODEL
+from .conftest import EMBED_MODEL, MODEL
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """all-minilm's GGUF, converted once for the module: each test's cache gets a link."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("converted")))
+        return minilm.gguf_path(minilm.source_zip())
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
+def cache(tmp_path, monkeypatch, converted):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "chatbot"
+    folder = tmp_path / "cache" / "chatbot"
+    folder.mkdir(parents=True)
+    os.link(converted, folder / converted.name)
+    return folder
 
 
 @pytest.fixture
@@ -36,12 +49,11 @@ def names(http):
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"copies": {"x": 5}, "deleted": 3}',
                                      '{"copies": {"a": {"name": "a:latest"}}}'])
 def test_a_corrupt_registry_counts_as_empty_and_is_rewritten(cache, folder, content):
-    cache.mkdir(parents=True)
     (cache / "engine-models.json").write_text(content)
     http, _ = start(folder)
-    assert names(http) == {MODEL}
+    assert names(http) == {MODEL, EMBED_MODEL}
     assert http.post("/api/copy", json={"source": MODEL, "destination": "mine"}).status_code == 200
-    assert names(http) == {MODEL, "mine:latest"}
+    assert names(http) == {MODEL, EMBED_MODEL, "mine:latest"}
     saved = json.loads((cache / "engine-models.json").read_text())
     assert list(saved["copies"]) == ["mine:latest"]
 
@@ -50,10 +62,22 @@ def test_deleting_the_bundled_model_hides_it_until_restart(cache, folder):
     http, _ = start(folder)
     http.post("/api/copy", json={"source": MODEL, "destination": "keep:v1"})
     assert http.delete("/api/delete", json={"model": MODEL}).status_code == 200
-    assert names(http) == {"keep:v1"}  # the copy still names the file
+    assert names(http) == {EMBED_MODEL, "keep:v1"}  # the copy still names the file
     assert http.post("/api/copy", json={"source": MODEL, "destination": "x"}).status_code == 404
     again, _ = start(folder)
-    assert names(again) == {MODEL, "keep:v1"}
+    assert names(again) == {MODEL, EMBED_MODEL, "keep:v1"}
+
+
+def test_all_minilm_is_bundled_too_copied_and_hidden_until_restart(cache, folder):
+    http, _ = start(folder)
+    assert http.post("/api/copy", json={"source": "all-minilm",
+                                        "destination": "vectors"}).status_code == 200
+    assert http.delete("/api/delete", json={"model": "all-minilm"}).status_code == 200
+    assert names(http) == {MODEL, "vectors:latest"}
+    show = http.post("/api/show", json={"model": "vectors"}).get_json()
+    assert show["capabilities"] == ["embedding"] and show["details"]["family"] == "bert"
+    again, _ = start(folder)
+    assert names(again) == {MODEL, EMBED_MODEL, "vectors:latest"}
 
 
 def test_a_deleted_folder_model_stays_deleted_until_its_file_changes(cache, folder):

@@ -89,37 +89,47 @@ PLANTS = ("tomatoes", "beans", "lettuce", "roses", "basil", "carrots", "mint")
 
 def summarized_session(app, host, turns, num_ctx, predict):
     """One session of `turns` chat turns through the whole flow, as the worker runs it. Returns
-    per turn (seconds, whether it summarized, seconds of the summary call, truncated)."""
+    per turn (seconds, whether it summarized, seconds of the summary call, truncated); on
+    Ctrl-C, the turns done so far."""
     session_id, upstream, windows = str(uuid.uuid4()), Upstream(host), Windows()
     settings = summarizer(app.config)
     out = []
-    for i in range(turns):
-        text = "My name is Ada and I keep bees." if i == 0 else \
-            QUESTIONS[i % 3].format(PLANTS[i % len(PLANTS)])
-        options = {"temperature": 0, "seed": 42, "num_ctx": num_ctx, "num_predict": predict}
-        job = {"request_id": str(uuid.uuid4()), "session_id": session_id, "kind": "chat",
-               "model": MODEL, "messages": [{"role": "user", "content": text}],
-               "upstream": {"model": MODEL, "options": options}, "host": host, "fresh": i == 0}
-        ended = []
-        shared = {"job": job, "started_at": utcnow(), "upstream": upstream, "windows": windows,
-                  "calibration": app.extensions["calibration"],
-                  "metrics": app.extensions["metrics"].batch(),
-                  "reserve": app.config["CONTEXT_REPLY_RESERVE"], "summarizer": settings,
-                  "emit": lambda event: None, "stop": lambda: False, "end": ended.append,
-                  "phase": lambda *args: None}
-        started = perf()
-        create_chat_flow().run(shared)
-        took = perf() - started
-        if ended[0].get("error"):
-            raise SystemExit(f"turn {i}: {ended[0]['error']}")
-        marks = shared["marks"]
-        summarized = "SummarizeDropped" in marks
-        call = marks["SummarizeDropped"] - marks["BuildContext"] if summarized else 0.0
-        out.append((took, summarized, call, shared["dropped"] > 0))
-        if (i + 1) % 20 == 0:
-            print(f"{i + 1} turns, {sum(t[1] for t in out)} summarized", file=sys.stderr)
-        shared["metrics"].flush()
+    try:
+        for i in range(turns):
+            out.append(one_turn(app, session_id, upstream, windows, settings, host, i, num_ctx,
+                                predict))
+            if (i + 1) % 20 == 0:
+                print(f"{i + 1} turns, {sum(t[1] for t in out)} summarized", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"interrupted after {len(out)} turns", file=sys.stderr)
     return out
+
+
+def one_turn(app, session_id, upstream, windows, settings, host, i, num_ctx, predict):
+    """One chat turn through the whole flow, as the worker runs it."""
+    text = "My name is Ada and I keep bees." if i == 0 else \
+        QUESTIONS[i % 3].format(PLANTS[i % len(PLANTS)])
+    options = {"temperature": 0, "seed": 42, "num_ctx": num_ctx, "num_predict": predict}
+    job = {"request_id": str(uuid.uuid4()), "session_id": session_id, "kind": "chat",
+           "model": MODEL, "messages": [{"role": "user", "content": text}],
+           "upstream": {"model": MODEL, "options": options}, "host": host, "fresh": i == 0}
+    ended = []
+    shared = {"job": job, "started_at": utcnow(), "upstream": upstream, "windows": windows,
+              "calibration": app.extensions["calibration"],
+              "metrics": app.extensions["metrics"].batch(),
+              "reserve": app.config["CONTEXT_REPLY_RESERVE"], "summarizer": settings,
+              "emit": lambda event: None, "stop": lambda: False, "end": ended.append,
+              "phase": lambda *args: None}
+    started = perf()
+    create_chat_flow().run(shared)
+    took = perf() - started
+    if ended[0].get("error"):
+        raise SystemExit(f"turn {i}: {ended[0]['error']}")
+    marks = shared["marks"]
+    summarized = "SummarizeDropped" in marks
+    call = marks["SummarizeDropped"] - marks["BuildContext"] if summarized else 0.0
+    shared["metrics"].flush()
+    return took, summarized, call, shared["dropped"] > 0
 
 
 def report_summaries(turns, args):

@@ -43,15 +43,9 @@ def fit(system, newest_first, new, budget, stored):
     used = sum(cost(m) for m in system) + sum(cost(m) for m in new)
     if used > budget:
         raise TooLong(used, budget)
-    kept_seqs = {m["seq"] for m in system}
-    kept = []
-    for message in newest_first:
-        if message["seq"] in kept_seqs:
-            continue
-        if used + cost(message) > budget:
-            break
-        used += cost(message)
-        kept.append(message)
+    skip = {m["seq"] for m in system}
+    kept = newest_within((m for m in newest_first if m["seq"] not in skip), budget - used)
+    used += sum(cost(m) for m in kept)
     dropped = stored - len(system) - len(kept)
     context = list(system)
     if dropped > 0:  # make room for the note, dropping more of the oldest if need be
@@ -79,8 +73,9 @@ def summary_room(max_tokens):
 
 def summary_message(text, max_tokens):
     """The system message a summary is sent as, cut to fit its room if the model ran over."""
-    ids = encoding().encode(SUMMARY + text, disallowed_special=())[:summary_room(max_tokens) - PER_MESSAGE]
-    message = {"role": "system", "content": encoding().decode(ids)}
+    ids = encoding().encode(SUMMARY + text, disallowed_special=())
+    message = {"role": "system",
+               "content": encoding().decode(ids[:summary_room(max_tokens) - PER_MESSAGE])}
     return {**message, "tokens": count_tokens(message)}
 
 

@@ -180,8 +180,9 @@ class SummarizeDropped(Node):
             log.info("summary: %d older messages of the span did not fit the request",
                      exec_res["left_out"])
         message = summary_message(exec_res["text"], shared["summarizer"]["max_tokens"])
-        made = store.save_summary(job["session_id"], model, summary["first_seq"] if summary else first,
-                                  last, message["content"], message["tokens"],
+        made = store.save_summary(job["session_id"], model,
+                                  summary["first_seq"] if summary else first, last,
+                                  message["content"], message["tokens"],
                                   summary and summary["id"], job["request_id"])
         at = len(shared["system"])  # the note's place, which the summary takes
         shared["sent_tokens"] += cost(message) - cost(shared["context"][at])

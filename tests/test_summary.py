@@ -267,6 +267,14 @@ def test_dropped_history_is_summarized_once_sent_and_extended(engine_url, tmp_pa
                                        "first_seq": first_from, "last_seq": second_to}]
         export = requests.get(f"{url}/api/sessions/{sid}/export", timeout=10).json()
         assert export["summaries"][0]["last_seq"] == second_to
+        markdown = requests.get(f"{url}/api/sessions/{sid}/export?format=markdown", timeout=10)
+        assert f"> _summary of messages {first_from}-{second_to}" in markdown.text
+        # An import takes the messages, not the summary (the next turn that needs one makes
+        # it); deleting the session deletes its summaries.
+        copy = requests.post(f"{url}/api/sessions/import", json={**export, "id": None}, timeout=30)
+        assert copy.status_code == 201 and summaries(app, copy.json()["id"]) == []
+        assert requests.delete(f"{url}/api/sessions/{sid}", timeout=10).status_code == 200
+        assert summaries(app, sid) == []
 
 
 def test_a_failing_summary_falls_back_to_the_note(engine_url, tmp_path, logs_dir):

@@ -93,3 +93,39 @@ class Summary(db.Model):
     previous_id = db.Column(db.Integer)
     request_id = db.Column(db.String(36))  # the turn that made it
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+
+
+class Document(db.Model):
+    """A document a session searches (RAG): its chunks are in document_chunks."""
+    __tablename__ = "documents"
+    __table_args__ = (db.Index("ix_documents_session", "session_id"),)
+
+    id = db.Column(db.Integer, primary_key=True, autoincrement=True)
+    session_id = db.Column(db.String(36), db.ForeignKey("sessions.id", ondelete="CASCADE"),
+                           nullable=False)
+    name = db.Column(db.String(255), nullable=False)
+    content_type = db.Column(db.String(100), nullable=False)
+    bytes = db.Column(db.Integer, nullable=False)
+    chunk_count = db.Column(db.Integer, nullable=False)
+    # The model its vectors come from: a query is embedded with the same one.
+    embed_model = db.Column(db.String(200), nullable=False)
+    dim = db.Column(db.Integer, nullable=False)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+
+
+class DocumentChunk(db.Model):
+    """A piece of a document (by tokens, overlapping the next) and its unit vector (float32
+    bytes). session_id is repeated so a turn finds its session's chunks in one indexed read."""
+    __tablename__ = "document_chunks"
+    __table_args__ = (db.Index("ix_document_chunks_session", "session_id"),
+                      db.Index("ix_document_chunks_document", "document_id"))
+
+    id = db.Column(db.Integer, primary_key=True, autoincrement=True)
+    document_id = db.Column(db.Integer, db.ForeignKey("documents.id", ondelete="CASCADE"),
+                            nullable=False)
+    session_id = db.Column(db.String(36), db.ForeignKey("sessions.id", ondelete="CASCADE"),
+                           nullable=False)
+    idx = db.Column(db.Integer, nullable=False)
+    content = db.Column(db.Text, nullable=False)
+    tokens = db.Column(db.Integer, nullable=False)
+    vector = db.Column(db.LargeBinary, nullable=False)

@@ -64,6 +64,13 @@ def load(instance_path):
         "RATE_LIMIT": os.environ.get("RATE_LIMIT", ""),
         "TOKENS_PER_HOUR": _int("TOKENS_PER_HOUR", 0),
         "CORS_ORIGINS": os.environ.get("CORS_ORIGINS", ""),
+        # Documents (RAG): embedded with EMBED_MODEL at upload, searched before each turn.
+        "EMBED_MODEL": os.environ.get("EMBED_MODEL", "all-minilm"),
+        "RAG_TOP_K": _int("RAG_TOP_K", 3),
+        "RAG_CHUNK_TOKENS": _int("RAG_CHUNK_TOKENS", 200),
+        "RAG_CHUNK_OVERLAP": _int("RAG_CHUNK_OVERLAP", 40),
+        "MAX_DOCUMENT_BYTES": _int("MAX_DOCUMENT_BYTES", 10 * 1024 * 1024),
+        "MAX_DOCUMENT_CHUNKS": _int("MAX_DOCUMENT_CHUNKS", 1000),
     }
 
 

@@ -143,3 +143,41 @@ def summary_request(model, previous, messages, max_tokens, options, budget):
 SUMMARIZE = ("Summarize the conversation below in a few short sentences for whoever continues "
              "it: names, facts and preferences the user gave, what was decided or asked. Start "
              "from the summary so far, if any. Write only the summary.")
+
+
+SOURCES = ("Excerpts from documents the user added to this conversation. Use them when they "
+           "help answer, and name the source in brackets when you do.")
+
+
+def sources_message(retrieved, room):
+    """A system message quoting the retrieved chunks, best first, as many as fit in `room`
+    (our tokens); (None, []) when none does."""
+    text, used = SOURCES, []
+    for hit in retrieved:
+        longer = f"{text}\n\n[{hit['document']} #{hit['chunk']}]\n{hit['content']}"
+        message = {"role": "system", "content": longer}
+        if cost({**message, "tokens": count_tokens(message)}) > room:
+            break
+        text = longer
+        used.append(hit)
+    if not used:
+        return None, []
+    message = {"role": "system", "content": text}
+    return {**message, "tokens": count_tokens(message)}, used
+
+
+def reserve_sources(system, new, budget, retrieved):
+    """Room for the retrieved chunks before any older history: (their system message, or None
+    when none fits beside the system and new messages; the chunks it quotes; the budget left
+    for the rest of the context)."""
+    room = budget - sum(cost(m) for m in system) - sum(cost(m) for m in new)
+    message, used = sources_message(retrieved, room) if retrieved else (None, [])
+    return message, used, budget - (cost(message) if message else 0)
+
+
+def with_sources(context, message, new):
+    """The context with the sources message just before the request's new messages."""
+    if message is None:
+        return context
+    at = len(context) - len(new)
+    return context[:at] + [message] + context[at:]

@@ -1,10 +1,12 @@
-"""The flow the worker runs for every chat and generate request, streamed or not."""
+"""The flow the worker runs for every chat and generate request, streamed or not, and the one
+that indexes an uploaded document."""
 import copy
 
 from pocketflow import Flow
 
 from chatbot import timing
 
+from chatbot.flow.documents import EmbedChunks, ReadDocument, Retrieve, StoreDocument
 from chatbot.flow.nodes import (Begin, BuildContext, Calibrate, CallChat, CallGenerate, Finish,
                                 LoadThread, SizeWindow, StoreReply, StoreRequest,
                                 SummarizeDropped, TakePrompt)
@@ -12,18 +14,28 @@ from chatbot.flow.nodes import (Begin, BuildContext, Calibrate, CallChat, CallGe
 
 def create_chat_flow():
     begin = Begin()
-    # chat: the stored thread plus the new messages, fitted into the window.
+    # chat: the stored thread plus the new messages (and the session's document chunks
+    # nearest the question), fitted into the window.
     load, build, store_chat, finish_chat = LoadThread(), BuildContext(), StoreRequest(), Finish()
-    begin - "chat" >> load >> SizeWindow() >> build >> store_chat >> CallChat() >> StoreReply() \
-        >> finish_chat >> Calibrate()  # the client hears the end before calibration
+    retrieve = Retrieve()
+    begin - "chat" >> load >> SizeWindow() >> retrieve >> build >> store_chat >> CallChat() \
+        >> StoreReply() >> finish_chat >> Calibrate()  # the client hears the end before calibration
     store_chat - "conflict" >> load  # another turn took the thread's next place: start over
     build - "too_long" >> finish_chat  # nothing stored, nothing sent: the client gets a 400
+    retrieve - "failed" >> finish_chat  # the documents could not be searched: likewise
     build - "summarize" >> SummarizeDropped() >> store_chat  # CONTEXT_STRATEGY=summarize
     # generate: single-turn, its own endpoint.
     store_generate = StoreRequest()
     begin - "generate" >> TakePrompt() >> store_generate >> CallGenerate() >> StoreReply() >> Finish()
     store_generate - "conflict" >> store_generate
     return TimedFlow(start=begin)
+
+
+def create_index_flow():
+    """An uploaded document: its text in token chunks, embedded in batches, stored at once."""
+    read = ReadDocument()
+    read >> EmbedChunks() >> StoreDocument()
+    return Flow(start=read)
 
 
 class TimedFlow(Flow):

@@ -25,7 +25,9 @@ Shared store (built by chatbot.tasks):
   span       (first, last) seq of the messages a new summary must cover (BuildContext)
   window, budget, figures   the model's window, our tokens the context may use, and the
              calibration (ratio, overhead) they were sized with (SizeWindow)
-  new, context, sent_tokens, dropped, pure_text   (BuildContext, TakePrompt)
+  retrieved  the session's document chunks nearest the question (Retrieve, flow/documents.py)
+  new, context, sent_tokens, dropped, pure_text, sources   (BuildContext, TakePrompt); sources:
+             the chunks the context quotes, named in the reply's final chunk
   reply      {content, thinking, tool_calls, final, status, error, chunks} (Call*)
 """
 import logging
@@ -34,7 +36,8 @@ from pocketflow import Node
 
 from chatbot import store
 from chatbot.flow.context import (TooLong, cost, fit, fit_summarized, new_messages,
-                                  summary_message, summary_request, summary_room)
+                                  reserve_sources, summary_message, summary_request,
+                                  summary_room, with_sources)
 from chatbot.flow.window import learn, reply_reserve
 from chatbot.tokens import count_tokens
 from chatbot.upstream import UpstreamError, fold
@@ -101,13 +104,15 @@ class BuildContext(Node):
             used += cost(message)
             if used > budget:
                 break
-        return job, tail, shared["system"], budget, stored, summary, summarizer
+        return (job, tail, shared["system"], budget, stored, summary, summarizer,
+                shared.get("retrieved") or [])
 
     def exec(self, prep_res):
-        job, tail, system, budget, stored, summary, summarizer = prep_res
+        job, tail, system, budget, stored, summary, summarizer, retrieved = prep_res
         new = [{**m, "tokens": count_tokens(m)} for m in new_messages(tail, job["messages"])]
         if not job["messages"]:  # an empty request only loads the model: send it as it is
             return {"new": [], "context": [], "sent_tokens": 0, "dropped": 0, "pure_text": False}
+        sources, hits, budget = reserve_sources(system, new, budget, retrieved)
         try:
             if summarizer:
                 context, used, dropped, span = fit_summarized(
@@ -121,10 +126,14 @@ class BuildContext(Node):
                 f"the request's messages need about {used} tokens but model '{job['model']}' "
                 f"has room for about {budget} (context window less the reply's reserve); "
                 "send fewer or shorter messages, or raise options.num_ctx")}}
+        if sources:  # the chunks go just before the new messages, their tokens counted
+            context, used = with_sources(context, sources, new), used + cost(sources)
         pure = not job["upstream"].get("tools") and not any(
             m.get("images") or m.get("tool_calls") for m in context)
         return {"new": new, "context": context, "sent_tokens": used, "dropped": dropped,
-                "pure_text": pure, "span": span}
+                "pure_text": pure, "span": span, "sources": [
+                    {k: hit[k] for k in ("document", "document_id", "chunk", "score")}
+                    for hit in hits]}
 
     def post(self, shared, prep_res, exec_res):
         if "error" in exec_res:
@@ -283,6 +292,11 @@ class CallChat(CallUpstream):
     def request(self, shared):
         return "/api/chat", {**shared["job"]["upstream"],
                              "messages": [_wire(m) for m in shared["context"]]}
+
+    def post(self, shared, prep_res, exec_res):
+        super().post(shared, prep_res, exec_res)
+        if exec_res["final"] and shared.get("sources"):  # Ollama's clients ignore the field
+            exec_res["final"]["sources"] = shared["sources"]
 
 
 class CallGenerate(CallUpstream):

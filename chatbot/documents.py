@@ -1,0 +1,147 @@
+"""Documents for retrieval (RAG): reading an upload's text, cutting it into overlapping token
+chunks, embedding through the upstream's /api/embed, and ranking chunks against a query with
+numpy. Pure functions apart from `embed` (one upstream call) and `add` (runs the index flow);
+the REST API and `flask docs` share `add`."""
+import io
+import logging
+import os
+
+import numpy as np
+
+from chatbot.store.admin import AdminError
+from chatbot.tokens import encoding
+from chatbot.upstream import UpstreamError
+
+log = logging.getLogger(__name__)
+EMBED_BATCH = 32  # chunks per /api/embed call
+TYPES = {".md": "text/markdown", ".markdown": "text/markdown", ".txt": "text/plain",
+         ".text": "text/plain", ".pdf": "application/pdf"}
+ALIASES = {"text/x-markdown": "text/markdown"}
+
+
+class Unsupported(AdminError):
+    status = 415
+
+
+class TooLarge(AdminError):
+    status = 413
+
+
+def content_type(name, declared):
+    """text/markdown, text/plain or application/pdf: by the file name's extension, else by
+    the declared type; anything else is refused (415)."""
+    by_name = TYPES.get(os.path.splitext(name or "")[1].lower())
+    declared = (declared or "").split(";")[0].strip().lower()
+    kind = by_name or ALIASES.get(declared, declared)
+    if kind not in TYPES.values():
+        raise Unsupported(f"unsupported document type {declared or name!r}: "
+                          "send Markdown, plain text or PDF")
+    return kind
+
+
+def read_text(data, kind, max_bytes):
+    """The document's text; a 413 past max_bytes, a 400 for an unreadable PDF, text that is
+    not UTF-8, or no text at all."""
+    if len(data) > max_bytes:
+        raise TooLarge(f"document too large: {len(data)} bytes, at most {max_bytes}")
+    if kind == "application/pdf":
+        text = _pdf_text(data)
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise AdminError("document is not UTF-8 text")
+    if not text.strip():
+        raise AdminError("document has no text")
+    return text
+
+
+def _pdf_text(data):
+    from pypdf import PdfReader
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise AdminError("PDF is encrypted")
+        return "\n\n".join(page.extract_text() or "" for page in reader.pages)
+    except AdminError:
+        raise
+    except Exception as exc:  # pypdf raises many kinds on a damaged file: all mean "bad PDF"
+        raise AdminError(f"not a readable PDF: {str(exc)[:200] or type(exc).__name__}")
+
+
+def chunk(text, size, overlap, max_chunks):
+    """[(text, tokens)]: windows of `size` of our tokens, each starting `size - overlap`
+    after the previous. Cut at token boundaries of the original text (never inside a
+    character). More than max_chunks is refused (400)."""
+    tokens = encoding().encode(text, disallowed_special=())
+    step = max(size - overlap, 1)
+    starts = range(0, max(len(tokens) - overlap, 1), step)
+    if len(starts) > max_chunks:
+        raise AdminError(f"document too long: {len(starts)} chunks of {size} tokens, "
+                         f"at most {max_chunks}")
+    decoded, offsets = encoding().decode_with_offsets(tokens)
+    offsets = offsets + [len(decoded)]
+    pieces = []
+    for start in starts:
+        end = min(start + size, len(tokens))
+        piece = decoded[offsets[start]:offsets[end]].strip()
+        if piece:
+            pieces.append((piece, end - start))
+    if not pieces:
+        raise AdminError("document has no text")
+    return pieces
+
+
+def embed(upstream, model, texts):
+    """Unit vectors (float32, one row per text) from one /api/embed call."""
+    result = upstream.post_json("/api/embed", {"model": model, "input": list(texts)})
+    vectors = np.asarray(result.get("embeddings") or [], dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(texts):
+        raise UpstreamError(502, f"model '{model}' returned no embeddings")
+    return unit(vectors)
+
+
+def unit(vectors):
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms == 0, 1, norms)
+
+
+def matrix(blobs, dim):
+    """Stored vectors (float32 bytes) as one (n, dim) array, without a copy per row."""
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(-1, dim)
+
+
+def rank(query, vectors, k):
+    """[(row, cosine)] of the k rows nearest `query`, best first (vectors are unit)."""
+    if not len(vectors):
+        return []
+    scores = vectors @ query
+    k = min(k, len(scores))
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return [(int(i), float(scores[i])) for i in top]
+
+
+def add(session_id, name, data, declared_type, owner=None):
+    """Read, chunk, embed and store a document in the session (made if missing); its
+    description. Embedding errors (model missing, host down) propagate as UpstreamError with
+    nothing stored."""
+    from flask import current_app
+
+    from chatbot import routing
+    from chatbot.flow.flow import create_index_flow
+
+    config, router = current_app.config, routing.get()
+    model = config["EMBED_MODEL"]
+    name = (name or "document").strip()[:255] or "document"
+    shared = {"upload": {"session_id": session_id, "owner": owner, "name": name, "data": data,
+                         "type": content_type(name, declared_type)},
+              "limits": {"size": config["RAG_CHUNK_TOKENS"], "overlap": config["RAG_CHUNK_OVERLAP"],
+                         "max_bytes": config["MAX_DOCUMENT_BYTES"],
+                         "max_chunks": config["MAX_DOCUMENT_CHUNKS"]},
+              "model": model, "upstream": router.upstream(router.candidates(model)[0])}
+    create_index_flow().run(shared)
+    log.info("document %s added to session %s: %s chunks", shared["document"]["id"],
+             session_id, shared["document"]["chunks"])
+    return shared["document"]

@@ -1,0 +1,97 @@
+"""The nodes of retrieval (RAG), in the style of chatbot.flow.nodes: reads in `prep`, a pure
+`exec` or one upstream call, writes in `post`.
+
+Indexing (the index flow, run in the web request that uploads a document), shared store:
+  upload   {session_id, owner, name, data: bytes, type}   limits {size, overlap, max_bytes,
+           max_chunks}   model: EMBED_MODEL   upstream: a host that has it
+  chunks   [(text, tokens)] (ReadDocument)   vectors (EmbedChunks)   document (StoreDocument)
+
+Retrieve (the chat flow, before BuildContext) writes `retrieved`: the session's chunks
+nearest the newest user message, best first, each {document, document_id, chunk, score,
+content}.
+"""
+import numpy as np
+from flask import current_app
+from pocketflow import BatchNode, Node
+
+from chatbot import documents
+from chatbot.store import documents as stored
+from chatbot.upstream import UpstreamError
+
+
+class ReadDocument(Node):
+    def prep(self, shared):
+        return shared["upload"], shared["limits"]
+
+    def exec(self, prep_res):
+        upload, limits = prep_res
+        text = documents.read_text(upload["data"], upload["type"], limits["max_bytes"])
+        return documents.chunk(text, limits["size"], limits["overlap"], limits["max_chunks"])
+
+    def post(self, shared, prep_res, exec_res):
+        shared["chunks"] = exec_res
+
+
+class EmbedChunks(BatchNode):
+    """One /api/embed call per batch of chunks; any error ends the flow before anything is
+    stored."""
+
+    def prep(self, shared):
+        texts = [text for text, _ in shared["chunks"]]
+        return [(shared["upstream"], shared["model"], texts[i:i + documents.EMBED_BATCH])
+                for i in range(0, len(texts), documents.EMBED_BATCH)]
+
+    def exec(self, batch):
+        return documents.embed(*batch)
+
+    def post(self, shared, prep_res, exec_res):
+        shared["vectors"] = np.vstack(exec_res)
+
+
+class StoreDocument(Node):
+    def prep(self, shared):
+        upload = shared["upload"]
+        return (upload["session_id"], upload["owner"], upload["name"], upload["type"],
+                len(upload["data"]), shared["model"], shared["chunks"], shared["vectors"])
+
+    def exec(self, prep_res):
+        return prep_res
+
+    def post(self, shared, prep_res, exec_res):
+        shared["document"] = stored.add_document(*exec_res)
+
+
+class Retrieve(Node):
+    """The session's chunks nearest the request's newest user message. A session without
+    documents costs one indexed read and no embed call; its reply stays exactly Ollama's."""
+
+    def prep(self, shared):
+        job = shared["job"]
+        query = next((m.get("content") for m in reversed(job["messages"])
+                      if m.get("role") == "user"), None)
+        if job.get("fresh") or not isinstance(query, str) or not query.strip():
+            return None
+        chunks, model = stored.session_chunks(job["session_id"])
+        if not chunks:
+            return None
+        return shared["upstream"], model, query, chunks, current_app.config["RAG_TOP_K"]
+
+    def exec(self, prep_res):
+        if prep_res is None:
+            return []
+        upstream, model, query, chunks, k = prep_res
+        try:
+            vector = documents.embed(upstream, model, [query])[0]
+        except UpstreamError as exc:
+            return {"status": exc.status,
+                    "error": f"could not search the session's documents: {exc.error}"}
+        matrix = documents.matrix([c["vector"] for c in chunks], len(vector))
+        return [{**{f: chunks[row][f] for f in ("document", "document_id", "chunk", "content")},
+                 "score": round(score, 4)}
+                for row, score in documents.rank(vector, matrix, k)]
+
+    def post(self, shared, prep_res, exec_res):
+        if isinstance(exec_res, dict):  # nothing stored yet, nothing sent: the client hears why
+            shared["reply"] = {"status": "failed", "error": exec_res, "final": None, "chunks": 0}
+            return "failed"
+        shared["retrieved"] = exec_res

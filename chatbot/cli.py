@@ -3,33 +3,37 @@ the logic is chatbot/store/admin.py and chatbot/lifecycle.py, shared with the RE
 Every command takes --json; tables and progress bars are for people (bars go to stderr, so
 stdout stays parseable)."""
 import json
+import os
 import sys
 from datetime import timedelta
 
 import click
 from flask.cli import AppGroup
 
-from chatbot import keys as api_keys, lifecycle
-from chatbot.store import admin, transfer
+from chatbot import documents, keys as api_keys, lifecycle
+from chatbot.store import admin, documents as stored, transfer
+from chatbot.upstream import UpstreamError
 
 
 class SessionsGroup(AppGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (admin.AdminError, api_keys.KeyRefused) as exc:  # one line, not a traceback
+        except (admin.AdminError, api_keys.KeyRefused, UpstreamError) as exc:  # one line, not a traceback
             raise click.ClickException(str(exc))
 
 
 sessions = SessionsGroup(
     "sessions", help="List, inspect, export, import, archive and purge sessions.")
 keys = SessionsGroup("keys", help="Create, list and revoke API keys.")
+docs = SessionsGroup("docs", help="Add, list and remove a session's documents (RAG).")
 as_json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
 def init_app(app):
     app.cli.add_command(sessions)
     app.cli.add_command(keys)
+    app.cli.add_command(docs)
 
 
 @keys.command("create")
@@ -58,6 +62,49 @@ def revoke_key(name, as_json):
     """Remove a key: requests with it are refused from then on (within a few seconds)."""
     api_keys.revoke(name)
     out({"revoked": name}, f"revoked {name}", as_json)
+
+
+@docs.command("add")
+@click.argument("session_id")
+@click.argument("files", nargs=-1, required=True, type=click.File("rb"))
+@click.option("--name", help="The document's name (one file only) [default: the file's].")
+@as_json
+def add_docs(session_id, files, name, as_json):
+    """Chunk, embed (EMBED_MODEL) and store Markdown, text or PDF files in a session (made if
+    it does not exist)."""
+    if name and len(files) > 1:
+        raise click.UsageError("--name names one file")
+    sid = admin.session_id(session_id)
+    done = [documents.add(sid, name or os.path.basename(f.name), f.read(), None) for f in files]
+    out(done, "\n".join(f"added {d['id']} {d['name']} ({d['chunks']} chunks)" for d in done),
+        as_json)
+
+
+@docs.command("list")
+@click.argument("session_id")
+@as_json
+def list_docs(session_id, as_json):
+    """A session's documents."""
+    data = stored.list_documents(admin.get(session_id).id)
+    rows = [(d["id"], d["name"], d["content_type"], d["bytes"], d["chunks"], d["embed_model"],
+             when(d["created_at"])) for d in data]
+    out(data, table(("ID", "NAME", "TYPE", "BYTES", "CHUNKS", "MODEL", "ADDED"), rows), as_json)
+
+
+@docs.command("remove")
+@click.argument("session_id")
+@click.argument("document_ids", nargs=-1, required=True, type=int)
+@as_json
+def remove_docs(session_id, document_ids, as_json):
+    """Remove documents (and their chunks) from a session."""
+    sid = admin.get(session_id).id
+    done = []
+    for doc_id in document_ids:
+        gone = stored.remove_document(sid, doc_id)
+        if gone is None:
+            raise admin.NotFound(f"document {doc_id} not found")
+        done.append(gone)
+    out(done, "\n".join(f"removed {d['id']} {d['name']}" for d in done), as_json)
 
 
 def table(headers, rows):

@@ -108,6 +108,10 @@ SCHEMAS = {
                          # Shown, not imported (CONTEXT_STRATEGY=summarize).
                          summaries=array(obj(model=STR, content=STR, first_seq=INT,
                                              last_seq=INT))),
+    "DocumentText": obj(["content"], name=STR, content=STR,
+                        content_type={"type": "string",
+                                      "enum": ["text/plain", "text/markdown"]}),
+    "DocumentFile": obj(["file"], file={"type": "string", "format": "binary"}, name=STR),
 }
 
 
@@ -242,6 +246,18 @@ PATHS = {
     "/api/sessions/{sid}/export": {"get": op("Export a session", {
         **ok(JSON, "text/markdown"), **errors(400, 404)},
         params=[SID, query("format", {"type": "string", "enum": ["json", "markdown", "md"]})])},
+    "/api/sessions/{sid}/documents": {
+        "post": op("Add a document (Markdown, text or PDF): chunked, embedded, searched before "
+                   "each turn", {**ok(JSON, schema=obj(id=INT, name=STR, chunks=INT),
+                                    status="201"), **errors(400, 404, 413, 415, 503)},
+                   {"required": True, "content": {
+                       JSON: {"schema": ref("DocumentText")},
+                       "multipart/form-data": {"schema": ref("DocumentFile")}}}, [SID]),
+        "get": op("A session's documents", {**ok(JSON, schema=obj(documents=array(OBJ))),
+                                            **errors(400, 404)}, params=[SID])},
+    "/api/sessions/{sid}/documents/{doc_id}": {"delete": op(
+        "Remove a document and its chunks", {**ok(JSON), **errors(400, 404)},
+        params=[SID, path_param("doc_id", INT)])},
     "/api/openapi.json": {"get": op("This document", ok(JSON, schema=OBJ))},
     "/healthz": {"get": op("The process is up", ok(JSON, schema=obj(status=STR)))},
     "/readyz": {"get": op("Redis, the database, an upstream and a worker answer", {

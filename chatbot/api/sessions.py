@@ -2,8 +2,9 @@
 shape the response; the logic is chatbot/store/admin.py, shared with `flask sessions`."""
 from flask import Blueprint, Response, jsonify, request
 
+from chatbot import documents
 from chatbot.api import auth, error_response
-from chatbot.store import admin, transfer
+from chatbot.store import admin, documents as stored, session_owner, transfer
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/sessions")
 
@@ -83,3 +84,43 @@ def export(sid):
 @bp.post("/import")
 def import_():
     return jsonify(transfer.import_session(_body(), owner=auth.key_name())), 201
+
+
+@bp.post("/<sid>/documents")
+def add_document(sid):
+    """Multipart (a `file`, optional `name`) or JSON {name, content}. A session that does not
+    exist yet is made, owned by the asking key."""
+    sid = admin.session_id(sid)
+    exists, owner = session_owner(sid)
+    if exists and not auth.owns(owner):
+        raise admin.NotFound(f"session '{sid}' not found")
+    if request.files:
+        upload = request.files.get("file") or next(iter(request.files.values()))
+        name = request.form.get("name") or upload.filename
+        data, declared = upload.read(), upload.mimetype
+    else:
+        body = _body()
+        name, data = body.get("name"), body.get("content")
+        if not isinstance(data, str):
+            raise admin.AdminError("content is required: the document's text (or upload a "
+                                   "file as multipart form data)")
+        if name is not None and not isinstance(name, str):
+            raise admin.AdminError("name must be a string")
+        declared = body.get("content_type") or "text/plain"
+        if not isinstance(declared, str):
+            raise admin.AdminError("content_type must be a string")
+        data, name = data.encode(), name or "document.txt"
+    return jsonify(documents.add(sid, name, data, declared, owner=auth.key_name())), 201
+
+
+@bp.get("/<sid>/documents")
+def list_documents(sid):
+    return jsonify(documents=stored.list_documents(_mine(sid)))
+
+
+@bp.delete("/<sid>/documents/<int:doc_id>")
+def remove_document(sid, doc_id):
+    gone = stored.remove_document(_mine(sid), doc_id)
+    if gone is None:
+        raise admin.NotFound(f"document {doc_id} not found")
+    return jsonify({**gone, "deleted": True})

@@ -2,7 +2,7 @@
 search a session's chunks at 10k and 100k chunks.
 
     .venv/bin/python bench/retrieval.py [--model all-minilm] [--url http://host:port]
-                                        [--sizes 10000,100000] [--runs 5]
+                                        [--sizes 10000,100000] [--chunks 1000] [--runs 5]
 
 Indexing goes through the real path, chatbot.documents.add (the index flow: chunk by our
 tokens, /api/embed in batches, one commit), against the bundled engine started as the tests
@@ -63,10 +63,10 @@ def seconds(fn, runs):
     return statistics.median(times)
 
 
-def index(app, model, runs):
+def index(app, model, count, runs):
     config = app.config
     size, overlap = config["RAG_CHUNK_TOKENS"], config["RAG_CHUNK_OVERLAP"]
-    text = text_of(1000, size, overlap)
+    text = text_of(count, size, overlap)
     with app.app_context():
         chunked = seconds(lambda: documents.chunk(text, size, overlap, 10**9), runs)
         pieces = documents.chunk(text, size, overlap, 10**9)
@@ -79,7 +79,7 @@ def index(app, model, runs):
         stored.add_document(str(uuid.uuid4()), None, "bench.txt", "text/plain", len(text),
                             model, pieces, vectors)
         store = time.perf_counter() - started
-    print(f"index 1,000 chunks ({size} tokens, overlap {overlap}, {len(text):,} characters, "
+    print(f"index {count:,} chunks ({size} tokens, overlap {overlap}, {len(text):,} characters, "
           f"model {model}): {total:.2f} s in all, {doc['chunks'] / total:.0f} chunks/s")
     print(f"  chunking {chunked * 1000:.0f} ms, storing {store * 1000:.0f} ms, embedding "
           f"about {total - chunked - store:.2f} s ({documents.EMBED_BATCH} chunks a call)")
@@ -110,6 +110,7 @@ def main():
     parser.add_argument("--model", default="all-minilm")
     parser.add_argument("--url", help="an Ollama to embed with (default: start the engine)")
     parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--chunks", type=int, default=1000, help="chunks of the indexed document")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
@@ -119,10 +120,11 @@ def main():
         import flask_migrate
 
         app = create_app({"OLLAMA_HOST": url, "EMBED_MODEL": args.model,
+                          "MAX_DOCUMENT_CHUNKS": args.chunks,
                           "SQLALCHEMY_DATABASE_URI": f"sqlite:///{work / 'bench.db'}"})
         with app.app_context():
             flask_migrate.upgrade()
-        index(app, args.model, args.runs)
+        index(app, args.model, args.chunks, args.runs)
         search(app, [int(s) for s in args.sizes.split(",")], args.runs)
     finally:
         if proc:

@@ -3,7 +3,6 @@ Markdown, a multipart text file, a PDF), a question about a fact in only one of 
 that chunk first, the reply's final chunk names it in `sources`, another key sees nothing,
 and bad uploads or a failing upstream store nothing. Embeddings come from the bundled engine."""
 import json
-import os
 import uuid
 
 import numpy as np
@@ -11,15 +10,16 @@ import pytest
 import requests
 
 from chatbot import create_app
-from chatbot.flow.context import SOURCES, fit_with_sources, sources_message
+from chatbot.flow.context import SOURCES, sources_message
 from chatbot.flow.documents import Retrieve
+from chatbot.flow.nodes import BuildContext
 from chatbot.store import db
 from chatbot.store import documents as stored
 from chatbot.tokens import count_tokens
 from chatbot.upstream import Upstream
 from tests.conftest import MODEL, OPTIONS, serve
 
-EMBED = os.environ.get("TEST_EMBED_MODEL", MODEL)
+EMBED = "all-minilm"  # the bundled engine's (384 dimensions)
 A, B = "key-alice-0123456789", "key-bob-0123456789"
 # Small chunks, so each document is several chunks and the ranking picks one of them.
 SETTINGS = {"RAG_CHUNK_TOKENS": 60, "RAG_CHUNK_OVERLAP": 10, "EMBED_MODEL": EMBED}
@@ -369,25 +369,35 @@ def test_the_sources_message_fits_the_window_best_chunk_first():
     assert sources_message(retrieved, 20) == (None, [])
 
 
-def test_retrieved_chunks_sit_before_the_new_messages_and_count_against_the_budget():
-    def msg(role, content, seq=None):
-        m = {"role": role, "content": content, "tokens": count_tokens({"content": content})}
-        return {**m, "seq": seq} if seq else m
+def test_build_context_puts_the_chunks_before_the_new_messages_within_the_budget():
+    def msg(role, content, seq):
+        return {"role": role, "content": content, "tokens": count_tokens({"content": content}),
+                "seq": seq}
+
+    def build(budget, retrieved, stored_=None):
+        job = {"model": MODEL, "messages": [{"role": "user", "content": QUESTION}],
+               "upstream": {}}
+        history = stored_ if stored_ is not None else old
+        return BuildContext().exec((job, (3, "not the request's"), system, budget, history,
+                                    None, None, retrieved))
 
     system = [msg("system", "Be brief.", 1)]
-    stored_ = [msg("assistant", "old answer " * 30, 3), msg("user", "old question " * 30, 2)]
-    new = [msg("user", QUESTION)]
-    retrieved = [hit("kelderath.md", 1, "The volcano last erupted in the year 1874.")]
-    roomy, used, dropped, sources = fit_with_sources(system, stored_, new, 10_000, 3, retrieved)
-    assert [m["role"] for m in roomy] == ["system", "user", "assistant", "system", "user"]
-    assert "1874" in roomy[-2]["content"] and sources == retrieved and dropped == 0
-    assert used == sum(m["tokens"] + 4 for m in roomy)
+    old = [msg("assistant", "old answer " * 30, 3), msg("user", "old question " * 30, 2)]
+    retrieved = [hit("kelderath.md", 1, "The volcano last erupted in the year 1874.", 0.9)]
+    roomy = build(10_000, retrieved)
+    assert [m["role"] for m in roomy["context"]] == ["system", "user", "assistant", "system",
+                                                     "user"]
+    assert "1874" in roomy["context"][-2]["content"] and roomy["dropped"] == 0
+    assert roomy["sources"] == [{"document": "kelderath.md", "document_id": 1, "chunk": 1,
+                                 "score": 0.9}]
+    assert roomy["sent_tokens"] == sum(m["tokens"] + 4 for m in roomy["context"])
     # A tight budget: the chunks win over old history, which is dropped (and noted).
-    budget = used - stored_[0]["tokens"]
-    tight, used, dropped, sources = fit_with_sources(system, stored_, new, budget, 3, retrieved)
-    assert sources == retrieved and dropped == 2 and used <= budget
-    assert "1874" in tight[-2]["content"] and "truncated" in tight[1]["content"]
-    # No room for any chunk: the context is fit()'s, without sources.
-    cramped = sum(m["tokens"] + 4 for m in system + new) + 5
-    plain, _, _, sources = fit_with_sources(system, [], new, cramped, 1, retrieved)
-    assert sources == [] and plain == system + new
+    budget = roomy["sent_tokens"] - old[0]["tokens"]
+    tight = build(budget, retrieved)
+    assert tight["sources"] and tight["dropped"] == 2 and tight["sent_tokens"] <= budget
+    assert "1874" in tight["context"][-2]["content"]
+    assert "truncated" in tight["context"][1]["content"]
+    # No room for any chunk beside the system and new messages: no sources, as without any.
+    cramped = sum(m["tokens"] + 4 for m in system) + count_tokens({"content": QUESTION}) + 9
+    plain = build(cramped, retrieved, [])
+    assert plain["sources"] == [] and plain == {**build(cramped, [], []), "sources": []}

@@ -1,15 +1,18 @@
 """An instant fake Ollama for benchmarks: it answers at once, so what a front door in front of it
 adds is all that a client measures on top of talking to it directly.
 
-    python bench/fake_ollama.py --port 11500
+    python bench/fake_ollama.py --port 11500 [--delay SECONDS]
 
 One model, `fake:latest`. /api/chat and /api/generate stream one content chunk and the final
 chunk (or answer once with stream false), with Ollama's fields; /api/tags, /api/show,
-/api/version and / as Ollama answers them. Threaded, HTTP/1.1 keep-alive.
+/api/version and / as Ollama answers them. Threaded, HTTP/1.1 keep-alive. `--delay` makes each reply take that long, as a model would
+(bench/fairness.py), one at a time, as Ollama runs one generation at a time.
 """
 import argparse
 import json
 import sys
+import threading
+import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -46,6 +49,7 @@ def _chunks(path, model):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    delay, busy = 0.0, threading.Lock()
     disable_nagle_algorithm = True  # small writes go out at once, as Go's server sends them
 
     def log_message(self, *args):
@@ -80,6 +84,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path not in ("/api/chat", "/api/generate"):
             return self._send(404, b"404 page not found", "text/plain")
         model = body.get("model") or MODEL
+        if self.delay:
+            with self.busy:
+                time.sleep(self.delay)
         first, last = _chunks(self.path, model)
         if body.get("stream", True) is False:
             key = "message" if self.path == "/api/chat" else "response"
@@ -98,7 +105,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11500)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds each reply takes")
     args = parser.parse_args()
+    Handler.delay = args.delay
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     server.serve_forever()

@@ -40,6 +40,8 @@ def load(instance_path):
         "SESSION_TIMEOUT_HOURS": _float("SESSION_TIMEOUT_HOURS", 24),
         "MAX_QUEUE": _int("MAX_QUEUE", 512),
         "QUEUE_TIMEOUT_SECONDS": _float("QUEUE_TIMEOUT_SECONDS", 600),
+        "QUEUE_ORDER": _choice("QUEUE_ORDER", ("fair", "fifo")),
+        "RESUME_GRACE_SECONDS": _float("RESUME_GRACE_SECONDS", 30),
         "CONTEXT_REPLY_RESERVE": _int("CONTEXT_REPLY_RESERVE", 512),
         "CONTEXT_STRATEGY": _choice("CONTEXT_STRATEGY", ("truncate", "summarize")),
         "SUMMARY_MODEL": os.environ.get("SUMMARY_MODEL", ""),  # empty: the chat's own model

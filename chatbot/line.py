@@ -4,10 +4,12 @@ that checks the state it leaves, so it happens once: a redelivered task, a secon
 a late worker finds the request already moved and does nothing. The same script appends the
 request's relay event and its SSE notice, so a client hears of every ending exactly once.
 
-Keys: waiting:<queue> zset of request ids by enqueue time · started:<queue> set of the ids
-running (one per worker) · beat:<id> alive while the worker running the request beats ·
+Keys: waiting:<queue> zset of request ids in the order they will run (see FAIR_LUA) ·
+fair:<queue> hash of that order's clock and each asker's next turn · started:<queue> set of
+the ids running (one per worker) · beat:<id> alive while the worker running the request beats ·
 req:<id> hash of what the request is
-(state, queue, session, model, lease, cancel flag) · lease:<id> alive while the web process
+(state, queue, session, model, lease, cancel flag, the job until a worker takes it, and for a
+resumable request its grace and, while its client is away, until when it waits) · lease:<id> alive while the web process
 that admitted the request lives · thread:<session>:<model> the lock a turn holds on its thread.
 """
 import json
@@ -32,7 +34,8 @@ class QueueFull(Exception):
 
 
 WAITING, STARTED, BEAT = "chatbot:waiting:{}", "chatbot:started:{}", "chatbot:beat:{}"
-INFO, THREAD = "chatbot:req:{}", "chatbot:thread:{}:{}"
+FAIR = "chatbot:fair:{}"
+INFO, THREAD, JOB = "chatbot:req:{}", "chatbot:thread:{}:{}", "chatbot:job:{}"
 LISTENING = "chatbot:listening"  # the scripts spell it out too
 NO_LOCK = ("chatbot:nolock", "")  # (key, token) of a script's lock argument when none is held
 QUEUE_CHANNEL = "queue"
@@ -40,6 +43,8 @@ INFO_TTL = 3600
 HEARTBEAT_TTL = 5  # seconds a running request survives without a heartbeat from its worker
 BEAT_EVERY = 0.25  # the heartbeat also carries the cancel check: a cancel stops within this
 THREAD_LOCK_TTL = 30
+ROUND = 2520  # a request's cost in the fair order at weight 1: divisible by weights 1 to 10
+SEQ_SPAN = 2 ** 22  # arrival numbers within one turn of the fair order (the score's low part)
 
 # Tell every waiting request that an SSE client listens to (LISTENING: request id -> how many
 # listen) its (new) position, and the queue channel the depth. Only listeners, found without
@@ -82,19 +87,43 @@ EMIT_SCRIPT = EVENT_LUA + """
 append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 """
-# Check the bound and that the id is unused, join the line, describe the request, renew the
-# web process's lease and tell SSE listeners, in one atomic round trip.
-ADMIT_SCRIPT = """
+# The line's order: start-time fair queuing. Each asker (a key, else a session) has its next
+# turn in the fair hash; a request starts at the later of that turn and the clock (the turn
+# of the request last taken), and moves the asker's turn on by its cost (ROUND / weight). So
+# an asker with one request waits behind at most one request of each other asker, however
+# many they queued, while requests of equal turn keep their arrival order (the sequence
+# number in the score's low bits). With cost 0 every request has turn 0: first come, first
+# served. The hash is reset when the line is empty, which keeps the numbers small.
+FAIR_LUA = """
+local function fair_score(waiting_key, fair_key, asker, cost, was_empty)
+  if was_empty then redis.call('DEL', fair_key) end
+  local seq = redis.call('HINCRBY', fair_key, '#seq', 1) %% %d
+  local clock = tonumber(redis.call('HGET', fair_key, '#clock') or '0')
+  local turn = math.max(clock, tonumber(redis.call('HGET', fair_key, 'a:' .. asker) or '0'))
+  redis.call('HSET', fair_key, 'a:' .. asker, turn + cost)
+  return turn * %d + seq
+end
+""" % (SEQ_SPAN, SEQ_SPAN)
+# Check the bound and that the id is unused, take a place in the fair order, describe the
+# request, renew the web process's lease and tell SSE listeners (everyone's place, if it went
+# in ahead of others), in one atomic round trip.
+ADMIT_SCRIPT = ANNOUNCE_LUA + FAIR_LUA + """
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local waiting = redis.call('ZCARD', KEYS[1])
 if waiting >= tonumber(ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[1], fair_score(KEYS[1], KEYS[5], ARGV[11], tonumber(ARGV[12]), waiting == 0), ARGV[3])
 redis.call('HSET', KEYS[2], unpack(cjson.decode(ARGV[4])))
 redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('SET', KEYS[6], ARGV[13], 'EX', ARGV[5])
 redis.call('SET', KEYS[4], 1, 'EX', ARGV[9])
-redis.call('PUBLISH', ARGV[10], string.format(ARGV[6], waiting + 1))
-redis.call('PUBLISH', ARGV[7], string.format(ARGV[8], waiting + 1))
-return waiting + 1
+local position = redis.call('ZRANK', KEYS[1], ARGV[3]) + 1
+redis.call('PUBLISH', ARGV[10], string.format(ARGV[6], position))
+if position <= waiting then
+  announce(KEYS[1], ARGV[7], ARGV[6], ARGV[8])
+else
+  redis.call('PUBLISH', ARGV[7], string.format(ARGV[8], waiting + 1))
+end
+return position
 """
 # Move a request from one of the states in ARGV[2] to ARGV[3], append its event and notice;
 # announce the line if it left it, and release the thread lock KEYS[6] if it holds ARGV[7].
@@ -112,6 +141,7 @@ if ARGV[9] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then return {0, state} 
 redis.call('HSET', KEYS[1], 'state', ARGV[3], 'finished_at', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[8])
 local left = redis.call('ZREM', KEYS[3], ARGV[1])
+if left == 1 then redis.call('DEL', 'chatbot:job:' .. ARGV[1]) end
 redis.call('SREM', KEYS[5], ARGV[1])
 redis.call('DEL', KEYS[4])
 append(KEYS[1], KEYS[2], ARGV[1], ARGV[5], ARGV[8])
@@ -120,47 +150,80 @@ if ARGV[7] ~= '' and redis.call('GET', KEYS[6]) == ARGV[7] then redis.call('DEL'
 if left == 1 then announce(KEYS[3], ARGV[11], ARGV[12], ARGV[13]) end
 return {1, state, left}
 """
-# A worker takes a queued request: only if it is still queued, its client's web process still
-# lives and it has not waited too long; then it tries the thread lock KEYS[6] (token ARGV[15])
-# and announces the line. Returns {verdict, waited, 1 if it holds the lock}.
-CLAIM_SCRIPT = ANNOUNCE_LUA + EVENT_LUA + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'queued' then return {'already ' .. (state or 'gone')} end
-local now = tonumber(ARGV[2])
-local queued_at = tonumber(redis.call('HGET', KEYS[1], 'queued_at')) or now
-local lease = redis.call('HGET', KEYS[1], 'lease')
-local verdict, event, notice = 'run', ARGV[5], ARGV[6]
-if lease and redis.call('EXISTS', 'chatbot:lease:' .. lease) == 0 then
-  verdict, event, notice = 'cancelled', ARGV[7], ARGV[8]
-elseif now - queued_at > tonumber(ARGV[4]) then
-  verdict, event, notice = 'expired', ARGV[9], ARGV[10]
+# Whether a request's client has gone for good. A resumable request (field `resumable`: its
+# grace in seconds) whose client left, or whose web process died, waits that long for the
+# client to come back (`detached_until`) before it counts as gone.
+GONE_LUA = """
+local function client_gone(info_key, now)
+  local lease, detached, grace = unpack(redis.call('HMGET', info_key, 'lease', 'detached_until',
+                                                   'resumable'))
+  if detached then return now > tonumber(detached) end
+  if lease and redis.call('EXISTS', 'chatbot:lease:' .. lease) == 0 then
+    if tonumber(grace or '0') > 0 then
+      redis.call('HSET', info_key, 'detached_until', now + tonumber(grace))
+      return false
+    end
+    return true
+  end
+  return false
 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-local waited = string.format('%.6f', math.max(0, now - queued_at))
-if verdict == 'run' then
-  redis.call('SET', KEYS[3], 1, 'EX', ARGV[3])
-  redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[2])
-  redis.call('SADD', KEYS[5], ARGV[1])
-  event = string.format(event, waited)
-else
-  redis.call('HSET', KEYS[1], 'state', verdict, 'finished_at', ARGV[2])
-end
-append(KEYS[1], KEYS[4], ARGV[1], event, ARGV[11])
-redis.call('PUBLISH', redis.call('HGET', KEYS[1], 'channel') or ARGV[1], notice)
-local locked = 0
-if verdict == 'run' and ARGV[15] ~= '' and redis.call('SET', KEYS[6], ARGV[15], 'NX', 'PX', ARGV[16]) then
-  locked = 1
-end
-announce(KEYS[2], ARGV[12], ARGV[13], ARGV[14])
-return {verdict, waited, locked}
 """
+# A worker takes the head of the line: the first request there whose client is still there
+# and that has not waited too long (the others end here, their clients told); it tries the
+# request's thread lock (token ARGV[14]), moves the fair order's clock to its turn and
+# announces the line. Returns {'run', id, waited, 1 if it holds the lock, job, lock key}, or
+# {'empty'}.
+CLAIM_SCRIPT = ANNOUNCE_LUA + EVENT_LUA + GONE_LUA + """
+local now = tonumber(ARGV[1])
+local result = {'empty'}
+while true do
+  local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if not head[1] then break end
+  local id = head[1]
+  local info = 'chatbot:req:' .. id
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HSET', KEYS[3], '#clock', math.floor(tonumber(head[2]) / %d))
+  local job_key = 'chatbot:job:' .. id
+  local job = redis.call('GET', job_key)
+  redis.call('DEL', job_key)
+  if redis.call('HGET', info, 'state') == 'queued' then
+    local queued_at = tonumber(redis.call('HGET', info, 'queued_at')) or now
+    local waited = string.format('%%.6f', math.max(0, now - queued_at))
+    local verdict, event, notice = 'run', string.format(ARGV[4], waited), ARGV[5]
+    if client_gone(info, now) then
+      verdict, event, notice = 'cancelled', ARGV[6], ARGV[7]
+    elseif now - queued_at > tonumber(ARGV[3]) then
+      verdict, event, notice = 'expired', ARGV[8], ARGV[9]
+    end
+    if verdict == 'run' then
+      redis.call('SET', 'chatbot:beat:' .. id, 1, 'EX', ARGV[2])
+      redis.call('HSET', info, 'state', 'running', 'started_at', ARGV[1])
+      redis.call('SADD', KEYS[2], id)
+    else
+      redis.call('HSET', info, 'state', verdict, 'finished_at', ARGV[1])
+    end
+    append(info, 'chatbot:relay:' .. id, id, event, ARGV[10])
+    redis.call('PUBLISH', redis.call('HGET', info, 'channel') or id, notice)
+    if verdict == 'run' then
+      local session, model = unpack(redis.call('HMGET', info, 'session_id', 'model'))
+      local lock, locked = 'chatbot:thread:' .. tostring(session) .. ':' .. tostring(model), 0
+      if redis.call('SET', lock, ARGV[14], 'NX', 'PX', ARGV[15]) then locked = 1 end
+      result = {'run', id, waited, locked, job or '', lock}
+      break
+    end
+  end
+end
+announce(KEYS[1], ARGV[11], ARGV[12], ARGV[13])
+return result
+""" % SEQ_SPAN
 # The worker's heartbeat, which also says whether to stop: 0 go on, 1 cancelled, 2 the
-# client's web process is gone, 3 the request was ended elsewhere (declared lost).
-BEAT_SCRIPT = """
-local state, cancel, lease = unpack(redis.call('HMGET', KEYS[1], 'state', 'cancel', 'lease'))
+# client is gone (its web process died, or it left a resumable request and did not come
+# back in time), 3 the request was ended elsewhere (declared lost).
+BEAT_SCRIPT = GONE_LUA + """
+local state, cancel = unpack(redis.call('HMGET', KEYS[1], 'state', 'cancel'))
 if state ~= 'running' then return 3 end
 if cancel then return 1 end
-if lease and redis.call('EXISTS', 'chatbot:lease:' .. lease) == 0 then return 2 end
+if client_gone(KEYS[1], tonumber(ARGV[7])) then return 2 end
 redis.call('SET', KEYS[2], 1, 'EX', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if ARGV[4] ~= '' and redis.call('GET', ARGV[4]) == ARGV[6] then
@@ -168,7 +231,27 @@ if ARGV[4] ~= '' and redis.call('GET', ARGV[4]) == ARGV[6] then
 end
 return 0
 """
-STOP_REASONS = {1: "cancelled", 2: "the client's web process is gone",
+# A resumable request's client left (from the web process holding its lease): it waits
+# ARGV[2] s for the client to come back. A client that came back through another process
+# meanwhile holds the lease, and this does nothing.
+DETACH_SCRIPT = """
+local state, lease = unpack(redis.call('HMGET', KEYS[1], 'state', 'lease'))
+if (state ~= 'queued' and state ~= 'running') or lease ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'detached_until', ARGV[2])
+return 1
+"""
+# The client of a request came back through the web process with lease ARGV[1]: events now
+# ring there, and the request no longer waits to be given up. Returns the request's state.
+RESUME_SCRIPT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'queued' or state == 'running' then
+  redis.call('SET', 'chatbot:lease:' .. ARGV[1], 1, 'EX', ARGV[2])
+  redis.call('HSET', KEYS[1], 'lease', ARGV[1])
+  redis.call('HDEL', KEYS[1], 'detached_until')
+end
+return state
+"""
+STOP_REASONS = {1: "cancelled", 2: "the client is gone",
                 3: "the request was ended elsewhere"}
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -182,8 +265,8 @@ def _announce_args(queue):
             _sse_template("depth", {"queue": queue, "waiting": 0}, "waiting")]
 
 
-def sse_message(type_, data):
-    return json.dumps(Message(data, type=type_).to_dict())
+def sse_message(type_, data, id=None):
+    return json.dumps(Message(data, type=type_, id=id).to_dict())
 
 
 def _sse_template(type_, data, number_field):
@@ -203,10 +286,11 @@ def error_event(status, error):
 
 
 def notice(event):
-    """The SSE notice that goes with a relay event."""
+    """The SSE notice that goes with a relay event: (type, data[, id]). A chunk's id is its
+    number, which a client that reconnects sends back as Last-Event-ID."""
     kind = event["t"]
     if kind == "chunk":
-        return "token", event["raw"]
+        return "token", event["raw"], event.get("n")
     if kind == "done":
         return "done", event["d"]
     if kind == "error":
@@ -233,23 +317,28 @@ class Line:
         self._release = client.register_script(RELEASE_SCRIPT)
         self._announce = client.register_script(ANNOUNCE_SCRIPT)
         self._emit = client.register_script(EMIT_SCRIPT)
+        self._detach = client.register_script(DETACH_SCRIPT)
+        self._resume = client.register_script(RESUME_SCRIPT)
 
     # --- the web side -------------------------------------------------------------------
 
-    def admit(self, request_id, queue, info, lease):
+    def admit(self, request_id, queue, info, lease, job=None, asker="", weight=0):
         """Take a place in line and return it. Raises QueueFull at MAX_QUEUE waiting; returns
         None when the id has a record already (the caller picks a fresh one). `info` names
-        the request's SSE `channel` (see sse_channel) and `owner`, with model and session."""
+        the request's SSE `channel` (see sse_channel) and `owner`, with model and session;
+        `job` is what a worker runs (chatbot.tasks). Requests take turns between askers by `weight` (0: in order
+        of arrival, see FAIR_LUA)."""
         now = time.time()
         fields = {**info, "queue": queue, "state": "queued", "queued_at": now, "lease": lease}
         position = self._admit(
             keys=[WAITING.format(queue), INFO.format(request_id), stream_key(request_id),
-                  LEASE.format(lease)],
+                  LEASE.format(lease), FAIR.format(queue), JOB.format(request_id)],
             args=[self.max_queue, now, request_id,
                   json.dumps([str(x) for kv in fields.items() for x in kv]), INFO_TTL,
                   _sse_template("queued", {"position": 0}, "position"), QUEUE_CHANNEL,
                   _sse_template("depth", {"queue": queue, "waiting": 0}, "waiting"), LEASE_TTL,
-                  info.get("channel", request_id)])
+                  info.get("channel", request_id), asker, ROUND // weight if weight else 0,
+                  json.dumps(job or {})])
         if position == 0:
             raise QueueFull()
         return None if position < 0 else position
@@ -324,7 +413,7 @@ class Line:
                 cleared += self.redis.zrem(WAITING.format(queue), rid)
             elif verdict:
                 cleared += 1
-            elif not self.redis.exists(LEASE.format(self.info(rid.decode()).get("lease"))):
+            elif not self._may_come_back(rid.decode()):
                 # The web process that admitted it died: nobody waits for the answer.
                 cleared += self._move(rid.decode(), queue, ("queued",), "cancelled", CLIENT_GONE)
         for rid in self.redis.smembers(STARTED.format(queue)):
@@ -336,36 +425,52 @@ class Line:
             self.announce(queue)
         return cleared
 
+    def _may_come_back(self, request_id):
+        """Its web process lives, or its client may still resume it (the claim decides)."""
+        info = self.info(request_id)
+        return bool(info.get("resumable")) or bool(self.redis.exists(LEASE.format(info.get("lease"))))
+
     # --- the worker side ----------------------------------------------------------------
 
-    def claim(self, request_id, queue, thread=None):
-        """Take the request out of line to run it, and try the lock of its `thread`
-        ((session, model)). Returns (verdict, seconds waited, the lock if taken): 'run' means
-        run it; anything else ('already <state>', or 'cancelled'/'expired' now) means the
-        request is not ours to run and nothing may be done."""
-        now = time.time()
-        lock = (THREAD.format(*thread), str(uuid.uuid4())) if thread else NO_LOCK
+    def claim_next(self, queue):
+        """Take the head of the line to run it, with its thread's lock when that is free.
+        Returns None when nobody waits, else (request id, seconds waited, the job, the lock
+        if taken)."""
+        token = str(uuid.uuid4())
         expired = error_event(503, f"the request waited over {self.queue_timeout:g} s in line "
                                    "(QUEUE_TIMEOUT_SECONDS); please retry")
         out = self._claim(
-            keys=[INFO.format(request_id), WAITING.format(queue), BEAT.format(request_id),
-                  stream_key(request_id), STARTED.format(queue), lock[0]],
-            args=[request_id, now, HEARTBEAT_TTL, self.queue_timeout,
+            keys=[WAITING.format(queue), STARTED.format(queue), FAIR.format(queue)],
+            args=[time.time(), HEARTBEAT_TTL, self.queue_timeout,
                   '{"t": "started", "waited": %s}', sse_message("started", {}),
                   json.dumps(CLIENT_GONE), sse_message(*notice(CLIENT_GONE)),
                   json.dumps(expired), sse_message(*notice(expired)), self.relay_ttl,
-                  *_announce_args(queue), lock[1], THREAD_LOCK_TTL * 1000])
-        verdict = out[0].decode()
-        if len(out) < 2:
-            return verdict, 0.0, None
-        return verdict, float(out[1]), (lock if out[2] else None)
+                  *_announce_args(queue), token, THREAD_LOCK_TTL * 1000])
+        if out[0] != b"run":
+            return None
+        _, request_id, waited, locked, job, lock_key = out
+        return (request_id.decode(), float(waited), json.loads(job) if job else None,
+                (lock_key.decode(), token) if locked else None)
 
     def beat(self, request_id, queue, lock=None):
         """Renew the heartbeat (and the thread lock); returns 0 to go on, else why to stop."""
         key, token = lock or ("", "")
         return self._beat(keys=[INFO.format(request_id), BEAT.format(request_id)],
                           args=[request_id, HEARTBEAT_TTL, INFO_TTL, key,
-                                THREAD_LOCK_TTL * 1000, token])
+                                THREAD_LOCK_TTL * 1000, token, time.time()])
+
+    def detach(self, request_id, lease, grace):
+        """A resumable request's client left: the request goes on for `grace` seconds, and is
+        given up (the worker stops it; its partial reply is stored as cancelled) unless the
+        client comes back. False if it has ended, or another process holds it now."""
+        return bool(self._detach(keys=[INFO.format(request_id)],
+                                 args=[lease, time.time() + grace]))
+
+    def resume(self, request_id, lease):
+        """The client came back through the process with `lease`. Returns the state, None if
+        the request is unknown."""
+        state = self._resume(keys=[INFO.format(request_id)], args=[lease, LEASE_TTL])
+        return state.decode() if state else None
 
     def emit(self, request_id, channel, event):
         """A streamed chunk, to the waiting client and the SSE listeners of `channel`."""
@@ -442,8 +547,8 @@ class Line:
         queue) and the waiting ones, for GET /api/queue."""
         now = time.time()
         running = sorted(self.redis.smembers(STARTED.format(queue)))
-        waiting = self.redis.zrange(WAITING.format(queue), 0, -1, withscores=True)
-        ids = running + [rid for rid, _ in waiting]
+        waiting = self.redis.zrange(WAITING.format(queue), 0, -1)
+        ids = running + waiting
         pipe = self.redis.pipeline(transaction=False)
         for rid in ids:
             pipe.hgetall(INFO.format(rid.decode()))
@@ -458,9 +563,9 @@ class Line:
         if started:
             started_at, rid, info = started[0]
             out["running"] = {**describe(rid, info), "running_for": round(now - started_at, 3)}
-        for position, ((rid, queued_at), info) in enumerate(zip(waiting, infos[len(running):]), 1):
+        for position, (rid, info) in enumerate(zip(waiting, infos[len(running):]), 1):
             out["waiting"].append({**describe(rid, info), "position": position,
-                                   "age": round(now - queued_at, 3)})
+                                   "age": round(now - info.get("queued_at", now), 3)})
         return out
 
     def set_phase(self, request_id, channel, phase, event, data=None):

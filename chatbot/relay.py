@@ -9,7 +9,9 @@ script, with the request id, the event, its id and the id before it). The hub ha
 event over when it follows the last one its waiter has, and reads that request's stream only
 when it sees a gap (rings trimmed away unread). However many clients wait, an event costs the
 hub one read. A final ring lost altogether is made up for by the waiter's watchdog: the line
-says the request has ended, and the final event is read from its stream (Relay._tail_or).
+says the request has ended, and the rest is read from its stream (Relay._tail_or). A client
+that comes back to a resumable request gets a waiter of its own, which reads the stream from
+the start.
 
 Events: {"t": "started"} · {"t": "chunk", "raw": <upstream NDJSON line>} ·
 {"t": "done", "d": <final chunk>, "reply": {...}} · {"t": "error", "status": int, "error": str}.
@@ -41,6 +43,13 @@ def stream_key(request_id):
     return f"chatbot:relay:{request_id}"
 
 
+class Waiter:
+    """One reader of a request's events: the last stream entry id it has, and its inbox."""
+
+    def __init__(self):
+        self.last, self.inbox = b"0-0", queue.SimpleQueue()
+
+
 class Hub(threading.Thread):
     """Reads the streams of every waiting request of this process and hands out events. It
     also renews the process's lease: while it lives, the requests it admitted are wanted."""
@@ -50,19 +59,31 @@ class Hub(threading.Thread):
         self.redis = client
         self.lease = str(uuid.uuid4())
         self.bell = BELL.format(self.lease)
-        self.waiters = {}  # request id -> [last entry id read, queue of events]
+        self.waiters = {}  # request id -> [Waiter]: the client that asked, and any come back
         self.lock = threading.Lock()
 
-    def watch(self, request_id):
-        """The request's inbox. Watch before the request can produce events (before its task
-        is sent), so that no ring comes too early; watching again returns the same inbox."""
+    def watch(self, request_id, again=False):
+        """The request's waiter. Watch before the request can produce events (before its task
+        is sent), so that no ring comes too early; watching again returns the same waiter,
+        unless `again` (a client that came back while its old connection lingers): a new one
+        that reads the request's events from the start."""
         with self.lock:
-            waiter = self.waiters.setdefault(request_id, [b"0-0", queue.SimpleQueue()])
-        return waiter[1]
+            waiters = self.waiters.setdefault(request_id, [])
+            if again or not waiters:
+                waiters.append(Waiter())
+            return waiters[-1] if again else waiters[0]
 
-    def unwatch(self, request_id):
+    def unwatch(self, request_id, waiter=None):
+        """Stop handing events to `waiter` (by default, the request's first)."""
         with self.lock:
-            self.waiters.pop(request_id, None)
+            waiters = self.waiters.get(request_id)
+            if not waiters:
+                return
+            waiter = waiter or waiters[0]
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                del self.waiters[request_id]
 
     def spread(self, every, per_second):
         """Seconds between one waiter's looks at something, so that all of this process's
@@ -92,34 +113,35 @@ class Hub(threading.Thread):
                 threading.Event().wait(0.5)  # Redis away: waiters' watchdogs report it
 
     def hand_over(self, ring, gaps):
-        """Give a ring's event to its waiter if it follows the last one the waiter has;
-        otherwise (a ring trimmed away unread) note the request for a read of its stream."""
+        """Give a ring's event to each waiter of its request whose last event is the one
+        before it; a waiter further behind (rings trimmed away unread, or one that came back
+        and reads from the start) has the request noted for a read of its stream."""
         rid = ring[b"r"].decode()
-        waiter = self.waiters.get(rid)
-        if waiter is None:
-            return
-        if rid not in gaps and waiter[0] == ring[b"p"]:
-            waiter[0] = ring[b"i"]
-            waiter[1].put(json.loads(ring[b"e"]))
-        elif waiter[0] != ring[b"i"]:
-            gaps.add(rid)
+        for waiter in self.waiters.get(rid, ()):
+            if rid not in gaps and waiter.last == ring[b"p"]:
+                waiter.last = ring[b"i"]
+                waiter.inbox.put(json.loads(ring[b"e"]))
+            elif waiter.last != ring[b"i"]:
+                gaps.add(rid)
 
     def read(self, request_ids):
         """Hand the new events of these requests' streams to their waiters."""
         with self.lock:
-            wanted = [(rid, self.waiters[rid][0]) for rid in request_ids if rid in self.waiters]
+            wanted = [(rid, waiter, waiter.last) for rid in request_ids
+                      for waiter in self.waiters.get(rid, ())]
         if not wanted:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for rid, after in wanted:
+        for rid, _, after in wanted:
             pipe.xrange(stream_key(rid), min=b"(" + after if after != b"0-0" else "-")
         results = pipe.execute()
         with self.lock:
-            for (rid, _), entries in zip(wanted, results):
-                waiter = self.waiters.get(rid)
-                for entry_id, fields in entries if waiter else ():
-                    waiter[0] = entry_id
-                    waiter[1].put(json.loads(fields[b"e"]))
+            for (rid, waiter, after), entries in zip(wanted, results):
+                if waiter.last != after or waiter not in self.waiters.get(rid, ()):
+                    continue  # handed over meanwhile, or no longer watched
+                for entry_id, fields in entries:
+                    waiter.last = entry_id
+                    waiter.inbox.put(json.loads(fields[b"e"]))
 
 
 class Relay:
@@ -136,8 +158,8 @@ class Relay:
                 self._hub.start()
             return self._hub
 
-    def events(self, request_id, check=None, every=0.5):
-        """Yield events until a final one.
+    def events(self, request_id, check=None, every=0.5, waiter=None):
+        """Yield events until a final one (to `waiter`, by default the request's first).
 
         `check(started)` runs every `every` seconds once started, events or not (while
         waiting, less often when thousands wait); when it returns an event (the client left,
@@ -145,13 +167,13 @@ class Relay:
         meanwhile.
         """
         hub = self.hub()
-        inbox, started = hub.watch(request_id), False
+        waiter, started = waiter or hub.watch(request_id), False
         pace = lambda: every if started else hub.spread(every, WAITING_CHECKS_PER_SECOND)  # noqa: E731
         next_check = time.monotonic() + pace()
         try:
             while True:
                 try:
-                    event = inbox.get(timeout=max(0.0, next_check - time.monotonic()))
+                    event = waiter.inbox.get(timeout=max(0.0, next_check - time.monotonic()))
                 except queue.Empty:
                     event = None
                 if event is not None:
@@ -163,29 +185,33 @@ class Relay:
                     next_check = time.monotonic() + pace()
                     verdict = check(started)
                     if verdict:
-                        yield from self._tail_or(request_id, inbox, verdict)
+                        hub.unwatch(request_id, waiter)
+                        yield from self._tail_or(request_id, waiter, verdict)
                         return
         finally:
-            hub.unwatch(request_id)
+            hub.unwatch(request_id, waiter)
 
-    def _tail_or(self, request_id, inbox, verdict):
-        """What already arrived up to a final event, else the verdict."""
+    def _tail_or(self, request_id, waiter, verdict):
+        """What the (no longer watched) waiter has not yet had, up to a final event: from its
+        inbox, then from the stream; else the verdict."""
         while True:
             try:
-                event = inbox.get_nowait()
+                event = waiter.inbox.get_nowait()
             except queue.Empty:
                 break
             yield event
             if event["t"] in FINAL:
                 return
         try:
-            newest = self.redis.xrevrange(stream_key(request_id), count=1) or ()
+            after = waiter.last
+            rest = self.redis.xrange(stream_key(request_id),
+                                     min=b"(" + after if after != b"0-0" else "-")
         except redis.RedisError:
-            newest = ()
-        for _, fields in newest:
-            last = json.loads(fields[b"e"])
-            if last["t"] in FINAL:
-                yield last
+            rest = ()
+        for _, fields in rest:
+            event = json.loads(fields[b"e"])
+            yield event
+            if event["t"] in FINAL:
                 return
         yield verdict
 

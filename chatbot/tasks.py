@@ -16,22 +16,28 @@ from chatbot import lifecycle  # noqa: F401  registers chatbot.archive_idle_sess
 log = logging.getLogger(__name__)
 
 
-@shared_task(name="chatbot.run_request")
-def run_request(job):
-    """job: {request_id, session_id, kind, model, messages, upstream, host, queue, fresh}
-    (plain data, no ORM). Runs only if the line hands the request over: a redelivered or
-    duplicated task finds it taken and does nothing."""
+@shared_task(name="chatbot.run_next", bind=True)
+def run_next(self, queue=QUEUE):
+    """Run the request at the head of `queue`'s line (chatbot.line keeps it in fair order).
+    Every admitted request sends one of these, so there is a task for every request; one that
+    finds the line empty (its request was cancelled, or taken by an earlier task) does
+    nothing, and so does a redelivered or duplicated one."""
     marks = {"task": timing.now()}
     ext = current_app.extensions
-    line, request_id, queue = ext["line"], job["request_id"], job.get("queue", QUEUE)
+    line = ext["line"]
     logs.clear()
-    logs.bind(request_id=request_id, session_id=job["session_id"], model=job["model"])
+    logs.bind(task_id=self.request.id)  # which task ran which request, for Flower's view
     # The claim also takes the thread's lock when it is free (one round trip for both).
-    verdict, waited, lock = line.claim(request_id, queue, (job["session_id"], job["model"]))
-    if verdict != "run":
-        log.info("not run: %s", verdict)
-        logs.clear()
+    claimed = line.claim_next(queue)
+    if claimed is None:
+        log.info("nothing waiting in %s", queue)
         return
+    request_id, waited, job, lock = claimed
+    if job is None:  # its job expired in Redis: nothing to run, but its client must hear
+        line.finish(request_id, queue, {"error": {"status": 500, "error": "the request was lost"}},
+                    lock)
+        return
+    logs.bind(request_id=request_id, session_id=job["session_id"], model=job["model"])
     metrics = ext["metrics"].batch()  # written in one round trip once the client has heard
     metrics.observe("chatbot_queue_wait_seconds", waited, queue=queue)
     log.info("started after %.3f s in line, upstream %s", waited, job.get("host"))
@@ -60,13 +66,12 @@ def run_request(job):
         marks["begun"] = timing.now()
         create_chat_flow().run({
             "job": job, "marks": marks, "started_at": utcnow(), "upstream": ext["router"].upstream(job.get("host")),
-            # A job queued by an older web process names no channel: its id is the channel.
-            "emit": lambda event: line.emit(request_id, job.get("channel", request_id), event),
+            "emit": chunks(line, request_id, job["channel"]),
             "stop": heartbeat.stop_asked,
             "end": end, "windows": ext["windows"], "calibration": ext["calibration"],
             "metrics": metrics, "reserve": current_app.config["CONTEXT_REPLY_RESERVE"],
             "summarizer": summarizer(current_app.config),
-            "phase": functools.partial(line.set_phase, request_id, job.get("channel", request_id)),
+            "phase": functools.partial(line.set_phase, request_id, job["channel"]),
         })
     except Exception:  # the waiting client must hear of it rather than hang
         end({"error": {"status": 500, "error": logs.incident(log, "request failed")}})
@@ -88,6 +93,17 @@ def summarizer(config):
     if config["CONTEXT_STRATEGY"] != "summarize":
         return None
     return {"model": config["SUMMARY_MODEL"], "max_tokens": config["SUMMARY_MAX_TOKENS"]}
+
+
+def chunks(line, request_id, channel):
+    """The flow's emit: each chunk numbered from 1, so that a client that comes back asks
+    for what follows the last it has (GET /api/requests/<id>/stream?after=N)."""
+    count = [0]
+
+    def emit(event):
+        count[0] += 1
+        line.emit(request_id, channel, {**event, "n": count[0]})
+    return emit
 
 
 @shared_task(name="chatbot.sweep_line")

@@ -33,13 +33,6 @@ def relay_length(stack, rid):
     return stack.app.extensions["redis"].xlen(stream_key(rid))
 
 
-def job_of(stack, rid, sid, content):
-    return {"request_id": rid, "session_id": sid, "kind": "chat", "model": MODEL,
-            "messages": [{"role": "user", "content": content}],
-            "upstream": {"model": MODEL, "options": SHORT}, "host": stack.env["OLLAMA_HOST"],
-            "queue": "ollama", "fresh": False}
-
-
 def worker_log_has(logs_dir, rid, text):
     lines = (logs_dir / "worker.log").read_text().splitlines()
     return any(rid in line and text in line for line in lines)
@@ -50,11 +43,13 @@ def test_a_redelivered_task_runs_nothing_and_stores_nothing(stack, logs_dir):
     assert chat(stack.url, sid, "Hi", request_id=rid).status_code == 200
     rows, events = len(stack.rows(sid)), relay_length(stack, rid)
     assert rows == 2
-    # The broker hands the same task out again (a worker died before acking it).
-    stack.app.extensions["celery"].send_task("chatbot.run_request", task_id=rid, queue="ollama",
-                                             args=[job_of(stack, rid, sid, "Hi")])
-    wait_for(lambda: worker_log_has(logs_dir, rid, "not run: already done"),
-             what="the redelivered task to be refused")
+    # The broker hands a task out again (a worker died before acking it): it finds nobody
+    # waiting, and does nothing.
+    task = f"again-{uuid.uuid4()}"
+    stack.app.extensions["celery"].send_task("chatbot.run_next", task_id=task, queue="ollama",
+                                             args=["ollama"])
+    wait_for(lambda: worker_log_has(logs_dir, task, "nothing waiting in ollama"),
+             what="the redelivered task to find nothing")
     assert len(stack.rows(sid)) == rows and relay_length(stack, rid) == events
 
 
@@ -63,8 +58,7 @@ def test_a_task_sent_twice_while_queued_runs_once(stack):
     sid, rid = str(uuid.uuid4()), f"twice-{uuid.uuid4()}"
     waiting = Background(stack.url, {**chat_body(SHORT, sid, stream=False)}, rid)
     wait_for(lambda: rid in [w["request_id"] for w in queue_state(stack.url)["waiting"]])
-    stack.app.extensions["celery"].send_task("chatbot.run_request", task_id=rid, queue="ollama",
-                                             args=[job_of(stack, rid, sid, "dup")])
+    stack.app.extensions["celery"].send_task("chatbot.run_next", queue="ollama", args=["ollama"])
     cancel(stack, slow_id)
     waiting.join(60)
     slow.join(30)
@@ -306,7 +300,7 @@ def test_the_sweep_clears_what_no_client_will(stack):
     live, gone = f"live-{uuid.uuid4()}", f"gone-{uuid.uuid4()}"
     info = {"model": MODEL, "session_id": sid}
     line.admit(dead, queue, info, live)
-    assert line.claim(dead, queue)[0] == "run"
+    assert line.claim_next(queue)[0] == dead
     line.admit(vanished, queue, info, live)
     line.admit(orphan, queue, info, gone)
     client.delete(INFO.format(vanished), BEAT.format(dead), LEASE.format(gone))

@@ -94,7 +94,7 @@ def test_task_is_routed_and_scheduled(stack):
     celery = stack.app.extensions["celery"]
     route = celery.amqp.router.route({}, "chatbot.archive_idle_sessions")
     assert route["queue"].name == "maintenance"
-    assert celery.amqp.router.route({}, "chatbot.run_request")["queue"].name == "ollama"
+    assert celery.amqp.router.route({}, "chatbot.run_next")["queue"].name == "ollama"
     entry = celery.conf.beat_schedule["archive-idle-sessions"]
     assert entry["task"] == "chatbot.archive_idle_sessions" and entry["schedule"] == 15 * 60
 

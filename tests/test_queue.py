@@ -212,7 +212,7 @@ def test_flower_starts_against_the_same_broker(stack, logs):
 
         def flower_saw_a_task():  # the worker sends task events; Flower counts them
             requests.post(stack.url + "/api/chat", json=chat_body(SHORT, stream=False), timeout=60)
-            return 'task="chatbot.run_request"' in requests.get(url + "/metrics", timeout=10).text
+            return 'task="chatbot.run_next"' in requests.get(url + "/metrics", timeout=10).text
 
         wait_for(flower_saw_a_task, timeout=30, what="flower to see our task")
     finally:

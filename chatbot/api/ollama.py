@@ -130,6 +130,10 @@ def _turn(kind, body, model, messages, wire_class):
     validate.options(body, "ChatRequest" if kind == "chat" else "GenerateRequest")
     session_id = validate.session_id(body)
     # Every field Ollama knows goes upstream untouched; the session and messages are ours.
-    upstream_body = {k: v for k, v in body.items() if k not in ("session_id", "messages", "stream")}
-    request_id, queue = turns.submit(kind, model, messages, upstream_body, session_id)
-    return turns.respond(request_id, queue, session_id, stream, wire_class(session_id))
+    resumable = validate.resumable(body)
+    upstream_body = {k: v for k, v in body.items()
+                     if k not in ("session_id", "messages", "stream", "resumable")}
+    wire_ = wire_class(session_id)
+    request_id, queue = turns.submit(kind, model, messages, upstream_body, session_id,
+                                     (wire_, stream), resumable)
+    return turns.respond(request_id, queue, session_id, stream, wire_, resumable)

@@ -94,8 +94,10 @@ def _turn(kind, body, model, messages, upstream_body, wire_class):
     validate.options(upstream_body, "ChatCompletionRequest")
     session_id = validate.session_id({})
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    request_id, queue = turns.submit(kind, model, messages, upstream_body, session_id)
-    return turns.respond(request_id, queue, session_id, stream, wire_class(model, include_usage))
+    resumable, wire = validate.resumable(body), wire_class(model, include_usage)
+    request_id, queue = turns.submit(kind, model, messages, upstream_body, session_id,
+                                     (wire, stream), resumable)
+    return turns.respond(request_id, queue, session_id, stream, wire, resumable)
 
 
 def _list(body, name):

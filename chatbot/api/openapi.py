@@ -50,7 +50,7 @@ PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
 FORMAT = one_of({"type": "string", "enum": ["json"]}, OBJ)
 THINK = one_of(BOOL, {"type": "string", "enum": ["high", "medium", "low"]})
 TURN = dict(stream=BOOL, format=FORMAT, options=ref("Options"), think=THINK,
-            keep_alive=KEEP_ALIVE, session_id=UUID)
+            keep_alive=KEEP_ALIVE, session_id=UUID, resumable=BOOL)
 
 SCHEMAS = {
     "Error": obj(["error"], error=STR),
@@ -86,7 +86,8 @@ SCHEMAS = {
     "OpenAISampling": obj(**{k: nullable(t) for k, t in (
         ("temperature", NUM), ("top_p", NUM), ("seed", INT), ("stop", one_of(STR, array(STR))),
         ("max_tokens", INT), ("max_completion_tokens", INT), ("frequency_penalty", NUM),
-        ("presence_penalty", NUM), ("stream_options", obj(include_usage=BOOL)))}, stream=BOOL),
+        ("presence_penalty", NUM), ("stream_options", obj(include_usage=BOOL)))}, stream=BOOL,
+        resumable=BOOL),
     "ChatCompletionRequest": {"allOf": [ref("OpenAISampling"), obj(
         ["model", "messages"], model=STR, messages=array(ref("OpenAIMessage")), tools=array(OBJ),
         response_format=obj(type={"type": "string", "enum": ["text", "json_object", "json_schema"]},

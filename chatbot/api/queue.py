@@ -1,5 +1,6 @@
-"""Where requests stand: GET /api/queue, GET/DELETE /api/queue/<id>, and the SSE streams
-(GET /api/events?channel=<request id> or channel=queue)."""
+"""Where requests stand: GET /api/queue, GET/DELETE /api/queue/<id>, the SSE streams
+(GET /api/events?channel=<request id> or channel=queue), and a resumable request's reply for
+a client that comes back (GET /api/requests/<id>/stream?after=N)."""
 import json
 import logging
 import time
@@ -9,7 +10,8 @@ from flask import Blueprint, Response, jsonify, request
 from flask_sse import Message, sse
 
 from chatbot import line as lines, routing
-from chatbot.api import ApiError, auth
+from chatbot.api import ApiError, auth, turns
+from chatbot.relay import stream_key
 
 bp = Blueprint("queue", __name__)
 log = logging.getLogger(__name__)
@@ -50,11 +52,32 @@ def cancel(request_id):
     return jsonify(request_id=request_id, state="cancelled", was=was)
 
 
+@bp.get("/api/requests/<request_id>/stream")
+def resume(request_id):
+    """A resumable request's reply, as its first call answered it, from the chunk after the
+    first `after` (0: all of it so far), then live to the end."""
+    info = lines.get().info(request_id)
+    if not info or not auth.owns(info.get("owner") or None):
+        raise ApiError(404, f"request '{request_id}' not found")
+    if not info.get("wire"):
+        raise ApiError(400, f"request '{request_id}' is not resumable: send it with "
+                            "'X-Resumable: true' or \"resumable\": true")
+    if not lines.get().redis.exists(stream_key(request_id)):
+        raise ApiError(404, f"request '{request_id}' has no reply left to resume")
+    return turns.resume(request_id, info, _count(request.args.get("after", "0"), "after"))
+
+
+def _count(text, name):
+    if not text.isdigit() or len(text) > 9:
+        raise ApiError(400, f"invalid {name} {text!r}: must be a whole number of chunks")
+    return int(text)
+
+
 def _known(request_id):
     info = lines.get().info(request_id)
     if not info or not auth.owns(info.pop("owner", "") or None):
         raise ApiError(404, f"request '{request_id}' not found")
-    return {k: v for k, v in info.items() if k not in ("lease", "channel", "cancel")}
+    return {k: v for k, v in info.items() if k not in ("lease", "channel", "cancel", "wire")}
 
 
 @bp.get("/api/events")
@@ -65,16 +88,24 @@ def events():
     subscribes again (what was published meanwhile is lost, as with any pub/sub)."""
     name = request.args.get("channel") or lines.QUEUE_CHANNEL
     channel = _channel(name)
+    # A client that reconnects says the last token it has (EventSource sends it by itself).
+    raw_last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    last_id = None if raw_last is None else _count(raw_last.strip(), "Last-Event-ID")
     pubsub = sse.redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(channel)
     line, about_a_request = lines.get(), name != lines.QUEUE_CHANNEL
 
     def stream():
-        listener = pubsub
+        listener, sent, ended = pubsub, last_id, False  # the newest token it has; the end sent
         if about_a_request:
             line.listen(name, 1)  # its position is announced while someone listens
         try:
             yield ": subscribed\n\n"
+            if about_a_request and last_id is not None:  # subscribed first: nothing falls between
+                for message in _since(line, name, last_id):
+                    sent = max(sent, message.id or 0)
+                    ended = ended or message.type in ("done", "error")
+                    yield str(message)
             while True:
                 try:
                     message = listener.get_message(timeout=KEEPALIVE_SECONDS)
@@ -86,7 +117,10 @@ def events():
                 if message is None:
                     yield ": keep-alive\n\n"
                 elif message["type"] == "message":
-                    yield str(Message(**json.loads(message["data"])))
+                    fields = json.loads(message["data"])
+                    if _sent_already(fields, sent, ended):
+                        continue
+                    yield str(Message(**fields))
         finally:
             listener.close()
             if about_a_request:
@@ -96,6 +130,26 @@ def events():
                     pass  # gone with Redis
 
     return Response(stream(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _sent_already(fields, sent, ended):
+    """A notice published while the stream was being read, and so sent from it already."""
+    if fields.get("type") == "token":
+        return sent is not None and (fields.get("id") or 0) <= sent
+    return ended and fields.get("type") in ("done", "error")
+
+
+def _since(line, request_id, last_id):
+    """A request's notices after its token number `last_id`, read from its relay stream."""
+    try:
+        entries = line.redis.xrange(stream_key(request_id))
+    except redis.RedisError:
+        entries = ()
+    for _, fields in entries:
+        event = json.loads(fields[b"e"])
+        if event["t"] in ("chunk", "done", "error") and (event["t"] != "chunk" or event.get("n", 0) > last_id):
+            type_, data, *id_ = lines.notice(event)
+            yield Message(data, type=type_, id=(id_ or [None])[0])
 
 
 def _channel(name):

@@ -1,5 +1,6 @@
 """A chat or generate request's life on the web side: queue it, then answer from its events.
 The line (chatbot.line) decides every ending; this module only asks it."""
+import json
 import logging
 import time
 import uuid
@@ -8,7 +9,7 @@ import redis
 from flask import Response, current_app, g, request, stream_with_context
 
 from chatbot import line as lines, logs, quota, routing, store, timing
-from chatbot.api import ApiError, auth
+from chatbot.api import ApiError, auth, openai_wire, wire as ollama_wire
 from chatbot.api.disconnect import client_gone, client_socket
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
@@ -17,11 +18,16 @@ CHECK_EVERY = 0.5  # seconds between looks at the client socket (and a running r
 LOOK_EVERY = 2.0  # seconds between asking the line about a request still waiting in it
 LOOKS_PER_SECOND = 200  # ... at most this many asks a second from one process
 log = logging.getLogger(__name__)
+# The wires a client that comes back may be answered on, by name (their recipe()).
+WIRES = {cls.__name__: cls for cls in (ollama_wire.OllamaChat, ollama_wire.OllamaGenerate,
+                                       openai_wire.OpenAIChat, openai_wire.OpenAICompletion)}
 
 
-def submit(kind, model, messages, upstream_body, session_id):
+def submit(kind, model, messages, upstream_body, session_id, answer=None, resumable=False):
     """Queue a turn. `messages` are what the session gains; `upstream_body` the rest of what
-    is sent upstream (chat's context is added by the flow). Returns (request_id, queue)."""
+    is sent upstream (chat's context is added by the flow). A `resumable` request survives
+    its client leaving for RESUME_GRACE_SECONDS, and is answered again as it was first
+    (`answer`: (wire, stream); GET /api/requests/<id>/stream). Returns (request_id, queue)."""
     owner, who = auth.key_name(), quota.asker()
     quota.tokens().check(who)
     if auth.scope() is not auth.ALL and not g.get("fresh_session"):
@@ -36,13 +42,23 @@ def submit(kind, model, messages, upstream_body, session_id):
     def admit():
         info = {"model": model, "session_id": session_id, "host": host, "owner": owner or "",
                 "channel": lines.sse_channel(owner, g.request_id)}
-        return line.admit(g.request_id, queue, info, lease), info["channel"]
+        if resumable:
+            info.update(resumable=current_app.config["RESUME_GRACE_SECONDS"],
+                        wire=json.dumps([*answer[0].recipe(), answer[1]]))
+        job = {"request_id": g.request_id, "session_id": session_id, "kind": kind,
+               "model": model, "messages": messages, "upstream": {**upstream_body, "model": model},
+               "host": host, "queue": queue, "fresh": bool(g.get("fresh_session")),
+               "owner": owner, "channel": info["channel"], "asker": who}
+        # Turns are taken between askers: the key, else the session.
+        fair = current_app.config["QUEUE_ORDER"] == "fair"
+        return line.admit(g.request_id, queue, info, lease, job, asker=owner or session_id,
+                          weight=1 if fair else 0)
 
     try:
-        position, channel = admit()
+        position = admit()
         while position is None:  # a client reusing an id never reads another request's reply
             g.request_id = str(uuid.uuid4())
-            position, channel = admit()
+            position = admit()
     except lines.QueueFull:
         log.warning("refused: queue %s is full", queue)
         raise ApiError(503, BUSY, {"Retry-After": str(RETRY_AFTER_SECONDS)})
@@ -53,18 +69,14 @@ def submit(kind, model, messages, upstream_body, session_id):
     g.marks["admitted"] = timing.now()
     logs.bind(request_id=request_id, session_id=session_id, model=model, queue_position=position)
     log.info("queued on %s for %s", queue, host)
-    job = {"request_id": request_id, "session_id": session_id, "kind": kind, "model": model,
-           "messages": messages, "upstream": {**upstream_body, "model": model},
-           "host": host, "queue": queue, "fresh": bool(g.get("fresh_session")),
-           "owner": owner, "channel": channel, "asker": who}
     hub.watch(request_id)  # before the task exists, so that no event comes too early
     # This app's own Celery (not the process default: tests run several apps side by side).
     try:
+        # One task per request; it runs whichever request is first in the fair order.
         # ignore_result: no result backend to set up (per greenlet, under gevent) for a task
         # whose answer comes back through the relay.
-        current_app.extensions["celery"].send_task("chatbot.run_request", args=[job],
-                                                   task_id=request_id, queue=queue,
-                                                   ignore_result=True)
+        current_app.extensions["celery"].send_task("chatbot.run_next", args=[queue],
+                                                   queue=queue, ignore_result=True)
     except Exception:  # the broker went away between admission and sending
         log.warning("refused: the task could not be sent", exc_info=True)
         hub.unwatch(request_id)
@@ -77,7 +89,7 @@ def submit(kind, model, messages, upstream_body, session_id):
     return request_id, queue
 
 
-def watchdog(request_id, queue):
+def watchdog(request_id, queue, resumable=False):
     """A relay check: ends the wait when the client left, or when the line says the request
     can no longer answer (vanished, waited too long, its worker died)."""
     sock, line, hub = client_socket(request.environ), lines.get(), current_app.extensions["relay"].hub()
@@ -87,7 +99,7 @@ def watchdog(request_id, queue):
         if client_gone(sock):
             log.info("client disconnected while waiting")
             _metrics().inc("chatbot_stream_disconnects_total")
-            _cancel(request_id, lines.CLIENT_GONE)
+            _leave(request_id, resumable, lines.CLIENT_GONE)
             return lines.CLIENT_GONE
         if not started and time.monotonic() < next_look[0]:
             return None
@@ -98,36 +110,46 @@ def watchdog(request_id, queue):
     return check
 
 
-def respond(request_id, queue, session_id, stream, wire):
+def respond(request_id, queue, session_id, stream, wire, resumable=False, after=None,
+            waiter=None):
     """Wait for the first reply event, so that an upstream error still sets the HTTP status,
-    then stream (or answer once with the whole reply)."""
-    events = _timed(current_app.extensions["relay"].events(
-        request_id, check=watchdog(request_id, queue), every=CHECK_EVERY), g.started)
+    then stream (or answer once with the whole reply). A client that came back (`after`: the
+    chunks it has) reads from `waiter`, and gets only the chunks that follow."""
+    events = current_app.extensions["relay"].events(
+        request_id, check=watchdog(request_id, queue, resumable), every=CHECK_EVERY,
+        waiter=waiter)
+    if after is None:
+        events = _timed(events, g.started)
+    else:  # a second answer: its times say nothing of the request's
+        events = (e for e in events if e["t"] != "chunk" or e.get("n", 0) > after)
     headers = {"X-Session-ID": session_id, "X-Request-ID": request_id}
-    first = _first_reply_event(events, request_id)
+    if resumable:  # what a client that comes back asks for: the chunks after the last it has
+        headers.update({"X-Resumable": "true", "X-First-Chunk": str((after or 0) + 1)})
+    first = _first_reply_event(events, request_id, resumable)
     if first["t"] == "error":
         resp = wire.failure(first["status"], first["error"])
     elif not stream:
         last = first if first["t"] == "done" else _last(events)
         resp = wire.failure(last["status"], last["error"]) if last["t"] == "error" else wire.whole(last)
         # What each layer took (see chatbot.timing); clients that don't know it ignore it.
-        resp.headers["Server-Timing"] = timing.header(
-            {**(last.get("marks") or {}), **g.marks, "responded": timing.now()})
+        if after is None:
+            resp.headers["Server-Timing"] = timing.header(
+                {**(last.get("marks") or {}), **g.marks, "responded": timing.now()})
     else:
         # The context stays pushed while streaming: the watchdog and a cancel on close need it.
-        resp = Response(stream_with_context(_lines(first, events, request_id, wire)),
+        resp = Response(stream_with_context(_lines(first, events, request_id, wire, resumable)),
                         mimetype=wire.mimetype)
     resp.headers.update(headers)
     return resp
 
 
-def _first_reply_event(events, request_id):
+def _first_reply_event(events, request_id, resumable):
     try:
         for event in events:
             if event["t"] != "started":
                 return event
     except BaseException:
-        _cancel(request_id)
+        _leave(request_id, resumable)
         raise
 
 
@@ -137,12 +159,13 @@ def _last(events):
             return event
 
 
-def _lines(first, events, request_id, wire):
-    finished = False
+def _lines(first, events, request_id, wire, resumable):
+    finished, sse = False, wire.mimetype == "text/event-stream"
     try:
         for event in _chain(first, events):
             if event["t"] == "chunk":
-                yield wire.chunk(event["raw"])
+                # An SSE client that opted in gets each chunk's number as its event id.
+                yield (f"id: {event.get('n', 0)}\n" if resumable and sse else "") + wire.chunk(event["raw"])
             elif event["t"] == "done":
                 finished = True
                 yield wire.final(event)
@@ -153,7 +176,7 @@ def _lines(first, events, request_id, wire):
         if not finished:  # the client went away mid-stream: stop the generation
             log.info("client disconnected mid-stream")
             _metrics().inc("chatbot_stream_disconnects_total")
-            _cancel(request_id, lines.CLIENT_GONE)
+            _leave(request_id, resumable, lines.CLIENT_GONE)
 
 
 def _chain(first, events):
@@ -178,6 +201,40 @@ def _timed(events, started):
             model_time = (event["d"].get("total_duration") or 0) / 1e9
             _metrics().observe("chatbot_proxy_overhead_seconds", max(0.0, now - waited - model_time))
         yield event
+
+
+def resume(request_id, info, after):
+    """Answer a client that came back to a resumable request: every chunk after the first
+    `after`, then live to the end, on the wire of its first call. From now on the request's
+    events ring this process, and it is no longer given up."""
+    hub = current_app.extensions["relay"].hub()
+    waiter = hub.watch(request_id, again=True)  # before taking over: no ring comes too early
+    try:
+        lines.get().resume(request_id, hub.lease)
+        hub.read([request_id])  # what is there already
+    except redis.RedisError:
+        hub.unwatch(request_id, waiter)
+        raise ApiError(503, lines.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})
+    name, args, stream = json.loads(info["wire"])
+    wire = WIRES[name](*args)
+    logs.bind(request_id=request_id, session_id=info["session_id"], model=info["model"])
+    log.info("client came back after %d chunk(s)", after)
+    return respond(request_id, info["queue"], info["session_id"], stream, wire,
+                   resumable=True, after=after, waiter=waiter)
+
+
+def _leave(request_id, resumable, event=lines.CANCELLED):
+    """The client left: a resumable request goes on for its grace period, for the client
+    to come back; any other is cancelled."""
+    if not resumable:
+        return _cancel(request_id, event)
+    try:
+        lines.get().detach(request_id, current_app.extensions["relay"].hub().lease,
+                           current_app.config["RESUME_GRACE_SECONDS"])
+        log.info("client left; the reply goes on for %g s for it to come back",
+                 current_app.config["RESUME_GRACE_SECONDS"])
+    except redis.RedisError:
+        log.warning("could not keep %s for its client: redis does not answer", request_id)
 
 
 def _cancel(request_id, event=lines.CANCELLED):

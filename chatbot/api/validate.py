@@ -187,6 +187,21 @@ def stream_flag(body):
     return stream
 
 
+def resumable(body):
+    """Whether the client opted in to its reply surviving a dropped connection: the
+    `X-Resumable` header or `"resumable": true` in the body."""
+    value = body.get("resumable")
+    if value is None:
+        value = request.headers.get("X-Resumable", "false").strip().lower()
+        if value not in ("true", "false", "1", "0", ""):
+            raise ApiError(400, f"invalid X-Resumable header {value!r}: must be true or false")
+        return value in ("true", "1")
+    if not isinstance(value, bool):
+        raise ApiError(400, "json: cannot unmarshal " + _go_type(value)
+                       + " into Go struct field .resumable of type bool")
+    return value
+
+
 def _go_type(value):
     return {dict: "object", list: "array", str: "string", bool: "bool"}.get(
         type(value), "number" if isinstance(value, (int, float)) else "null")

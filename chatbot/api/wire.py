@@ -1,7 +1,8 @@
 """How a queued turn is written back to the client: Ollama's NDJSON (chat and generate).
 
 A wire turns relay events into the response: `chunk(raw)` a streamed line, `final(event)` the
-last line, `whole(event)` the non-streamed body, `failure(status, error)` an error response.
+last line, `whole(event)` the non-streamed body, `failure(status, error)` an error response;
+`recipe()` is what makes the same wire again, for a client that comes back (chatbot.api.turns).
 """
 import json
 
@@ -20,6 +21,9 @@ class OllamaChat:
 
     def __init__(self, session_id):
         self.session_id = session_id
+
+    def recipe(self):
+        return [type(self).__name__, [self.session_id]]
 
     def chunk(self, raw):
         return raw + "\n"  # the upstream's own bytes

@@ -63,6 +63,38 @@ export async function* lines(resp, keepBlank = false) {
   }
 }
 
+// The chunks of a reply sent with "resumable": true. When the connection drops, the server
+// keeps the reply going for a while: ask it for the chunks after those we have, a few times.
+export async function* resumableChunks(resp, { rid, signal, onRetry = () => {}, tries = 5 }) {
+  let got = 0;
+  for (let attempt = 0; ;) {
+    try {
+      for await (const line of lines(resp)) {
+        attempt = 0;
+        const chunk = JSON.parse(line);
+        if (!chunk.done && !chunk.error) got += 1;
+        yield chunk;
+      }
+      return;
+    } catch (error) {
+      if (signal?.aborted || error instanceof SyntaxError) throw error;
+      for (;;) {
+        if (++attempt > tries) throw error;
+        onRetry(attempt);
+        await new Promise((resolve) => setTimeout(resolve, 500 * attempt));
+        try {
+          resp = await call(`/api/requests/${encodeURIComponent(rid)}/stream?after=${got}`, { signal });
+        } catch (again) {
+          if (signal?.aborted || again instanceof Unauthorized) throw again;
+          continue; // still offline
+        }
+        if (!resp.ok) throw new Error((await resp.json().catch(() => ({}))).error || resp.statusText);
+        break;
+      }
+    }
+  }
+}
+
 // SSE in flask-sse's format: {type, data} per event, data parsed as JSON; comments come as
 // {type: 'comment'} (the server's first, ": subscribed", says nothing can be missed now).
 export async function* events(resp) {

@@ -269,7 +269,9 @@ async function send(text) {
     if (how !== 'done') mark(reply, how, why);
   };
   try {
-    const body = { model, messages: [{ role: 'user', content: text }], stream: true, options };
+    // Resumable: a dropped connection (a phone changing networks) picks the reply up again.
+    const body = { model, messages: [{ role: 'user', content: text }], stream: true, options,
+      resumable: true };
     if (sessionId) body.session_id = sessionId;
     const resp = await api.call('/api/chat', { method: 'POST', body, headers: { 'X-Request-ID': rid },
       signal: turn.chat.signal });
@@ -282,8 +284,10 @@ async function send(text) {
       const error = (await resp.json().catch(() => ({}))).error || resp.statusText;
       ending(turn.stopped ? 'stopped' : 'error', turn.stopped ? '' : error);
     } else {
-      for await (const line of api.lines(resp)) {
-        const chunk = JSON.parse(line);
+      const chunks = api.resumableChunks(resp, { rid: resp.headers.get('X-Request-ID') || rid,
+        signal: turn.chat.signal, onRetry: () => { reply.el.dataset.reconnecting = 'true'; } });
+      for await (const chunk of chunks) {
+        delete reply.el.dataset.reconnecting;
         if (chunk.error) {
           ending(turn.stopped ? 'stopped' : 'error', turn.stopped ? '' : chunk.error);
           break;
@@ -326,10 +330,12 @@ async function stop() {
   const turn = state.turn;
   if (!turn || turn.stopped) return;
   turn.stopped = true;
-  const resp = await api.call(`/api/queue/${turn.rid}`, { method: 'DELETE' }).catch(() => null);
-  // Not admitted yet, or the cancel did not answer: hanging up cancels it as well.
-  if (!resp || !resp.ok) turn.chat.abort();
-  else setTimeout(() => turn.chat.abort(), 5000);
+  const cancel = () => api.call(`/api/queue/${turn.rid}`, { method: 'DELETE' }).catch(() => null);
+  // Not admitted yet: ask once more. Hanging up alone would not do, as the reply is
+  // resumable: the server would keep it going for its grace period.
+  let resp = await cancel();
+  if (!resp?.ok) resp = await sleep(500).then(cancel);
+  setTimeout(() => turn.chat.abort(), resp?.ok ? 5000 : 0);
 }
 
 async function afterTurn(sessionId, wasNew, text, shown) {

@@ -1,0 +1,100 @@
+"""The fair line: a host's requests are taken in turns between askers (the key while keys are
+on, else the session), so a client that queues many does not make everyone wait behind all."""
+import json
+import uuid
+
+import requests
+
+from chatbot import create_app
+from tests.conftest import serve
+from tests.test_keys import A, B, bearer, keyed  # noqa: F401  (keyed: a fixture)
+from tests.test_queue import (SHORT, Background, cancel, chat_body, queue_state, start_slow,
+                              wait_for)
+
+
+def waiting_ids(url, headers=None):
+    state = requests.get(url + "/api/queue", headers=headers, timeout=5).json()["queues"][0]
+    return [w.get("request_id") for w in state["waiting"]]
+
+
+def queue_up(url, session_id, rid, headers=None):
+    body = chat_body(SHORT, session_id, stream=False)
+    sent = Background(url, body, rid, headers=headers)
+    wait_for(lambda: rid in waiting_ids(url, headers), what=f"{rid} to wait")
+    return sent
+
+
+def positions(events, until):
+    """The positions announced on an SSE stream, until `until` of them have come."""
+    seen, kind = [], None
+    for line in events.iter_lines(decode_unicode=True):
+        if line.startswith("event:"):
+            kind = line.split(":", 1)[1].strip()
+        elif line.startswith("data:") and kind == "queued":
+            seen.append(json.loads(line.split(":", 1)[1])["position"])
+            if len(seen) == until:
+                return seen
+    return seen
+
+
+def test_one_request_waits_behind_one_of_each_other_asker_and_positions_follow(stack):
+    slow_id, slow = start_slow(stack)
+    many, one = str(uuid.uuid4()), str(uuid.uuid4())
+    mine = [f"many-{i}-{uuid.uuid4()}" for i in range(4)]
+    events = requests.get(f"{stack.url}/api/events?channel={mine[3]}", stream=True, timeout=60)
+    sent = [queue_up(stack.url, many, rid) for rid in mine]
+    theirs = f"one-{uuid.uuid4()}"
+    sent.append(queue_up(stack.url, one, theirs))
+    # Behind the first of the asker with four, ahead of its other three.
+    assert waiting_ids(stack.url) == [mine[0], theirs, *mine[1:]]
+    state = queue_state(stack.url)
+    assert [w["position"] for w in state["waiting"]] == [1, 2, 3, 4, 5]
+    # The last of the four heard its place change when the other asker went ahead of it.
+    assert positions(events, 2) == [4, 5]
+    events.close()
+    cancel(stack, slow_id)
+    for request in sent:
+        request.join(120)
+        assert request.response.status_code == 200
+    slow.join(30)
+    started = {rid: float(requests.get(f"{stack.url}/api/queue/{rid}", timeout=5).json()["started_at"])
+               for rid in [*mine, theirs]}
+    assert sorted(started, key=started.get) == [mine[0], theirs, *mine[1:]]
+
+
+def test_first_come_first_served_when_asked(stack):
+    fifo = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
+                       "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"], "QUEUE_ORDER": "fifo"})
+    server, url = serve(fifo)
+    try:
+        slow_id, slow = start_slow(stack)
+        many = str(uuid.uuid4())
+        mine = [f"fifo-{i}-{uuid.uuid4()}" for i in range(3)]
+        sent = [queue_up(url, many, rid) for rid in mine]
+        theirs = f"last-{uuid.uuid4()}"
+        sent.append(queue_up(url, str(uuid.uuid4()), theirs))
+        assert waiting_ids(url) == [*mine, theirs]
+        cancel(stack, slow_id)
+        for request in sent:
+            request.join(120)
+        slow.join(30)
+    finally:
+        server.shutdown()
+
+
+def test_with_keys_on_the_key_is_the_asker(keyed, stack):
+    _, url = keyed
+    slow_id, slow = start_slow(stack)
+    alice = [f"alice-{i}-{uuid.uuid4()}" for i in range(3)]
+    # Each of alice's requests in a session of its own: still one asker, her key.
+    sent = [queue_up(url, str(uuid.uuid4()), rid, bearer(A)) for rid in alice]
+    bobs = f"bob-{uuid.uuid4()}"
+    sent.append(queue_up(url, None, bobs, bearer(B)))
+    order = waiting_ids(url, bearer(A))  # bob's entry shows only its place to alice
+    assert order[0] == alice[0] and order[1] is None and order[2:] == alice[1:]
+    assert waiting_ids(url, bearer(B))[1] == bobs
+    cancel(stack, slow_id)
+    for request in sent:
+        request.join(120)
+        assert request.response.status_code == 200
+    slow.join(30)

@@ -13,7 +13,8 @@ import sys
 import uuid
 from datetime import datetime, timezone
 
-FIELDS = ("request_id", "key", "session_id", "model", "queue_position", "tokens", "error_id")
+FIELDS = ("request_id", "task_id", "key", "session_id", "model", "queue_position", "tokens",
+          "error_id")
 _context = contextvars.ContextVar("chatbot_log_context", default={})
 
 
@@ -39,9 +40,10 @@ class ContextFilter(logging.Filter):
         for key, value in _context.get().items():
             if not hasattr(record, key):
                 setattr(record, key, value)
-        # Celery's own task lines ("received", "succeeded") name the task id, which is ours.
-        if not hasattr(record, "request_id") and isinstance(record.args, dict) and "id" in record.args:
-            record.request_id = record.args["id"]
+        # Celery's own task lines ("received", "succeeded") name the task: a task runs the
+        # head of the line, and its lines in between say which request that was.
+        if not hasattr(record, "task_id") and isinstance(record.args, dict) and "id" in record.args:
+            record.task_id = record.args["id"]
         return True
 
 

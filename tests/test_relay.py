@@ -22,7 +22,7 @@ def test_rings_hand_events_over_and_a_lost_ring_is_read_from_the_stream(stack):
     rid, q = f"bell-{uuid.uuid4()}", f"bell-{uuid.uuid4().hex[:8]}"
     line.admit(rid, q, {"model": MODEL, "session_id": str(uuid.uuid4()), "channel": rid},
                hub.lease)
-    inbox = hub.watch(rid)
+    inbox = hub.watch(rid).inbox
     for n in range(5):
         line.emit(rid, rid, {"t": "chunk", "raw": f'{{"n": {n}}}'})
     rings = client.xrange(BELL.format(hub.lease))
@@ -39,3 +39,15 @@ def test_rings_hand_events_over_and_a_lost_ring_is_read_from_the_stream(stack):
     for _, ring in rings:  # rings seen again (the hub read past them) change nothing
         hub.hand_over(ring, set())
     assert drain(inbox) == []
+    # A client that comes back while the first still waits: its waiter reads from the start,
+    # and the first goes on from where it was.
+    again = hub.watch(rid, again=True)
+    line.emit(rid, rid, {"t": "chunk", "raw": '{"n": 5}'})
+    gaps = set()
+    for _, ring in client.xrange(BELL.format(hub.lease))[5:]:
+        hub.hand_over(ring, gaps)
+    assert [e["raw"] for e in drain(inbox)] == ['{"n": 5}'] and gaps == {rid}
+    hub.read(gaps)
+    assert [e["raw"] for e in drain(again.inbox)] == [f'{{"n": {n}}}' for n in range(6)]
+    hub.unwatch(rid, again)
+    assert hub.waiters[rid] != [] and hub.watch(rid).inbox is inbox

@@ -163,3 +163,21 @@ def test_another_key_cannot_resume_a_request(keyed):
     assert theirs.status_code == 404
     mine = requests.get(f"{url}/api/requests/{rid}/stream", headers=bearer(A), timeout=30)
     assert mine.status_code == 200 and mine.json()["message"]["content"] == resp.json()["message"]["content"]
+
+
+def test_an_openai_stream_resumes_with_event_ids(stack):
+    body = {"model": MODEL, "stream": True, "resumable": True, "max_tokens": 40, "seed": 42,
+            "temperature": 0, "messages": [{"role": "user", "content": "Tell me about the sea."}]}
+    resp = requests.post(stack.url + "/v1/chat/completions", json=body, stream=True, timeout=60)
+    rid, lines = resp.headers["X-Request-ID"], resp.iter_lines(decode_unicode=True)
+    got = []
+    while len(got) < 4:  # id, data, blank: each chunk numbered
+        line = next(lines)
+        if line.startswith("id:"):
+            got.append(int(line.split(":")[1]))
+    resp.close()
+    assert got == [1, 2, 3, 4]
+    rest = requests.get(f"{stack.url}/api/requests/{rid}/stream?after=4", timeout=60).text
+    ids = [int(x.split(":")[1]) for x in rest.splitlines() if x.startswith("id:")]
+    assert ids[0] == 5 and ids == list(range(5, 5 + len(ids)))
+    assert rest.rstrip().endswith("data: [DONE]")

@@ -40,11 +40,11 @@ class OpenAIChat:
 
     def __init__(self, model, include_usage=False):
         self.model, self.include_usage = model, include_usage
+        self.id = f"{self.id_prefix}-{random.randint(0, 999)}"
+        self.created = int(time.time())
 
     def recipe(self):
         return [type(self).__name__, [self.model, self.include_usage]]
-        self.id = f"{self.id_prefix}-{random.randint(0, 999)}"
-        self.created = int(time.time())
 
     def envelope(self, object_name, choices):
         return {"id": self.id, "object": object_name, "created": self.created,

@@ -20,10 +20,11 @@ import time
 import uuid
 from pathlib import Path
 
+import flask_migrate
 import requests
 from redis import Redis
 
-from chatbot import procs
+from chatbot import create_app, procs
 
 MODEL = "fake:latest"
 
@@ -98,6 +99,10 @@ def main():
     env = {"REDIS_URL": redis_url, "OLLAMA_HOST": fake,
            "DATABASE_URL": f"sqlite:////tmp/chatbot-fair-{uuid.uuid4().hex}.db"}
     try:
+        app = create_app({"REDIS_URL": redis_url, "OLLAMA_HOST": fake,
+                          "SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"]})
+        with app.app_context():
+            flask_migrate.upgrade()
         procs.wait_until(lambda: procs.http_ok(fake + "/api/version"), 30, children[1], "fake ollama")
         webs = {}
         for order in ("fair", "fifo"):

@@ -3,6 +3,9 @@ the suite's stack (real engine, worker, Redis). Each state is saved as a screens
 tests/artifacts/page/. Without chromium these tests fail, saying how to install it (.ci/run
 does); Playwright's own browser download is never used."""
 import json
+import socket
+import struct
+import threading
 import shutil
 import subprocess
 import time
@@ -454,3 +457,66 @@ def test_with_keys_the_page_asks_for_one_and_shows_only_its_sessions(browser, ke
         assert tab.locator("#messages article").count() == 0
     finally:
         page.close()
+
+
+class Cuttable:
+    """A TCP relay in front of the app whose open connections the test can cut at once, as
+    a network that goes away does (new connections go through)."""
+
+    def __init__(self, target):
+        self.target = target.removeprefix("http://").split(":")
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.open = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            client, _ = self.server.accept()
+            upstream = socket.create_connection((self.target[0], int(self.target[1])))
+            self.open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        for sock in self.open:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)  # wakes its relay thread, which lets it go
+            except OSError:
+                pass
+        self.open = []
+
+
+def test_a_reply_whose_connection_drops_is_picked_up_again(browser, stack):
+    relay = Cuttable(stack.url)
+    page = Page(browser, relay.url)
+    tab = page.open()
+    page.options({**LONG, "num_predict": 60})
+    page.send("Write a long essay about the history of the sea.")
+    page.until("(document.querySelector('#messages article.assistant[data-state=streaming] .body')"
+               " || {}).textContent?.length > 20", REPLY / 1000)
+    relay.cut()  # the network drops mid-reply
+    tab.wait_for_selector("#messages article.assistant[data-state=done]", timeout=REPLY)
+    resumed = tab.evaluate("performance.getEntriesByType('resource')"
+                           ".filter((e) => e.name.includes('/api/requests/')).length")
+    assert resumed >= 1  # the page asked for the rest
+    rows = stack.rows(page.session_id())
+    assert [(r.role, r.status) for r in rows] == [("user", "ok"), ("assistant", "ok")]
+    shown = " ".join(page.last_reply().locator(".body").inner_text().split())
+    assert shown == " ".join(rows[1].content.replace("**", "").replace("#", "").split())
+    page.errors = [e for e in page.errors if "network" not in e.lower()]
+    page.close()

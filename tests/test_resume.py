@@ -86,13 +86,13 @@ def test_a_client_that_never_comes_back_is_cancelled_after_the_grace(stack):
 
 def test_a_non_streamed_resumable_request_answers_the_client_that_comes_back(stack):
     sid = str(uuid.uuid4())
-    body = {**chat_body(STEADY, sid, stream=False), "resumable": True}
+    body = {**chat_body({**STEADY, "num_predict": 40}, sid, stream=False), "resumable": True}
     with pytest.raises(requests.exceptions.ReadTimeout):
         requests.post(stack.url + "/api/chat", json=body, timeout=0.3)  # hangs up early
     rid = wait_for(lambda: next((r.request_id for r in stack.rows(sid)), None),
                    what="the request to start")
     wait_for(lambda: "detached_until" in info(stack.url, rid), what="the request to be kept")
-    answer = requests.get(f"{stack.url}/api/requests/{rid}/stream?after=0", timeout=60)
+    answer = requests.get(f"{stack.url}/api/requests/{rid}/stream?after=0", timeout=180)
     assert answer.status_code == 200 and answer.headers["Content-Type"] == "application/json"
     reply = answer.json()
     assert reply["done"] and reply["message"]["content"] == stack.rows(sid)[1].content

@@ -224,7 +224,15 @@ PATHS = {
         "delete": op("Cancel a request", {**ok(JSON, schema=obj(state=STR)), **errors(404)},
                      params=[path_param("request_id")])},
     "/api/events": {"get": op("Server-Sent Events of a request (channel=<request id>) or of "
-                              "the queue", ok(SSE, schema=STR), params=[query("channel")])},
+                              "the queue; Last-Event-ID replays a request's tokens after it",
+                              {**ok(SSE, schema=STR), **errors(400, 404)},
+                              params=[query("channel"), header("Last-Event-ID")])},
+    "/api/requests/{request_id}/stream": {
+        "get": op("The rest of a resumable reply, as its first call answered it: every chunk "
+                  "after the first `after`, then live to the end",
+                  {**ok(NDJSON, JSON, SSE), **errors(400, 404)},
+                  params=[path_param("request_id"), query("after", {"type": "integer",
+                                                                    "minimum": 0})])},
     "/api/sessions": {"get": op("Sessions, most recently used first", {
         **ok(JSON, schema=obj(sessions=array(OBJ), page=INT, per_page=INT, total=INT)),
         **errors(400)},

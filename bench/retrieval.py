@@ -39,13 +39,14 @@ WORDS = ("river mountain engine bread volcano chess market winter harbour garden
 
 def text_of(chunks, size, overlap):
     """Varied sentences, long enough for exactly `chunks` chunks."""
-    rng, parts, tokens = random.Random(7), [], 0
-    need = (chunks - 1) * (size - overlap) + size
-    while tokens < need + 100:
-        sentence = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))).capitalize()
-        parts.append(sentence + ".")
-        tokens += len(documents.encoding().encode(sentence + ".")) + 1
-    encoded = documents.encoding().encode(" ".join(parts))
+    rng, parts = random.Random(7), []
+    need = (chunks - 1) * (size - overlap) + size  # tokens: `chunks` windows, the last whole
+    encoded = []
+    while len(encoded) < need + 100:
+        for _ in range(1000):
+            words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14)))
+            parts.append(words.capitalize() + ".")
+        encoded = documents.encoding().encode(" ".join(parts))
     while True:  # a cut mid-word may re-encode to a token more or less: adjust until exact
         text = documents.encoding().decode(encoded[:need])
         got = len(documents.chunk(text, size, overlap, 10**9))

@@ -51,6 +51,7 @@ def read_text(data, kind, max_bytes):
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise AdminError("document is not UTF-8 text")
+    text = text.replace("\x00", "")  # PostgreSQL's text cannot hold NUL
     if not text.strip():
         raise AdminError("document has no text")
     return text
@@ -134,7 +135,7 @@ def add(session_id, name, data, declared_type, owner=None):
 
     config, router = current_app.config, routing.get()
     model = config["EMBED_MODEL"]
-    name = (name or "document").strip()[:255] or "document"
+    name = (name or "").replace("\x00", "").strip()[:255] or "document"
     shared = {"upload": {"session_id": session_id, "owner": owner, "name": name, "data": data,
                          "type": content_type(name, declared_type)},
               "limits": {"size": config["RAG_CHUNK_TOKENS"], "overlap": config["RAG_CHUNK_OVERLAP"],

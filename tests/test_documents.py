@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from chatbot import create_app
+from chatbot import create_app, documents
 from chatbot.flow.context import SOURCES, sources_message
 from chatbot.flow.documents import Retrieve
 from chatbot.flow.nodes import BuildContext
@@ -401,3 +401,36 @@ def test_build_context_puts_the_chunks_before_the_new_messages_within_the_budget
     cramped = sum(m["tokens"] + 4 for m in system) + count_tokens({"content": QUESTION}) + 9
     plain = build(cramped, retrieved, [])
     assert plain["sources"] == [] and plain == {**build(cramped, [], []), "sources": []}
+
+
+def test_lone_surrogates_and_nul_characters_are_stored_cleanly(rag):
+    app, url = rag
+    sid = str(uuid.uuid4())
+    made = post_doc(url, sid, json={"name": "odd\ud800.txt", "content": "odd \ud800 text\x00 here"})
+    assert made.status_code == 201, made.text
+    assert made.json()["name"] == "odd\ufffd.txt"
+    with app.app_context():
+        chunks, _ = stored.session_chunks(sid)
+    assert [c["content"] for c in chunks] == ["odd \ufffd text here"]
+
+
+def test_postgresql_stores_and_searches_with_numpy(postgres_url, stack):
+    """This machine's PostgreSQL 15 has no pgvector: PostgreSQL keeps the vectors as bytea and
+    numpy ranks them, as on SQLite."""
+    import flask_migrate
+
+    app = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
+                      "SQLALCHEMY_DATABASE_URI": postgres_url, **SETTINGS})
+    sid = str(uuid.uuid4())
+    with app.app_context():
+        flask_migrate.upgrade()
+        for name, text in (("kelderath.md", VOLCANO), ("sourdough.txt", BREAD)):
+            documents.add(sid, name, text.encode(), None)
+        shared = {"job": {"session_id": sid,
+                          "messages": [{"role": "user", "content": QUESTION}]},
+                  "upstream": Upstream(stack.env["OLLAMA_HOST"])}
+        Retrieve().run(shared)
+        assert shared["retrieved"][0]["document"] == "kelderath.md"
+        assert "1874" in shared["retrieved"][0]["content"]
+        db.session.remove()
+        db.engine.dispose()

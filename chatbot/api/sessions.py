@@ -3,7 +3,7 @@ shape the response; the logic is chatbot/store/admin.py, shared with `flask sess
 from flask import Blueprint, Response, jsonify, request
 
 from chatbot import documents
-from chatbot.api import auth, error_response
+from chatbot.api import auth, error_response, validate
 from chatbot.store import admin, documents as stored, session_owner, transfer
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/sessions")
@@ -109,7 +109,9 @@ def add_document(sid):
         declared = body.get("content_type") or "text/plain"
         if not isinstance(declared, str):
             raise admin.AdminError("content_type must be a string")
-        data, name = data.encode(), name or "document.txt"
+        # Lone surrogates become U+FFFD, as for a chat message (they cannot be stored).
+        data = validate.SURROGATE.sub("\ufffd", data).encode()
+        name = validate.SURROGATE.sub("\ufffd", name or "document.txt")
     return jsonify(documents.add(sid, name, data, declared, owner=auth.key_name())), 201
 
 

@@ -211,6 +211,8 @@ def test_removing_a_document_and_deleting_the_session(rag, stack):
     again = requests.delete(f"{url}/api/sessions/{sid}/documents/{doc['id']}", timeout=30)
     assert again.status_code == 404 and again.json() == {"error": f"document {doc['id']} not found"}
     assert stack.count(f"document_chunks WHERE document_id = {doc['id']}") == 0
+    huge = requests.delete(f"{url}/api/sessions/{sid}/documents/{2 ** 70}", timeout=30)
+    assert huge.status_code == 404
     # A deleted session takes its documents with it.
     requests.post(f"{url}/api/sessions/{sid}/documents", timeout=300,
                   json={"name": "bread.txt", "content": BREAD})

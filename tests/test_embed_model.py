@@ -101,4 +101,9 @@ def test_through_chatbot_embed_passes_and_chat_is_refused(stack):
     with pytest.raises(ollama.ResponseError) as refused:
         client.chat(model="all-minilm", messages=[{"role": "user", "content": "hi"}],
                     stream=False)
-    assert refused.value.status_code == 400 and "all-minilm" in refused.value.error
+    assert refused.value.status_code == 400
+    assert refused.value.error == '"all-minilm" does not support chat'  # not about its window
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.generate(model="all-minilm", prompt="hi", stream=False)
+    assert (refused.value.status_code, refused.value.error) == \
+        (400, '"all-minilm" does not support generate')

@@ -17,9 +17,10 @@ def create_chat_flow():
     # chat: the stored thread plus the new messages (and the session's document chunks
     # nearest the question), fitted into the window.
     load, build, store_chat, finish_chat = LoadThread(), BuildContext(), StoreRequest(), Finish()
-    retrieve = Retrieve()
-    begin - "chat" >> load >> SizeWindow() >> retrieve >> build >> store_chat >> CallChat() \
+    size, retrieve = SizeWindow(), Retrieve()
+    begin - "chat" >> load >> size >> retrieve >> build >> store_chat >> CallChat() \
         >> StoreReply() >> finish_chat >> Calibrate()  # the client hears the end before calibration
+    size - "unsupported" >> finish_chat  # an embedding model: a 400, as from Ollama
     store_chat - "conflict" >> load  # another turn took the thread's next place: start over
     build - "too_long" >> finish_chat  # nothing stored, nothing sent: the client gets a 400
     retrieve - "failed" >> finish_chat  # the documents could not be searched: likewise

@@ -83,10 +83,15 @@ class SizeWindow(Node):
 
     def exec(self, prep_res):
         windows, upstream, model, options, reserve, (ratio, overhead) = prep_res
+        if not windows.completes(upstream, model):  # Ollama's answer, before any window
+            return {"status": 400, "error": f'"{model}" does not support chat'}
         window = options.get("num_ctx") or windows.length(upstream, model)
         return window, int((window - reply_reserve(options, reserve) - overhead) / ratio)
 
     def post(self, shared, prep_res, exec_res):
+        if isinstance(exec_res, dict):
+            shared["reply"] = {"status": "failed", "error": exec_res, "final": None, "chunks": 0}
+            return "unsupported"
         shared["window"], shared["budget"] = exec_res
         shared["figures"] = prep_res[-1]
 

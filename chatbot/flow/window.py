@@ -14,24 +14,36 @@ BAND = (0.5, 2.5)  # a tokenizer's tokens per cl100k token stay within this
 MAX_OVERHEAD = 256  # tokens a chat template adds on its own (system prompt, markers)
 MIN_SENT = 64  # shorter prompts say more about the template than about the tokenizer
 class Windows:
-    """Context length per (host, model) from /api/show, cached in this process."""
+    """Context length and capabilities per (host, model) from /api/show, cached in this
+    process."""
 
     def __init__(self):
         self.cache = {}
 
-    def length(self, upstream, model):
+    def _about(self, upstream, model):
         key = (upstream.host, model)
         hit = self.cache.get(key)
         if hit and time.monotonic() - hit[1] < CACHE_SECONDS:
             return hit[0]
         try:
-            info = upstream.post_json("/api/show", {"model": model}).get("model_info") or {}
+            show = upstream.post_json("/api/show", {"model": model})
         except UpstreamError:
-            return OLLAMA_DEFAULT_CTX  # the chat itself will report the upstream's error
+            return OLLAMA_DEFAULT_CTX, None  # the chat itself will report the upstream's error
+        info = show.get("model_info") or {}
         length = next((int(v) for k, v in info.items() if k.endswith(".context_length")),
                       OLLAMA_DEFAULT_CTX)
-        self.cache[key] = (length, time.monotonic())
-        return length
+        about = (length, show.get("capabilities"))
+        self.cache[key] = (about, time.monotonic())
+        return about
+
+    def length(self, upstream, model):
+        return self._about(upstream, model)[0]
+
+    def completes(self, upstream, model):
+        """False only when the upstream lists the model's capabilities without "completion"
+        (an embedding model such as all-minilm); older Ollamas list none."""
+        capabilities = self._about(upstream, model)[1]
+        return not isinstance(capabilities, list) or "completion" in capabilities
 
 
 class Calibration:

@@ -56,9 +56,7 @@ def cancel(request_id):
 def resume(request_id):
     """A resumable request's reply, as its first call answered it, from the chunk after the
     first `after` (0: all of it so far), then live to the end."""
-    info = lines.get().info(request_id)
-    if not info or not auth.owns(info.get("owner") or None):
-        raise ApiError(404, f"request '{request_id}' not found")
+    info = _owned(request_id)
     if not info.get("wire"):
         raise ApiError(400, f"request '{request_id}' is not resumable: send it with "
                             "'X-Resumable: true' or \"resumable\": true")
@@ -73,11 +71,18 @@ def _count(text, name):
     return int(text)
 
 
-def _known(request_id):
+def _owned(request_id):
+    """A request's record, if the asking key may see it; else a 404."""
     info = lines.get().info(request_id)
-    if not info or not auth.owns(info.pop("owner", "") or None):
+    if not info or not auth.owns(info.get("owner") or None):
         raise ApiError(404, f"request '{request_id}' not found")
-    return {k: v for k, v in info.items() if k not in ("lease", "channel", "cancel", "wire")}
+    return info
+
+
+def _known(request_id):
+    """What a client may see of its request."""
+    return {k: v for k, v in _owned(request_id).items()
+            if k not in ("owner", "lease", "channel", "cancel", "wire")}
 
 
 @bp.get("/api/events")

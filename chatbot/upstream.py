@@ -70,13 +70,30 @@ class Upstream:
         """Yield (raw line, parsed chunk) as the upstream sends them; closing stops the upstream."""
         resp = self.request("POST", path, json={**body, "stream": True}, stream=True)
         try:
-            for line in resp.iter_lines(chunk_size=None):
+            lines = resp.iter_lines(chunk_size=None)
+            for line in lines:
                 if line:
-                    yield line, json.loads(line)
+                    chunk = json.loads(line)
+                    if chunk.get("done"):
+                        _finish_body(resp, lines)
+                    yield line, chunk
         except requests.RequestException as exc:
             raise _unreachable(502, "ollama broke off the reply", self.host, _reason(exc))
         finally:
-            resp.close()
+            resp.close()  # a body read to its end puts the connection back in the pool
+
+
+def _finish_body(resp, lines, wait=1.0):
+    """Read what follows the final chunk (only the body's end, from Ollama), so that the
+    connection is kept for the next call instead of closed: a new connection per reply costs
+    the worker a connect and Ollama a new handler. An upstream that sends more, or holds the
+    body open past `wait` s, just loses its connection."""
+    try:
+        resp.raw.connection.sock.settimeout(wait)  # the pool sets its own on the next call
+        for _ in lines:
+            pass
+    except (AttributeError, OSError, requests.RequestException):
+        pass
 
 
 def fold(reply, chunk):

@@ -26,9 +26,9 @@ from chatbot import procs
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = "fake:latest"
 LITELLM_KEY = "sk-bench-" + "0123456789abcdef" * 3  # LiteLLM refuses to start without one
-LAYERS = ("admit", "send", "hop", "start", "context", "store_request", "upstream",
+LAYERS = ("admit", "hop", "start", "context", "store_request", "upstream",
           "store_reply", "finish", "relay", "respond")
-ABOUT = {"admit": "parse, validate and admit", "send": "send_task", "hop": "the broker hop",
+ABOUT = {"admit": "parse, validate and admit (the task pushed with it)", "hop": "the broker hop",
          "start": "task start (claim, heartbeat, thread lock)", "context": "session and context",
          "store_request": "storing the request", "upstream": "the upstream call",
          "store_reply": "storing the reply", "finish": "ending it in the line",

@@ -105,8 +105,8 @@ local function fair_score(waiting_key, fair_key, asker, cost, was_empty)
 end
 """ % (SEQ_SPAN, SEQ_SPAN)
 # Check the bound and that the id is unused, take a place in the fair order, describe the
-# request, renew the web process's lease and tell SSE listeners (everyone's place, if it went
-# in ahead of others), in one atomic round trip.
+# request, renew the web process's lease, push its Celery task (KEYS[7], ARGV[14]) and tell
+# SSE listeners (everyone's place, if it went in ahead of others), in one atomic round trip.
 ADMIT_SCRIPT = ANNOUNCE_LUA + FAIR_LUA + """
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local waiting = redis.call('ZCARD', KEYS[1])
@@ -116,6 +116,7 @@ redis.call('HSET', KEYS[2], unpack(cjson.decode(ARGV[4])))
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('SET', KEYS[6], ARGV[13], 'EX', ARGV[5])
 redis.call('SET', KEYS[4], 1, 'EX', ARGV[9])
+if ARGV[14] ~= '' then redis.call('LPUSH', KEYS[7], ARGV[14]) end
 local position = redis.call('ZRANK', KEYS[1], ARGV[3]) + 1
 redis.call('PUBLISH', ARGV[10], string.format(ARGV[6], position))
 if position <= waiting then
@@ -322,23 +323,25 @@ class Line:
 
     # --- the web side -------------------------------------------------------------------
 
-    def admit(self, request_id, queue, info, lease, job=None, asker="", weight=0):
+    def admit(self, request_id, queue, info, lease, job=None, asker="", weight=0, task=None):
         """Take a place in line and return it. Raises QueueFull at MAX_QUEUE waiting; returns
         None when the id has a record already (the caller picks a fresh one). `info` names
         the request's SSE `channel` (see sse_channel) and `owner`, with model and session;
-        `job` is what a worker runs (chatbot.tasks). Requests take turns between askers by `weight` (0: in order
-        of arrival, see FAIR_LUA)."""
+        `job` is what a worker runs (chatbot.tasks); `task` (list key, message) the broker
+        message that has a worker run it, pushed only if the request is admitted. Requests
+        take turns between askers by `weight` (0: in order of arrival, see FAIR_LUA)."""
         now = time.time()
         fields = {**info, "queue": queue, "state": "queued", "queued_at": now, "lease": lease}
         position = self._admit(
             keys=[WAITING.format(queue), INFO.format(request_id), stream_key(request_id),
-                  LEASE.format(lease), FAIR.format(queue), JOB.format(request_id)],
+                  LEASE.format(lease), FAIR.format(queue), JOB.format(request_id),
+                  task[0] if task else "chatbot:notask"],
             args=[self.max_queue, now, request_id,
                   json.dumps([str(x) for kv in fields.items() for x in kv]), INFO_TTL,
                   _sse_template("queued", {"position": 0}, "position"), QUEUE_CHANNEL,
                   _sse_template("depth", {"queue": queue, "waiting": 0}, "waiting"), LEASE_TTL,
                   info.get("channel", request_id), asker, ROUND // weight if weight else 0,
-                  json.dumps(job or {})])
+                  json.dumps(job or {}), task[1] if task else ""])
         if position == 0:
             raise QueueFull()
         return None if position < 0 else position

@@ -1,19 +1,18 @@
 """Timestamps along a request's path (web, broker, worker, relay back) and the Server-Timing
 header they make, so that what each layer costs is measured, not guessed.
 
-The web marks `received`, `admitted`, `sent`, `relayed` (the final event reached it) and
-`responded`; the worker marks `task` (the task began), `begun` (claimed, heartbeat and thread
-lock in hand), the end of each flow node by its name, and `ending` (just before the line ends
-the request); its marks travel back in the final event. Clocks are the machine's own
-(time.time()), which web and worker share when they share a machine.
+The web marks `received`, `admitted` (its task pushed with it), `relayed` (the final event
+reached it) and `responded`; the worker marks `task` (the task began), `begun` (claimed,
+heartbeat and thread lock in hand), the end of each flow node by its name, and `ending` (just
+before the line ends the request); its marks travel back in the final event. Clocks are the
+machine's own (time.time()), which web and worker share when they share a machine.
 """
 import time
 
 # (layer, from mark, to mark); a "|" names alternatives (chat's node or generate's).
 LAYERS = (
     ("admit", "received", "admitted"),
-    ("send", "admitted", "sent"),
-    ("hop", "sent", "task"),
+    ("hop", "admitted", "task"),
     ("start", "task", "begun"),
     ("context", "begun", "BuildContext|TakePrompt"),
     ("summarize", "BuildContext", "SummarizeDropped"),  # only on a turn that summarized

@@ -1,7 +1,11 @@
 """Celery in Flask's pattern (tasks run inside an app context), set up once for the web, which
 sends tasks, and the workers, which run them."""
+import json
+import uuid
+
 from celery import Celery, Task
 from celery.signals import setup_logging, worker_init
+from kombu import Connection
 
 from chatbot.tokens import encoding
 
@@ -45,7 +49,37 @@ def celery_init_app(app):
     })
     celery.set_default()
     app.extensions["celery"] = celery
+    app.extensions["run_next_messages"] = RunNextMessages(celery)
     return celery
+
+
+class RunNextMessages:
+    """The broker message of `chatbot.run_next(queue)`, byte for byte as Celery's send_task
+    writes it to Redis, so that the line's admit script pushes it in the round trip that
+    admits the request: no second trip, and no request admitted without its task. Celery
+    itself makes the message, once per queue, through kombu's in-memory transport (the same
+    virtual channel Redis's transport is); each request then stamps in its own ids."""
+
+    ID, TAG = "chatbot-task-id-placeholder", "chatbot-delivery-tag-placeholder"
+
+    def __init__(self, celery):
+        self.celery, self.templates = celery, {}
+
+    def __call__(self, queue, task_id):
+        """(the Redis list the queue's workers read, the message) for one task."""
+        template = self.templates.get(queue) or self._make(queue)
+        return queue, template.replace(self.ID, task_id).replace(self.TAG, str(uuid.uuid4()))
+
+    def _make(self, queue):
+        with Connection("memory://") as conn, conn.Producer() as producer:
+            self.celery.send_task("chatbot.run_next", args=[queue], queue=queue,
+                                  ignore_result=True, task_id=self.ID, producer=producer)
+            message = producer.channel._get(queue)
+        message["properties"]["delivery_tag"] = self.TAG
+        # kombu's Redis transport keys a queue's default priority by its bare name.
+        assert message["properties"]["priority"] == 0, message["properties"]
+        self.templates[queue] = json.dumps(message)
+        return self.templates[queue]
 
 
 @setup_logging.connect

@@ -128,7 +128,7 @@ def test_a_non_streamed_turn_says_what_each_layer_took(stack):
     for part in resp.headers["Server-Timing"].split(","):
         name, dur = part.strip().split(";dur=")
         timings[name] = float(dur)
-    assert set(timings) == {"admit", "send", "hop", "start", "context", "store_request",
+    assert set(timings) == {"admit", "hop", "start", "context", "store_request",
                             "upstream", "store_reply", "finish", "relay", "respond", "total"}
     assert all(value >= 0 for value in timings.values())
     # The model's own time is the biggest part, and the parts fit inside the whole.

@@ -118,6 +118,9 @@ def test_full_queue_answers_503_with_retry_after(stack):
         refused = requests.post(url + "/api/chat", json=chat_body(SHORT, stream=False), timeout=10)
         assert refused.status_code == 503 and refused.json() == {"error": BUSY}
         assert int(refused.headers["Retry-After"]) > 0
+        # A task for each waiting request, and none for the refused one (the busy worker
+        # fetches no message until it is done).
+        assert stack.app.extensions["redis"].llen("ollama") == 2
         cancel(stack, slow_id)
         for thread in queued:
             thread.join(60)
@@ -231,3 +234,22 @@ def test_hundreds_of_waiting_clients_are_held_and_released(stack):
     wait_for(lambda: queue_state(stack.url)["depth"] == 0, timeout=60, what="the line to empty")
     cancel(stack, slow_id)
     slow.join(30)
+
+
+def test_the_task_admission_pushes_is_the_one_celery_sends(stack):
+    """The admit script pushes run_next's broker message itself (one round trip, and never a
+    request without its task): it must be what Celery's send_task writes, ids aside."""
+    app, queue = stack.app, f"conformance-{uuid.uuid4().hex[:8]}"
+    client, task_id = app.extensions["redis"], str(uuid.uuid4())
+    key, pushed = app.extensions["run_next_messages"](queue, task_id)
+    app.extensions["celery"].send_task("chatbot.run_next", args=[queue], queue=queue,
+                                       ignore_result=True, task_id=task_id)
+    sent = json.loads(client.rpop(queue))
+    assert key == queue and client.llen(queue) == 0
+    ours = json.loads(pushed)
+    assert ours["properties"].pop("delivery_tag") != sent["properties"].pop("delivery_tag")
+    assert ours == sent
+    assert ours["headers"]["id"] == task_id and ours["headers"]["task"] == "chatbot.run_next"
+    # Each call stamps its own ids into the same message.
+    again = json.loads(app.extensions["run_next_messages"](queue, "another-id")[1])
+    assert again["headers"]["id"] == again["properties"]["correlation_id"] == "another-id"

@@ -51,8 +51,19 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
                "owner": owner, "channel": info["channel"], "asker": who}
         # Turns are taken between askers: the key, else the session.
         fair = current_app.config["QUEUE_ORDER"] == "fair"
-        return line.admit(g.request_id, queue, info, lease, job, asker=owner or session_id,
-                          weight=1 if fair else 0)
+        # One task per request, pushed by the admission itself; it runs whichever request
+        # is first in the fair order.
+        task = current_app.extensions["run_next_messages"](queue, g.request_id)
+        # Watched before the task exists, so that no event comes too early; with a waiter of
+        # its own, since the id may turn out to be another request's.
+        waiter, position = hub.watch(g.request_id, again=True), None
+        try:
+            position = line.admit(g.request_id, queue, info, lease, job,
+                                  asker=owner or session_id, weight=1 if fair else 0, task=task)
+            return position
+        finally:
+            if position is None:
+                hub.unwatch(g.request_id, waiter)
 
     try:
         position = admit()
@@ -69,23 +80,6 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
     g.marks["admitted"] = timing.now()
     logs.bind(request_id=request_id, session_id=session_id, model=model, queue_position=position)
     log.info("queued on %s for %s", queue, host)
-    hub.watch(request_id)  # before the task exists, so that no event comes too early
-    # This app's own Celery (not the process default: tests run several apps side by side).
-    try:
-        # One task per request; it runs whichever request is first in the fair order.
-        # ignore_result: no result backend to set up (per greenlet, under gevent) for a task
-        # whose answer comes back through the relay.
-        current_app.extensions["celery"].send_task("chatbot.run_next", args=[queue],
-                                                   queue=queue, ignore_result=True)
-    except Exception:  # the broker went away between admission and sending
-        log.warning("refused: the task could not be sent", exc_info=True)
-        hub.unwatch(request_id)
-        try:
-            line.cancel(request_id)
-        except redis.RedisError:
-            pass  # gone with Redis: nothing left to cancel
-        raise ApiError(503, lines.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})
-    g.marks["sent"] = timing.now()
     return request_id, queue
 
 

@@ -14,6 +14,7 @@ that admitted the request lives · thread:<session>:<model> the lock a turn hold
 """
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -130,7 +131,12 @@ return position
 # announce the line if it left it, and release the thread lock KEYS[6] if it holds ARGV[7].
 # ARGV[9] = '1': only if its heartbeat has stopped (a live worker is not declared lost).
 # ARGV[10] = '1': a running request is flagged for cancel instead (its worker ends it).
+# ARGV[14] (when not ''): add that much to counter KEYS[7], kept ARGV[15] s (tokens spent).
 END_SCRIPT = ANNOUNCE_LUA + EVENT_LUA + """
+if ARGV[14] ~= '' then
+  redis.call('INCRBY', KEYS[7], ARGV[14])
+  redis.call('EXPIRE', KEYS[7], ARGV[15])
+end
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {0, ''} end
 if ARGV[10] == '1' and state == 'running' then
@@ -481,11 +487,12 @@ class Line:
                    args=[request_id, json.dumps(event), self.relay_ttl, channel,
                          sse_message(*notice(event))])
 
-    def finish(self, request_id, queue, reply, lock=None):
-        """End a running request with its reply's outcome, releasing its thread `lock`. False
-        if it had already ended."""
+    def finish(self, request_id, queue, reply, lock=None, tally=None):
+        """End a running request with its reply's outcome, releasing its thread `lock`, and
+        add to counter `tally` (key, amount, seconds kept) in the same round trip. False if
+        it had already ended."""
         state, event = outcome(reply)
-        return self._move(request_id, queue, ("running",), state, event, lock=lock)
+        return self._move(request_id, queue, ("running",), state, event, lock=lock, tally=tally)
 
     def lock_thread(self, session_id, model, stop, wait=600.0):
         """Hold the thread for one turn at a time, across workers and hosts. Returns the lock,
@@ -505,15 +512,16 @@ class Line:
     # --- shared -------------------------------------------------------------------------
 
     def _move(self, request_id, queue, from_states, to_state, event, only_if_dead=False,
-              cancel_running=False, lock=None):
+              cancel_running=False, lock=None, tally=None):
         key, token = lock or NO_LOCK
+        counter, amount, kept = tally or ("chatbot:notally", "", 0)
         moved, *_ = self._end(
             keys=[INFO.format(request_id), stream_key(request_id), WAITING.format(queue),
-                  BEAT.format(request_id), STARTED.format(queue), key],
+                  BEAT.format(request_id), STARTED.format(queue), key, counter],
             args=[request_id, ",".join(from_states), to_state, time.time(), json.dumps(event),
                   sse_message(*notice(event)), token, self.relay_ttl,
                   "1" if only_if_dead else "0", "1" if cancel_running else "0",
-                  *_announce_args(queue)])
+                  *_announce_args(queue), amount, kept])
         return bool(moved)
 
     def listen(self, request_id, delta):
@@ -593,26 +601,51 @@ def outcome(reply):
     return "done", {"t": "done", "d": reply["final"], "reply": whole, "marks": reply.get("marks")}
 
 
-class Heartbeat(threading.Thread):
+class Heartbeat:
     """Keeps a running request (and its thread lock) alive while this process lives, and
-    notices a cancel: if the worker dies, the mark expires and the waiting client hears."""
+    notices a cancel: if the worker dies, the mark expires and the waiting client hears.
+    One thread per process beats for every running request's Heartbeat (a thread started per
+    request cost more than a short request's whole run): start() hands it this one."""
+
+    _beater, _beater_pid, _guard = None, None, threading.Lock()
+    _running = set()
 
     def __init__(self, line, request_id, queue):
-        super().__init__(daemon=True, name="heartbeat")
         self.line, self.request_id, self.queue = line, request_id, queue
         self.lock, self.why = None, 0
         self.stopped = threading.Event()
 
-    def run(self):
-        while not self.stopped.wait(BEAT_EVERY):
-            try:
-                why = self.line.beat(self.request_id, self.queue, self.lock)
-            except redis.RedisError:
-                log.warning("heartbeat: redis does not answer")
-                continue
-            if why and not self.why:
-                log.info("told to stop: %s", STOP_REASONS[why])
-                self.why = why
+    def start(self):
+        cls = type(self)
+        with cls._guard:
+            cls._running.add(self)
+            if cls._beater_pid != os.getpid():  # none yet in this process (or forked since)
+                cls._beater = threading.Thread(target=cls._beat_all, daemon=True,
+                                               name="heartbeat")
+                cls._beater_pid = os.getpid()
+                cls._beater.start()
+
+    @classmethod
+    def _beat_all(cls):
+        while True:
+            time.sleep(BEAT_EVERY)
+            with cls._guard:
+                cls._running = {hb for hb in cls._running if not hb.stopped.is_set()}
+                running = list(cls._running)
+            for heartbeat in running:
+                heartbeat.beat()
+
+    def beat(self):
+        if self.stopped.is_set():  # its request ended since the beater looked
+            return
+        try:
+            why = self.line.beat(self.request_id, self.queue, self.lock)
+        except redis.RedisError:
+            log.warning("heartbeat of %s: redis does not answer", self.request_id)
+            return
+        if why and not self.why:
+            log.info("%s told to stop: %s", self.request_id, STOP_REASONS[why])
+            self.why = why
 
     def stop_asked(self):
         return bool(self.why)

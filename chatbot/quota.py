@@ -34,13 +34,13 @@ class TokenQuota:
                                 "hour (TOKENS_PER_HOUR)",
                            {"Retry-After": str(max(1, math.ceil(3600 - now)))})
 
-    def spend(self, who, tokens):
+    def tally(self, who, tokens):
+        """What `who` generating `tokens` adds to its hour's count, as (key, amount, seconds
+        kept), for the worker to add when it ends the request (chatbot.line); None if
+        nothing."""
         if who and tokens:
-            key = self.KEY.format(who, int(time.time() // 3600))
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.incrby(key, int(tokens))
-            pipe.expire(key, 7200)
-            pipe.execute()
+            return self.KEY.format(who, int(time.time() // 3600)), int(tokens), 7200
+        return None
 
 
 def init_app(app):

@@ -50,10 +50,11 @@ def run_next(self, queue=QUEUE):
         ended.append(lines.outcome(reply)[0])
         generated = (reply.get("final") or {}).get("eval_count")
         logs.bind(tokens=generated)
-        ext["tokens"].spend(job.get("asker"), generated)  # counted before the client hears
         marks["ending"] = timing.now()
         heartbeat.lock = None
-        if line.finish(request_id, queue, {**reply, "marks": marks}, held[0]):
+        # The tokens are counted in the ending's round trip, before the client hears.
+        if line.finish(request_id, queue, {**reply, "marks": marks}, held[0],
+                       tally=ext["tokens"].tally(job.get("asker"), generated)):
             held[0] = None  # the line released it with the ending
 
     try:

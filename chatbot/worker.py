@@ -65,10 +65,12 @@ class RunNextMessages:
     def __init__(self, celery):
         self.celery, self.templates = celery, {}
 
-    def __call__(self, queue, task_id):
-        """(the Redis list the queue's workers read, the message) for one task."""
+    def __call__(self, queue):
+        """(the Redis list the queue's workers read, the message) for one new task. Its id is
+        its own, not a request's: it runs whichever request heads the line then."""
         template = self.templates.get(queue) or self._make(queue)
-        return queue, template.replace(self.ID, task_id).replace(self.TAG, str(uuid.uuid4()))
+        return queue, template.replace(self.ID, str(uuid.uuid4())).replace(self.TAG,
+                                                                          str(uuid.uuid4()))
 
     def _make(self, queue):
         with Connection("memory://") as conn, conn.Producer() as producer:

@@ -53,7 +53,7 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         fair = current_app.config["QUEUE_ORDER"] == "fair"
         # One task per request, pushed by the admission itself; it runs whichever request
         # is first in the fair order.
-        task = current_app.extensions["run_next_messages"](queue, g.request_id)
+        task = current_app.extensions["run_next_messages"](queue)
         # Watched before the task exists, so that no event comes too early; with a waiter of
         # its own, since the id may turn out to be another request's.
         waiter, position = hub.watch(g.request_id, again=True), None

@@ -138,13 +138,16 @@ def append_messages(session_id, model, messages, request_id, status="ok", starte
             started_at=started_at, seq=seq, chain=last, part=part, created_at=now,
         ))
     try:
-        if rows:  # one INSERT statement, without the ORM's unit of work: this is the hot path
-            db.session.execute(db.insert(Message), rows)
+        if rows:  # one Core INSERT (the table's, not the ORM's bulk path): the hot path
+            db.session.execute(_INSERT_MESSAGES, rows)
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
         raise Conflict(_has_rows(request_id, first_part))
     return (seq, last) if status == "ok" else tail
+
+
+_INSERT_MESSAGES = Message.__table__.insert()
 
 
 def _has_rows(request_id, part):

@@ -178,7 +178,9 @@ end
 # A worker takes the head of the line: the first request there whose client is still there
 # and that has not waited too long (the others end here, their clients told); it tries the
 # request's thread lock (token ARGV[14]), moves the fair order's clock to its turn and
-# announces the line. Returns {'run', id, waited, 1 if it holds the lock, job, lock key}, or
+# announces the line. ARGV[16] = '1': it also takes one task message off the broker's list
+# KEYS[4] (a worker running a second request in one task consumes that request's task, see
+# chatbot.tasks). Returns {'run', id, waited, 1 if it holds the lock, job, lock key}, or
 # {'empty'}.
 CLAIM_SCRIPT = ANNOUNCE_LUA + EVENT_LUA + GONE_LUA + """
 local now = tonumber(ARGV[1])
@@ -216,6 +218,7 @@ while true do
       local lock, locked = 'chatbot:thread:' .. tostring(session) .. ':' .. tostring(model), 0
       if redis.call('SET', lock, ARGV[14], 'NX', 'PX', ARGV[15]) then locked = 1 end
       result = {'run', id, waited, locked, job or '', lock}
+      if ARGV[16] == '1' then redis.call('RPOP', KEYS[4]) end
       break
     end
   end
@@ -441,20 +444,22 @@ class Line:
 
     # --- the worker side ----------------------------------------------------------------
 
-    def claim_next(self, queue):
-        """Take the head of the line to run it, with its thread's lock when that is free.
-        Returns None when nobody waits, else (request id, seconds waited, the job, the lock
-        if taken)."""
+    def claim_next(self, queue, task_list=None):
+        """Take the head of the line to run it, with its thread's lock when that is free, and
+        one task message off the broker's `task_list` if given. Returns None when nobody
+        waits, else (request id, seconds waited, the job, the lock if taken)."""
         token = str(uuid.uuid4())
         expired = error_event(503, f"the request waited over {self.queue_timeout:g} s in line "
                                    "(QUEUE_TIMEOUT_SECONDS); please retry")
         out = self._claim(
-            keys=[WAITING.format(queue), STARTED.format(queue), FAIR.format(queue)],
+            keys=[WAITING.format(queue), STARTED.format(queue), FAIR.format(queue),
+                  task_list or "chatbot:notasks"],
             args=[time.time(), HEARTBEAT_TTL, self.queue_timeout,
                   '{"t": "started", "waited": %s}', sse_message("started", {}),
                   json.dumps(CLIENT_GONE), sse_message(*notice(CLIENT_GONE)),
                   json.dumps(expired), sse_message(*notice(expired)), self.relay_ttl,
-                  *_announce_args(queue), token, THREAD_LOCK_TTL * 1000])
+                  *_announce_args(queue), token, THREAD_LOCK_TTL * 1000,
+                  "1" if task_list else "0"])
         if out[0] != b"run":
             return None
         _, request_id, waited, locked, job, lock_key = out

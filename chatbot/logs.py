@@ -96,6 +96,15 @@ class TextFormatter(logging.Formatter):
 # lines on every start ("Context impl SQLiteImpl.", "Will assume non-transactional DDL.",
 # "Running upgrade ..."), and celery beat's start and its "Sending due task" every 30 s.
 QUIET = ("alembic", "celery.beat")
+# Celery's "Task ... received" and "... succeeded" lines, which say again, per request, what
+# the run_next task's own lines say (with its task_id, and the request it ran).
+TASK_LINES = ("celery.worker.strategy", "celery.app.trace")
+
+
+def _not_run_next(record):
+    """False for Celery's routine line about a run_next task (its failures still show)."""
+    context = record.args if isinstance(record.args, dict) else {}
+    return record.levelno > logging.INFO or context.get("name") != "chatbot.run_next"
 
 
 def resolve(fmt, stream):
@@ -126,6 +135,12 @@ def configure(level="INFO", fmt="auto", stream=None):
     quiet = logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
     for name in QUIET:
         logging.getLogger(name).setLevel(quiet)
+    for name in TASK_LINES:
+        logger = logging.getLogger(name)
+        if quiet and _not_run_next not in logger.filters:
+            logger.addFilter(_not_run_next)
+        elif not quiet:
+            logger.removeFilter(_not_run_next)
     return fmt
 
 

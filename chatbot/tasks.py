@@ -2,18 +2,21 @@
 to the flow (chatbot.flow)."""
 import functools
 import logging
+import time
 
 from celery import shared_task
+from celery.worker import state as worker_state
 from flask import current_app
 
 from chatbot import line as lines, logs, timing
 from chatbot.flow.flow import create_chat_flow
-from chatbot.store.models import utcnow
+from chatbot.store.models import db, utcnow
 from chatbot.worker import QUEUE
 
 from chatbot import lifecycle  # noqa: F401  registers chatbot.archive_idle_sessions
 
 log = logging.getLogger(__name__)
+DRAIN_SECONDS = 1.0  # a task runs further waiting requests for this long, then hands back
 
 
 @shared_task(name="chatbot.run_next", bind=True)
@@ -21,17 +24,35 @@ def run_next(self, queue=QUEUE):
     """Run the request at the head of `queue`'s line (chatbot.line keeps it in fair order).
     Every admitted request sends one of these, so there is a task for every request; one that
     finds the line empty (its request was cancelled, or taken by an earlier task) does
-    nothing, and so does a redelivered or duplicated one."""
-    marks = {"task": timing.now()}
+    nothing, and so does a redelivered or duplicated one.
+
+    While more wait, the task runs the next too (for up to DRAIN_SECONDS), and its claim
+    takes one waiting task message off the queue in exchange: the tasks are interchangeable,
+    and a busy line then costs one Celery delivery, ack and log per drain instead of per
+    request."""
+    line = current_app.extensions["line"]
+    drain_until = time.monotonic() + DRAIN_SECONDS
+    ran = 0
+    while True:
+        marks = {"task": timing.now()}
+        logs.clear()
+        logs.bind(task_id=self.request.id)  # which task ran which request, for Flower's view
+        # The claim also takes the thread's lock when it is free (one round trip for both).
+        claimed = line.claim_next(queue, task_list=queue if ran else None)
+        if claimed is None:
+            if not ran:
+                log.info("nothing waiting in %s", queue)
+            return ran
+        run_claimed(line, queue, claimed, marks)
+        ran += 1
+        if time.monotonic() > drain_until or worker_state.should_stop \
+                or worker_state.should_terminate:
+            return ran
+
+
+def run_claimed(line, queue, claimed, marks):
+    """One request, claimed: its flow, and its ending, whatever happens."""
     ext = current_app.extensions
-    line = ext["line"]
-    logs.clear()
-    logs.bind(task_id=self.request.id)  # which task ran which request, for Flower's view
-    # The claim also takes the thread's lock when it is free (one round trip for both).
-    claimed = line.claim_next(queue)
-    if claimed is None:
-        log.info("nothing waiting in %s", queue)
-        return
     request_id, waited, job, lock = claimed
     if job is None:  # its job expired in Redis: nothing to run, but its client must hear
         line.finish(request_id, queue, {"error": {"status": 500, "error": "the request was lost"}},
@@ -83,6 +104,7 @@ def run_next(self, queue=QUEUE):
         if held[0]:
             line.unlock_thread(held[0])
         metrics.flush()
+        db.session.remove()  # the next request of the drain starts with a session of its own
         log.info("finished: %s", ended[0])
         # The solo pool runs tasks where Celery receives them: its next "received" line must
         # not carry this request's fields.

@@ -78,8 +78,9 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         raise ApiError(503, lines.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})
     request_id = g.request_id
     g.marks["admitted"] = timing.now()
-    logs.bind(request_id=request_id, session_id=session_id, model=model, queue_position=position)
-    log.info("queued on %s for %s", queue, host)
+    # Said by the request's audit line (chatbot.api), which carries what is bound here.
+    logs.bind(request_id=request_id, session_id=session_id, model=model, queue=queue,
+              upstream=host, queue_position=position)
     return request_id, queue
 
 
@@ -241,4 +242,4 @@ def _cancel(request_id, event=lines.CANCELLED):
 
 
 def _metrics():
-    return current_app.extensions["metrics"]
+    return g.metrics  # the request's batch, written once it ends (chatbot.api)

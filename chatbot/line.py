@@ -7,10 +7,11 @@ request's relay event and its SSE notice, so a client hears of every ending exac
 Keys: waiting:<queue> zset of request ids in the order they will run (see FAIR_LUA) ·
 fair:<queue> hash of that order's clock and each asker's next turn · started:<queue> set of
 the ids running (one per worker) · beat:<id> alive while the worker running the request beats ·
-req:<id> hash of what the request is
-(state, queue, session, model, lease, cancel flag, the job until a worker takes it, and for a
-resumable request its grace and, while its client is away, until when it waits) · lease:<id> alive while the web process
-that admitted the request lives · thread:<session>:<model> the lock a turn holds on its thread.
+req:<id> hash of what the request is (state, queue, session, model, lease, cancel flag, whether
+it is quiet and its last ring (see EVENT_LUA), and for a resumable request its grace and,
+while its client is away, until when it waits) · job:<id> what a worker runs, until one takes
+it · lease:<id> alive while the web process that admitted the request lives ·
+thread:<session>:<model> the lock a turn holds on its thread.
 """
 import json
 import logging
@@ -66,26 +67,26 @@ end
 """
 ANNOUNCE_SCRIPT = ANNOUNCE_LUA + "announce(KEYS[1], ARGV[1], ARGV[2], ARGV[3])"
 # Append a relay event and ring the doorbell of the web process waiting for it (chatbot.relay):
-# the ring carries the event, its id and the id before it, so the hub hands it over without
-# reading the stream unless it sees a gap.
+# the ring carries the event, its id and the id of the ring before it (field `rung`), so the
+# hub hands it over without reading the stream unless it sees a gap. A `quiet` request (its
+# client waits for the whole reply only) rings for its final event alone.
 EVENT_LUA = """
-local function append(info_key, stream, request_id, event, ttl)
-  local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-  local previous = newest[1] and newest[1][1] or '0-0'
+local function append(info_key, stream, request_id, event, ttl, final)
   local id = redis.call('XADD', stream, '*', 'e', event)
   redis.call('EXPIRE', stream, ttl)
-  local lease = redis.call('HGET', info_key, 'lease')
-  if lease then
+  local lease, quiet, rung = unpack(redis.call('HMGET', info_key, 'lease', 'quiet', 'rung'))
+  if lease and (final or not quiet) then
     local bell = 'chatbot:bell:' .. lease
-    redis.call('XADD', bell, 'MAXLEN', '~', %d, '*', 'r', request_id, 'i', id, 'p', previous,
-               'e', event)
+    redis.call('XADD', bell, 'MAXLEN', '~', %d, '*', 'r', request_id, 'i', id,
+               'p', rung or '0-0', 'e', event)
     redis.call('EXPIRE', bell, %d)
+    redis.call('HSET', info_key, 'rung', id)
   end
 end
 """ % (BELL_LENGTH, BELL_TTL)
 # A streamed chunk: appended, rung, and published to the request's SSE channel.
 EMIT_SCRIPT = EVENT_LUA + """
-append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], false)
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 """
 # The line's order: start-time fair queuing. Each asker (a key, else a session) has its next
@@ -151,7 +152,7 @@ local left = redis.call('ZREM', KEYS[3], ARGV[1])
 if left == 1 then redis.call('DEL', 'chatbot:job:' .. ARGV[1]) end
 redis.call('SREM', KEYS[5], ARGV[1])
 redis.call('DEL', KEYS[4])
-append(KEYS[1], KEYS[2], ARGV[1], ARGV[5], ARGV[8])
+append(KEYS[1], KEYS[2], ARGV[1], ARGV[5], ARGV[8], true)
 redis.call('PUBLISH', redis.call('HGET', KEYS[1], 'channel') or ARGV[1], ARGV[6])
 if ARGV[7] ~= '' and redis.call('GET', KEYS[6]) == ARGV[7] then redis.call('DEL', KEYS[6]) end
 if left == 1 then announce(KEYS[3], ARGV[11], ARGV[12], ARGV[13]) end
@@ -211,7 +212,7 @@ while true do
     else
       redis.call('HSET', info, 'state', verdict, 'finished_at', ARGV[1])
     end
-    append(info, 'chatbot:relay:' .. id, id, event, ARGV[10])
+    append(info, 'chatbot:relay:' .. id, id, event, ARGV[10], verdict ~= 'run')
     redis.call('PUBLISH', redis.call('HGET', info, 'channel') or id, notice)
     if verdict == 'run' then
       local session, model = unpack(redis.call('HMGET', info, 'session_id', 'model'))
@@ -603,7 +604,8 @@ def outcome(reply):
     if reply.get("status") == "cancelled":
         return "cancelled", CANCELLED
     whole = {k: reply[k] for k in ("content", "thinking", "tool_calls")}
-    return "done", {"t": "done", "d": reply["final"], "reply": whole, "marks": reply.get("marks")}
+    return "done", {"t": "done", "d": reply["final"], "reply": whole, "marks": reply.get("marks"),
+                    "waited": reply.get("waited", 0.0)}
 
 
 class Heartbeat:

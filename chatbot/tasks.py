@@ -74,7 +74,7 @@ def run_claimed(line, queue, claimed, marks):
         marks["ending"] = timing.now()
         heartbeat.lock = None
         # The tokens are counted in the ending's round trip, before the client hears.
-        if line.finish(request_id, queue, {**reply, "marks": marks}, held[0],
+        if line.finish(request_id, queue, {**reply, "marks": marks, "waited": waited}, held[0],
                        tally=ext["tokens"].tally(job.get("asker"), generated)):
             held[0] = None  # the line released it with the ending
 

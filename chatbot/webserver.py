@@ -22,7 +22,15 @@ def settings(bind=None, workers=None, graceful=30):
         "accesslog": None,  # chatbot logs each request itself, with its request id
         "errorlog": "-",
         "post_fork": _die_with_master,
+        "post_worker_init": _settle_heap,
     }
+
+
+def _settle_heap(worker):
+    """The app is loaded: what it keeps leaves the garbage collector's sight (settle_heap)."""
+    from chatbot.worker import settle_heap
+
+    settle_heap()
 
 
 def _die_with_master(server, worker):

@@ -45,6 +45,8 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         if resumable:
             info.update(resumable=current_app.config["RESUME_GRACE_SECONDS"],
                         wire=json.dumps([*answer[0].recipe(), answer[1]]))
+        elif answer and not answer[1]:  # it waits for the whole reply: rung for that alone
+            info["quiet"] = 1
         job = {"request_id": g.request_id, "session_id": session_id, "kind": kind,
                "model": model, "messages": messages, "upstream": {**upstream_body, "model": model},
                "host": host, "queue": queue, "fresh": bool(g.get("fresh_session")),
@@ -181,20 +183,20 @@ def _chain(first, events):
 
 
 def _timed(events, started):
-    """Pass events through, measuring time to first token and what we add on top of the line
-    and the model (proxy overhead)."""
-    waited, first = 0.0, True
+    """Pass events through, measuring time to first token (a quiet request's is its whole
+    reply, which is when its client gets a first byte) and what we add on top of the line and
+    the model (proxy overhead)."""
+    first = True
     for event in events:
         now = time.perf_counter() - started
-        if event["t"] == "started":
-            waited = event.get("waited", 0.0)
-        elif event["t"] == "chunk" and first:
+        if event["t"] in ("chunk", "done") and first:
             first = False
             _metrics().observe("chatbot_time_to_first_token_seconds", now)
-        elif event["t"] == "done":
+        if event["t"] == "done":
             g.marks["relayed"] = timing.now()
             model_time = (event["d"].get("total_duration") or 0) / 1e9
-            _metrics().observe("chatbot_proxy_overhead_seconds", max(0.0, now - waited - model_time))
+            _metrics().observe("chatbot_proxy_overhead_seconds",
+                               max(0.0, now - event.get("waited", 0.0) - model_time))
         yield event
 
 

@@ -1,6 +1,7 @@
 """The worker's tasks, kept thin: a request's life belongs to the line (chatbot.line), its work
 to the flow (chatbot.flow)."""
 import functools
+import json
 import logging
 import time
 
@@ -16,7 +17,8 @@ from chatbot.worker import QUEUE
 from chatbot import lifecycle  # noqa: F401  registers chatbot.archive_idle_sessions
 
 log = logging.getLogger(__name__)
-DRAIN_SECONDS = 1.0  # a task runs further waiting requests for this long, then hands back
+DRAIN_SECONDS = 1.0  # a task runs further requests for this long, then hands back to Celery
+LINGER_SECONDS = 0.05  # ... waiting this long for each next one when none waits
 
 
 @shared_task(name="chatbot.run_next", bind=True)
@@ -26,28 +28,52 @@ def run_next(self, queue=QUEUE):
     finds the line empty (its request was cancelled, or taken by an earlier task) does
     nothing, and so does a redelivered or duplicated one.
 
-    While more wait, the task runs the next too (for up to DRAIN_SECONDS), and its claim
-    takes one waiting task message off the queue in exchange: the tasks are interchangeable,
-    and a busy line then costs one Celery delivery, ack and log per drain instead of per
-    request."""
+    The tasks are interchangeable, so a task keeps going while work comes, for up to
+    DRAIN_SECONDS: while more wait it runs the next too, its claim taking one waiting task
+    message off the queue in exchange; when none waits, it waits LINGER_SECONDS for the
+    next task message itself. A busy line then costs one Celery delivery, ack and log line
+    per drain instead of per request, and back-to-back requests skip the broker's hop."""
     line = current_app.extensions["line"]
     drain_until = time.monotonic() + DRAIN_SECONDS
-    ran = 0
+    # owed: the next claim takes a waiting task message, this task's own having run a request
+    ran, owed, task_id = 0, False, self.request.id
     while True:
         marks = {"task": timing.now()}
         logs.clear()
-        logs.bind(task_id=self.request.id)  # which task ran which request, for Flower's view
+        logs.bind(task_id=task_id)  # the message that asked: joins the request to Flower's task
         # The claim also takes the thread's lock when it is free (one round trip for both).
-        claimed = line.claim_next(queue, task_list=queue if ran else None)
-        if claimed is None:
-            if not ran:
-                log.info("nothing waiting in %s", queue)
-            return ran
-        run_claimed(line, queue, claimed, marks)
-        ran += 1
+        claimed = line.claim_next(queue, task_list=queue if owed else None)
+        if claimed is not None:
+            run_claimed(line, queue, claimed, marks)
+            ran, owed = ran + 1, True
+        elif not owed:
+            log.info("nothing waiting in %s", queue)
         if time.monotonic() > drain_until or worker_state.should_stop \
                 or worker_state.should_terminate:
             return ran
+        if claimed is None:
+            task_id = _next_task_message(queue)
+            if task_id is None:
+                return ran
+            owed = False
+
+
+def _next_task_message(queue):
+    """Take the queue's next task message (a run_next: this task runs its request instead),
+    waiting up to LINGER_SECONDS. Its task id, None if none came."""
+    client = current_app.extensions["redis"]
+    got = client.brpop([queue], timeout=LINGER_SECONDS)
+    if got is None:
+        return None
+    try:
+        headers = json.loads(got[1])["headers"]
+        task, task_id = headers["task"], headers["id"]
+    except (ValueError, KeyError, TypeError):
+        task = task_id = None
+    if task != "chatbot.run_next":  # not ours to take: back where it was, for Celery
+        client.rpush(queue, got[1])
+        return None
+    return task_id
 
 
 def run_claimed(line, queue, claimed, marks):

@@ -22,6 +22,7 @@ Shared store (built by chatbot.tasks):
   summarizer {model, max_tokens} when CONTEXT_STRATEGY=summarize, else None
   phase      callable(phase, event, data): a step the client may wait on (None: it ended)
   summary    the thread's newest summary of its dropped history (LoadThread, SummarizeDropped)
+  writes     the Connection the turn's writes go through (chatbot.tasks; None: the session)
   span       (first, last) seq of the messages a new summary must cover (BuildContext)
   window, budget, figures   the model's window, our tokens the context may use, and the
              calibration (ratio, overhead) they were sized with (SizeWindow)
@@ -226,18 +227,20 @@ class StoreRequest(Node):
     def prep(self, shared):
         job = shared["job"]
         return (job["session_id"], job.get("owner"), job["model"], shared["new"],
-                job["request_id"], shared["dropped"], shared["tail"])
+                job["request_id"], shared["dropped"], shared["tail"], shared.get("writes"))
 
     def exec(self, prep_res):
         return prep_res
 
     def post(self, shared, prep_res, exec_res):
-        session_id, owner, model, new, request_id, dropped, tail = exec_res
+        session_id, owner, model, new, request_id, dropped, tail, writes = exec_res
+        # The turn's reads end here: no transaction stays open while the model talks.
+        store.db.session.close()
         try:
-            store.touch_session(session_id, owner)
+            store.touch_session(session_id, owner, writes)
             # Always commits: the session's last use counts even for a load or a pure resend.
             shared["tail"] = store.append_messages(session_id, model, new, request_id,
-                                                   truncated=dropped, tail=tail)
+                                                   truncated=dropped, tail=tail, conn=writes)
         except store.Conflict as exc:
             shared["attempts"] += 1
             if exc.stored or shared["attempts"] >= MAX_ATTEMPTS:
@@ -318,20 +321,20 @@ class StoreReply(Node):
     def prep(self, shared):
         job = shared["job"]
         return (job["session_id"], job["model"], job["request_id"], shared["new"],
-                shared["reply"], shared["started_at"], shared["tail"])
+                shared["reply"], shared["started_at"], shared["tail"], shared.get("writes"))
 
     def exec(self, prep_res):
         return prep_res
 
     def post(self, shared, prep_res, exec_res):
-        session_id, model, request_id, new, reply, started_at, tail = exec_res
+        session_id, model, request_id, new, reply, started_at, tail, writes = exec_res
         if not new:  # nothing was asked (a load, or a pure resend): there is no turn to keep
             return
         if reply["error"] and not reply["chunks"]:
             store.fail_request(request_id)
             return
         store.save_reply(session_id, model, request_id, reply, reply["status"],
-                         started_at=started_at, tail=tail)
+                         started_at=started_at, tail=tail, conn=writes)
 
 
 class Finish(Node):

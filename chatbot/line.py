@@ -13,6 +13,7 @@ while its client is away, until when it waits) · job:<id> what a worker runs, u
 it · lease:<id> alive while the web process that admitted the request lives ·
 thread:<session>:<model> the lock a turn holds on its thread.
 """
+import functools
 import json
 import logging
 import os
@@ -270,10 +271,11 @@ return 0
 """
 
 
+@functools.lru_cache(maxsize=256)
 def _announce_args(queue):
     """The announce snippet's arguments after its waiting key: channel and templates."""
-    return [QUEUE_CHANNEL, _sse_template("queued", {"position": 0}, "position"),
-            _sse_template("depth", {"queue": queue, "waiting": 0}, "waiting")]
+    return (QUEUE_CHANNEL, _sse_template("queued", {"position": 0}, "position"),
+            _sse_template("depth", {"queue": queue, "waiting": 0}, "waiting"))
 
 
 def sse_message(type_, data, id=None):
@@ -330,6 +332,12 @@ class Line:
         self._emit = client.register_script(EMIT_SCRIPT)
         self._detach = client.register_script(DETACH_SCRIPT)
         self._resume = client.register_script(RESUME_SCRIPT)
+        # The claim's events (and their SSE notices), the same for every claim.
+        expired = error_event(503, f"the request waited over {queue_timeout:g} s in line "
+                                   "(QUEUE_TIMEOUT_SECONDS); please retry")
+        self._claim_events = ('{"t": "started", "waited": %s}', sse_message("started", {}),
+                              json.dumps(CLIENT_GONE), sse_message(*notice(CLIENT_GONE)),
+                              json.dumps(expired), sse_message(*notice(expired)))
 
     # --- the web side -------------------------------------------------------------------
 
@@ -348,8 +356,7 @@ class Line:
                   task[0] if task else "chatbot:notask"],
             args=[self.max_queue, now, request_id,
                   json.dumps([str(x) for kv in fields.items() for x in kv]), INFO_TTL,
-                  _sse_template("queued", {"position": 0}, "position"), QUEUE_CHANNEL,
-                  _sse_template("depth", {"queue": queue, "waiting": 0}, "waiting"), LEASE_TTL,
+                  _announce_args(queue)[1], QUEUE_CHANNEL, _announce_args(queue)[2], LEASE_TTL,
                   info.get("channel", request_id), asker, ROUND // weight if weight else 0,
                   json.dumps(job or {}), task[1] if task else ""])
         if position == 0:
@@ -450,16 +457,11 @@ class Line:
         one task message off the broker's `task_list` if given. Returns None when nobody
         waits, else (request id, seconds waited, the job, the lock if taken)."""
         token = str(uuid.uuid4())
-        expired = error_event(503, f"the request waited over {self.queue_timeout:g} s in line "
-                                   "(QUEUE_TIMEOUT_SECONDS); please retry")
         out = self._claim(
             keys=[WAITING.format(queue), STARTED.format(queue), FAIR.format(queue),
                   task_list or "chatbot:notasks"],
-            args=[time.time(), HEARTBEAT_TTL, self.queue_timeout,
-                  '{"t": "started", "waited": %s}', sse_message("started", {}),
-                  json.dumps(CLIENT_GONE), sse_message(*notice(CLIENT_GONE)),
-                  json.dumps(expired), sse_message(*notice(expired)), self.relay_ttl,
-                  *_announce_args(queue), token, THREAD_LOCK_TTL * 1000,
+            args=[time.time(), HEARTBEAT_TTL, self.queue_timeout, *self._claim_events,
+                  self.relay_ttl, *_announce_args(queue), token, THREAD_LOCK_TTL * 1000,
                   "1" if task_list else "0"])
         if out[0] != b"run":
             return None
@@ -493,12 +495,13 @@ class Line:
                    args=[request_id, json.dumps(event), self.relay_ttl, channel,
                          sse_message(*notice(event))])
 
-    def finish(self, request_id, queue, reply, lock=None, tally=None):
+    def finish(self, request_id, queue, reply, lock=None, tally=None, then=None):
         """End a running request with its reply's outcome, releasing its thread `lock`, and
-        add to counter `tally` (key, amount, seconds kept) in the same round trip. False if
-        it had already ended."""
+        add to counter `tally` (key, amount, seconds kept) in the same round trip, followed
+        there by `then`'s writes (a metrics batch). False if it had already ended."""
         state, event = outcome(reply)
-        return self._move(request_id, queue, ("running",), state, event, lock=lock, tally=tally)
+        return self._move(request_id, queue, ("running",), state, event, lock=lock, tally=tally,
+                          then=then)
 
     def lock_thread(self, session_id, model, stop, wait=600.0):
         """Hold the thread for one turn at a time, across workers and hosts. Returns the lock,
@@ -518,17 +521,27 @@ class Line:
     # --- shared -------------------------------------------------------------------------
 
     def _move(self, request_id, queue, from_states, to_state, event, only_if_dead=False,
-              cancel_running=False, lock=None, tally=None):
+              cancel_running=False, lock=None, tally=None, then=None):
         key, token = lock or NO_LOCK
         counter, amount, kept = tally or ("chatbot:notally", "", 0)
-        moved, *_ = self._end(
-            keys=[INFO.format(request_id), stream_key(request_id), WAITING.format(queue),
-                  BEAT.format(request_id), STARTED.format(queue), key, counter],
-            args=[request_id, ",".join(from_states), to_state, time.time(), json.dumps(event),
-                  sse_message(*notice(event)), token, self.relay_ttl,
-                  "1" if only_if_dead else "0", "1" if cancel_running else "0",
-                  *_announce_args(queue), amount, kept])
-        return bool(moved)
+        keys = [INFO.format(request_id), stream_key(request_id), WAITING.format(queue),
+                BEAT.format(request_id), STARTED.format(queue), key, counter]
+        args = [request_id, ",".join(from_states), to_state, time.time(), json.dumps(event),
+                sse_message(*notice(event)), token, self.relay_ttl,
+                "1" if only_if_dead else "0", "1" if cancel_running else "0",
+                *_announce_args(queue), amount, kept]
+        if then is None or not then.pending():
+            return bool(self._end(keys=keys, args=args)[0])
+        # One round trip: the ending first (its client hears at once), then `then`'s writes.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.evalsha(self._end.sha, len(keys), *keys, *args)
+        then.into(pipe)
+        ended, *_ = pipe.execute(raise_on_error=False)
+        if isinstance(ended, redis.exceptions.NoScriptError):  # Redis restarted: load it
+            ended = self._end(keys=keys, args=args)
+        elif isinstance(ended, Exception):
+            raise ended
+        return bool(ended[0])
 
     def listen(self, request_id, delta):
         """An SSE client starts (+1) or stops (-1) listening to a request's notices."""

@@ -84,10 +84,12 @@ def run_claimed(line, queue, claimed, marks):
         line.finish(request_id, queue, {"error": {"status": 500, "error": "the request was lost"}},
                     lock)
         return
-    logs.bind(request_id=request_id, session_id=job["session_id"], model=job["model"])
-    metrics = ext["metrics"].batch()  # written in one round trip once the client has heard
+    # Said once, by the "finished" line (a running request shows in GET /api/queue).
+    logs.bind(request_id=request_id, session_id=job["session_id"], model=job["model"],
+              waited=round(waited, 3), upstream=job.get("host"))
+    metrics = ext["metrics"].batch()  # written with the ending, in its round trip
     metrics.observe("chatbot_queue_wait_seconds", waited, queue=queue)
-    log.info("started after %.3f s in line, upstream %s", waited, job.get("host"))
+    log.debug("started after %.3f s in line", waited)
     heartbeat = lines.Heartbeat(line, request_id, queue)
     heartbeat.lock = lock
     heartbeat.start()
@@ -99,9 +101,10 @@ def run_claimed(line, queue, claimed, marks):
         logs.bind(tokens=generated)
         marks["ending"] = timing.now()
         heartbeat.lock = None
-        # The tokens are counted in the ending's round trip, before the client hears.
+        # The tokens are counted in the ending's round trip, before the client hears; the
+        # request's metrics follow in the same round trip.
         if line.finish(request_id, queue, {**reply, "marks": marks, "waited": waited}, held[0],
-                       tally=ext["tokens"].tally(job.get("asker"), generated)):
+                       tally=ext["tokens"].tally(job.get("asker"), generated), then=metrics):
             held[0] = None  # the line released it with the ending
 
     try:
@@ -115,7 +118,7 @@ def run_claimed(line, queue, claimed, marks):
         # The turn's writes go through a Connection of their own: half the cost per commit
         # of the ORM session (chatbot.store.sessions).
         with db.engine.connect() as writes:
-            create_chat_flow().run({
+            chat_flow().run({
                 "job": job, "marks": marks, "started_at": utcnow(),
                 "upstream": ext["router"].upstream(job.get("host")),
                 "emit": chunks(line, request_id, job["channel"]),
@@ -140,6 +143,12 @@ def run_claimed(line, queue, claimed, marks):
         # The solo pool runs tasks where Celery receives them: its next "received" line must
         # not carry this request's fields.
         logs.clear()
+
+
+@functools.cache
+def chat_flow():
+    """The chat flow, built once: PocketFlow runs copies of its nodes."""
+    return create_chat_flow()
 
 
 def summarizer(config):

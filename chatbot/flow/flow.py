@@ -18,8 +18,9 @@ def create_chat_flow():
     # nearest the question), fitted into the window.
     load, build, store_chat, finish_chat = LoadThread(), BuildContext(), StoreRequest(), Finish()
     size, retrieve = SizeWindow(), Retrieve()
+    # Calibration goes with the request's metrics, sent in the ending's round trip.
     begin - "chat" >> load >> size >> retrieve >> build >> store_chat >> CallChat() \
-        >> StoreReply() >> finish_chat >> Calibrate()  # the client hears the end before calibration
+        >> StoreReply() >> Calibrate() >> finish_chat
     size - "unsupported" >> finish_chat  # an embedding model: a 400, as from Ollama
     store_chat - "conflict" >> load  # another turn took the thread's next place: start over
     build - "too_long" >> finish_chat  # nothing stored, nothing sent: the client gets a 400

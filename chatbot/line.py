@@ -489,19 +489,31 @@ class Line:
         state = self._resume(keys=[INFO.format(request_id)], args=[lease, LEASE_TTL])
         return state.decode() if state else None
 
-    def emit(self, request_id, channel, event):
-        """A streamed chunk, to the waiting client and the SSE listeners of `channel`."""
-        self._emit(keys=[INFO.format(request_id), stream_key(request_id)],
-                   args=[request_id, json.dumps(event), self.relay_ttl, channel,
-                         sse_message(*notice(event))])
+    def emit(self, request_id, channel, events):
+        """Streamed chunks, to the waiting client and the SSE listeners of `channel`."""
+        if len(events) == 1:
+            self._emit(*self._emit_call(request_id, channel, events[0]))
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for event in events:
+            self._emit(*self._emit_call(request_id, channel, event), client=pipe)
+        pipe.execute()
 
-    def finish(self, request_id, queue, reply, lock=None, tally=None, then=None):
+    def _emit_call(self, request_id, channel, event):
+        return ([INFO.format(request_id), stream_key(request_id)],
+                [request_id, json.dumps(event), self.relay_ttl, channel,
+                 sse_message(*notice(event))])
+
+    def finish(self, request_id, queue, reply, lock=None, tally=None, then=None, chunks=(),
+               channel=None):
         """End a running request with its reply's outcome, releasing its thread `lock`, and
-        add to counter `tally` (key, amount, seconds kept) in the same round trip, followed
-        there by `then`'s writes (a metrics batch). False if it had already ended."""
+        add to counter `tally` (key, amount, seconds kept) in the same round trip, after the
+        `chunks` not yet emitted (to `channel`) and before `then`'s writes (a metrics batch).
+        False if it had already ended."""
         state, event = outcome(reply)
+        before = [self._emit_call(request_id, channel, chunk) for chunk in chunks]
         return self._move(request_id, queue, ("running",), state, event, lock=lock, tally=tally,
-                          then=then)
+                          then=then, before=before)
 
     def lock_thread(self, session_id, model, stop, wait=600.0):
         """Hold the thread for one turn at a time, across workers and hosts. Returns the lock,
@@ -521,7 +533,7 @@ class Line:
     # --- shared -------------------------------------------------------------------------
 
     def _move(self, request_id, queue, from_states, to_state, event, only_if_dead=False,
-              cancel_running=False, lock=None, tally=None, then=None):
+              cancel_running=False, lock=None, tally=None, then=None, before=()):
         key, token = lock or NO_LOCK
         counter, amount, kept = tally or ("chatbot:notally", "", 0)
         keys = [INFO.format(request_id), stream_key(request_id), WAITING.format(queue),
@@ -530,18 +542,27 @@ class Line:
                 sse_message(*notice(event)), token, self.relay_ttl,
                 "1" if only_if_dead else "0", "1" if cancel_running else "0",
                 *_announce_args(queue), amount, kept]
-        if then is None or not then.pending():
+        if not before and (then is None or not then.pending()):
             return bool(self._end(keys=keys, args=args)[0])
-        # One round trip: the ending first (its client hears at once), then `then`'s writes.
+        # One round trip: the events `before`, the ending (its client hears at once), then
+        # `then`'s writes. Scripts are called by their sha, not loaded first (a round trip).
         pipe = self.redis.pipeline(transaction=False)
+        for emit_keys, emit_args in before:
+            pipe.evalsha(self._emit.sha, len(emit_keys), *emit_keys, *emit_args)
         pipe.evalsha(self._end.sha, len(keys), *keys, *args)
-        then.into(pipe)
-        ended, *_ = pipe.execute(raise_on_error=False)
-        if isinstance(ended, redis.exceptions.NoScriptError):  # Redis restarted: load it
-            ended = self._end(keys=keys, args=args)
-        elif isinstance(ended, Exception):
-            raise ended
-        return bool(ended[0])
+        if then is not None:
+            then.into(pipe)
+        results = pipe.execute(raise_on_error=False)
+        ran = results[:len(before) + 1]
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in ran):
+            # Redis restarted and forgot the scripts (so none of them ran): again, loading them.
+            for emit_keys, emit_args in before:
+                self._emit(keys=emit_keys, args=emit_args)
+            return bool(self._end(keys=keys, args=args)[0])
+        for result in ran:
+            if isinstance(result, Exception):
+                raise result
+        return bool(ran[-1][0])
 
     def listen(self, request_id, delta):
         """An SSE client starts (+1) or stops (-1) listening to a request's notices."""

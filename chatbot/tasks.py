@@ -19,6 +19,7 @@ from chatbot import lifecycle  # noqa: F401  registers chatbot.archive_idle_sess
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 1.0  # a task runs further requests for this long, then hands back to Celery
 LINGER_SECONDS = 0.05  # ... waiting this long for each next one when none waits
+QUIET_EVERY = 0.05  # seconds a quiet request's chunks wait to go out together
 
 
 @shared_task(name="chatbot.run_next", bind=True)
@@ -94,6 +95,7 @@ def run_claimed(line, queue, claimed, marks):
     heartbeat.lock = lock
     heartbeat.start()
     ended, held = [], [lock]  # the thread lock while this task still holds it
+    emit = Chunks(line, request_id, job["channel"], job.get("quiet", False))
 
     def end(reply):
         ended.append(lines.outcome(reply)[0])
@@ -104,7 +106,8 @@ def run_claimed(line, queue, claimed, marks):
         # The tokens are counted in the ending's round trip, before the client hears; the
         # request's metrics follow in the same round trip.
         if line.finish(request_id, queue, {**reply, "marks": marks, "waited": waited}, held[0],
-                       tally=ext["tokens"].tally(job.get("asker"), generated), then=metrics):
+                       tally=ext["tokens"].tally(job.get("asker"), generated), then=metrics,
+                       chunks=emit.take(), channel=job["channel"]):
             held[0] = None  # the line released it with the ending
 
     try:
@@ -121,7 +124,7 @@ def run_claimed(line, queue, claimed, marks):
             chat_flow().run({
                 "job": job, "marks": marks, "started_at": utcnow(),
                 "upstream": ext["router"].upstream(job.get("host")),
-                "emit": chunks(line, request_id, job["channel"]),
+                "emit": emit,
                 "stop": heartbeat.stop_asked,
                 "end": end, "windows": ext["windows"], "calibration": ext["calibration"],
                 "metrics": metrics, "reserve": current_app.config["CONTEXT_REPLY_RESERVE"],
@@ -158,15 +161,35 @@ def summarizer(config):
     return {"model": config["SUMMARY_MODEL"], "max_tokens": config["SUMMARY_MAX_TOKENS"]}
 
 
-def chunks(line, request_id, channel):
-    """The flow's emit: each chunk numbered from 1, so that a client that comes back asks
-    for what follows the last it has (GET /api/requests/<id>/stream?after=N)."""
-    count = [0]
+class Chunks:
+    """The flow's emit: each chunk numbered from 1, so that a client that comes back asks for
+    what follows the last it has (GET /api/requests/<id>/stream?after=N). A quiet request's
+    client waits for the whole reply, so its chunks (for SSE listeners, and what a lost
+    request keeps) go out QUIET_EVERY s at a time, the last with the ending."""
 
-    def emit(event):
-        count[0] += 1
-        line.emit(request_id, channel, {**event, "n": count[0]})
-    return emit
+    def __init__(self, line, request_id, channel, quiet):
+        self.line, self.request_id, self.channel, self.quiet = line, request_id, channel, quiet
+        self.count, self.held, self.since = 0, [], 0.0
+
+    def __call__(self, event):
+        self.count += 1
+        self.held.append({**event, "n": self.count})
+        if not self.quiet:
+            self.flush()
+        elif len(self.held) == 1:
+            self.since = time.monotonic()
+        elif time.monotonic() - self.since > QUIET_EVERY:
+            self.flush()
+
+    def flush(self):
+        if self.held:
+            self.line.emit(self.request_id, self.channel, self.held)
+            self.held = []
+
+    def take(self):
+        """The chunks not yet sent, for the ending's round trip."""
+        held, self.held = self.held, []
+        return held
 
 
 @shared_task(name="chatbot.sweep_line")

@@ -24,7 +24,7 @@ def test_rings_hand_events_over_and_a_lost_ring_is_read_from_the_stream(stack):
                hub.lease)
     inbox = hub.watch(rid).inbox
     for n in range(5):
-        line.emit(rid, rid, {"t": "chunk", "raw": f'{{"n": {n}}}'})
+        line.emit(rid, rid, [{"t": "chunk", "raw": f'{{"n": {n}}}'}])
     rings = client.xrange(BELL.format(hub.lease))
     assert len(rings) == 5 and all(f[b"r"].decode() == rid for _, f in rings)
     gaps = set()
@@ -42,7 +42,7 @@ def test_rings_hand_events_over_and_a_lost_ring_is_read_from_the_stream(stack):
     # A client that comes back while the first still waits: its waiter reads from the start,
     # and the first goes on from where it was.
     again = hub.watch(rid, again=True)
-    line.emit(rid, rid, {"t": "chunk", "raw": '{"n": 5}'})
+    line.emit(rid, rid, [{"t": "chunk", "raw": '{"n": 5}'}])
     gaps = set()
     for _, ring in client.xrange(BELL.format(hub.lease))[5:]:
         hub.hand_over(ring, gaps)

@@ -50,7 +50,8 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         job = {"request_id": g.request_id, "session_id": session_id, "kind": kind,
                "model": model, "messages": messages, "upstream": {**upstream_body, "model": model},
                "host": host, "queue": queue, "fresh": bool(g.get("fresh_session")),
-               "owner": owner, "channel": info["channel"], "asker": who}
+               "owner": owner, "channel": info["channel"], "asker": who,
+               "quiet": bool(info.get("quiet"))}
         # Turns are taken between askers: the key, else the session.
         fair = current_app.config["QUEUE_ORDER"] == "fair"
         # One task per request, pushed by the admission itself; it runs whichever request

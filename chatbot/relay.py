@@ -109,6 +109,8 @@ class Hub(threading.Thread):
                             last = entry_id
                             self.hand_over(fields, gaps)
                 self.read(gaps)
+                if reply:
+                    time.sleep(0)  # let the waiters handed events run before the next read
             except redis.RedisError:
                 threading.Event().wait(0.5)  # Redis away: waiters' watchdogs report it
 

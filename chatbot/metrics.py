@@ -5,8 +5,12 @@ Counters and histograms live in one Redis hash per metric; a field is the label 
 and, for histograms, the bucket. Gauges that are facts elsewhere (queue depth, active
 sessions) are read when scraped rather than kept here.
 """
+import atexit
 import json
 import logging
+import os
+import threading
+import time
 
 import redis
 
@@ -43,9 +47,51 @@ def _field(labels):
     return json.dumps(labels, sort_keys=True, separators=(",", ":"))
 
 
+LATER_EVERY = 1.0  # seconds a web process's metrics wait to be written together
+
+
 class Metrics:
     def __init__(self, client):
         self.redis = client
+        # Increments held for a later write (see later()): (key, field) -> amount; and any
+        # other command, as it was.
+        self.held, self.held_other, self.held_lock, self.writer_pid = {}, [], threading.Lock(), None
+
+    def later(self, batch):
+        """Take a batch's writes to be sent within LATER_EVERY s, summed with every other
+        request's: a web process answering hundreds of requests a second writes its metrics
+        once a second, not once per request. /metrics here writes them first."""
+        with self.held_lock:
+            for args, options in batch.pipe.command_stack:
+                if args[0] == "HINCRBYFLOAT":
+                    self.held[args[1], args[2]] = self.held.get((args[1], args[2]), 0) + args[3]
+                else:
+                    self.held_other.append((args, options))
+            batch.pipe.reset()
+            if self.writer_pid != os.getpid():  # none yet in this process (or forked since)
+                self.writer_pid = os.getpid()
+                threading.Thread(target=self._write_held_forever, daemon=True,
+                                 name="metrics").start()
+                atexit.register(self.write_held)
+
+    def write_held(self):
+        with self.held_lock:
+            held, other, self.held, self.held_other = self.held, self.held_other, {}, []
+        if not held and not other:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for (key, field), amount in held.items():
+            pipe.hincrbyfloat(key, field, amount)
+        pipe.command_stack.extend(other)
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            log.warning("metrics write failed", exc_info=True)
+
+    def _write_held_forever(self):
+        while True:
+            time.sleep(LATER_EVERY)
+            self.write_held()
 
     def inc(self, name, amount=1, pipe=None, **labels):
         self._write(pipe, lambda p: p.hincrbyfloat(PREFIX + name, _field(labels), amount))
@@ -124,6 +170,7 @@ def _number(value):
 def render(metrics, gauges):
     """Prometheus text format: the stored counters and histograms, then `gauges`
     ({name: (help, [(labels, value)])}) read fresh by the caller."""
+    metrics.write_held()  # this process's own first
     pipe = metrics.redis.pipeline(transaction=False)
     for name in METRICS:
         pipe.hgetall(PREFIX + name)

@@ -28,14 +28,14 @@ def error_response(status, error, headers=None):
     return resp
 
 
-def _recorder(batch, rule, model, status, started):
+def _recorder(metrics, batch, rule, model, status, started):
     endpoint = rule.rule if rule else "unmatched"
 
     def record():
         batch.inc("chatbot_requests_total", endpoint=endpoint, model=model, status=str(status))
         batch.observe("chatbot_request_duration_seconds", time.perf_counter() - started,
                       endpoint=endpoint)
-        batch.flush()  # with what the request noted on its way (g.metrics)
+        metrics.later(batch)  # with what the request noted on its way (g.metrics)
 
     return record
 
@@ -60,7 +60,7 @@ def init_app(app):
         g.request_id = given if g.request_id_given else str(uuid.uuid4())
         g.started = time.perf_counter()
         g.marks = {"received": timing.now()}
-        g.metrics = app.extensions["metrics"].batch()  # written in one round trip at the end
+        g.metrics = app.extensions["metrics"].batch()  # written with others' (Metrics.later)
         logs.clear()
         logs.bind(request_id=g.request_id)
         auth.authenticate()
@@ -79,8 +79,8 @@ def init_app(app):
         resp.headers.setdefault("X-Request-ID", g.request_id)
         if request.path != "/metrics":
             # Counted when the body is done, so a stream's duration is the whole stream.
-            record = _recorder(g.metrics, request.url_rule, g.get("model", ""), resp.status_code,
-                               g.started)
+            record = _recorder(app.extensions["metrics"], g.metrics, request.url_rule,
+                               g.get("model", ""), resp.status_code, g.started)
             resp.call_on_close(record)
         return resp
 

@@ -34,29 +34,54 @@ def run_next(self, queue=QUEUE):
     message off the queue in exchange; when none waits, it waits LINGER_SECONDS for the
     next task message itself. A busy line then costs one Celery delivery, ack and log line
     per drain instead of per request, and back-to-back requests skip the broker's hop."""
-    line = current_app.extensions["line"]
+    line, writes = current_app.extensions["line"], Writes()
     drain_until = time.monotonic() + DRAIN_SECONDS
     # owed: the next claim takes a waiting task message, this task's own having run a request
     ran, owed, task_id = 0, False, self.request.id
-    while True:
-        marks = {"task": timing.now()}
-        logs.clear()
-        logs.bind(task_id=task_id)  # the message that asked: joins the request to Flower's task
-        # The claim also takes the thread's lock when it is free (one round trip for both).
-        claimed = line.claim_next(queue, task_list=queue if owed else None)
-        if claimed is not None:
-            run_claimed(line, queue, claimed, marks)
-            ran, owed = ran + 1, True
-        elif not owed:
-            log.info("nothing waiting in %s", queue)
-        if time.monotonic() > drain_until or worker_state.should_stop \
-                or worker_state.should_terminate:
-            return ran
-        if claimed is None:
-            task_id = _next_task_message(queue)
-            if task_id is None:
-                return ran
-            owed = False
+    try:
+        while True:
+            marks = {"task": timing.now()}
+            logs.clear()
+            logs.bind(task_id=task_id)  # the message that asked: joins a request to its task
+            # The claim also takes the thread's lock when it is free (one round trip for both).
+            claimed = line.claim_next(queue, task_list=queue if owed else None)
+            if claimed is not None:
+                run_claimed(line, queue, claimed, marks, writes)
+                ran, owed = ran + 1, True
+            elif not owed:
+                log.info("nothing waiting in %s", queue)
+            if time.monotonic() > drain_until or worker_state.should_stop \
+                    or worker_state.should_terminate:
+                break
+            if claimed is None:
+                task_id = _next_task_message(queue)
+                if task_id is None:
+                    break
+                owed = False
+    finally:
+        writes.close()
+    return ran
+
+
+class Writes:
+    """The Connection a task's turns write through, opened at the first and kept for the
+    next (closed, for a new one, after a request that failed: it may be broken)."""
+
+    def __init__(self):
+        self.conn = None
+
+    def get(self):
+        if self.conn is None:
+            self.conn = db.engine.connect()
+        return self.conn
+
+    def close(self):
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001  a broken connection is let go all the same
+                log.warning("closing the writes' connection failed", exc_info=True)
 
 
 def _next_task_message(queue):
@@ -77,7 +102,7 @@ def _next_task_message(queue):
     return task_id
 
 
-def run_claimed(line, queue, claimed, marks):
+def run_claimed(line, queue, claimed, marks, writes):
     """One request, claimed: its flow, and its ending, whatever happens."""
     ext = current_app.extensions
     request_id, waited, job, lock = claimed
@@ -118,21 +143,21 @@ def run_claimed(line, queue, claimed, marks):
                 end({"status": "cancelled"})
                 return
         marks["begun"] = timing.now()
-        # The turn's writes go through a Connection of their own: half the cost per commit
-        # of the ORM session (chatbot.store.sessions).
-        with db.engine.connect() as writes:
-            chat_flow().run({
-                "job": job, "marks": marks, "started_at": utcnow(),
-                "upstream": ext["router"].upstream(job.get("host")),
-                "emit": emit,
-                "stop": heartbeat.stop_asked,
-                "end": end, "windows": ext["windows"], "calibration": ext["calibration"],
-                "metrics": metrics, "reserve": current_app.config["CONTEXT_REPLY_RESERVE"],
-                "summarizer": summarizer(current_app.config),
-                "phase": functools.partial(line.set_phase, request_id, job["channel"]),
-                "writes": writes,
-            })
+        # The turn's writes go through a plain Connection: half the cost per commit of the
+        # ORM session (chatbot.store.sessions).
+        chat_flow().run({
+            "job": job, "marks": marks, "started_at": utcnow(),
+            "upstream": ext["router"].upstream(job.get("host")),
+            "emit": emit,
+            "stop": heartbeat.stop_asked,
+            "end": end, "windows": ext["windows"], "calibration": ext["calibration"],
+            "metrics": metrics, "reserve": current_app.config["CONTEXT_REPLY_RESERVE"],
+            "summarizer": summarizer(current_app.config),
+            "phase": functools.partial(line.set_phase, request_id, job["channel"]),
+            "writes": writes.get(),
+        })
     except Exception:  # the waiting client must hear of it rather than hang
+        writes.close()
         end({"error": {"status": 500, "error": logs.incident(log, "request failed")}})
     finally:
         heartbeat.stopped.set()
@@ -150,7 +175,7 @@ def run_claimed(line, queue, claimed, marks):
 
 @functools.cache
 def chat_flow():
-    """The chat flow, built once: PocketFlow runs copies of its nodes."""
+    """The chat flow, built once (its nodes keep no request's state: see TimedFlow)."""
     return create_chat_flow()
 
 

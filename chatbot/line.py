@@ -452,17 +452,31 @@ class Line:
 
     # --- the worker side ----------------------------------------------------------------
 
-    def claim_next(self, queue, task_list=None):
+    def claim_next(self, queue, task_list=None, also=None):
         """Take the head of the line to run it, with its thread's lock when that is free, and
         one task message off the broker's `task_list` if given. Returns None when nobody
-        waits, else (request id, seconds waited, the job, the lock if taken)."""
+        waits, else (request id, seconds waited, the job, the lock if taken). `also.queue(pipe)`
+        queues reads that go in the same round trip, and `also.take(results)` gets their
+        results (what the request will need: the calibrations, say)."""
         token = str(uuid.uuid4())
-        out = self._claim(
-            keys=[WAITING.format(queue), STARTED.format(queue), FAIR.format(queue),
-                  task_list or "chatbot:notasks"],
-            args=[time.time(), HEARTBEAT_TTL, self.queue_timeout, *self._claim_events,
-                  self.relay_ttl, *_announce_args(queue), token, THREAD_LOCK_TTL * 1000,
-                  "1" if task_list else "0"])
+        keys = [WAITING.format(queue), STARTED.format(queue), FAIR.format(queue),
+                task_list or "chatbot:notasks"]
+        args = [time.time(), HEARTBEAT_TTL, self.queue_timeout, *self._claim_events,
+                self.relay_ttl, *_announce_args(queue), token, THREAD_LOCK_TTL * 1000,
+                "1" if task_list else "0"]
+        if also is None:
+            out = self._claim(keys=keys, args=args)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.evalsha(self._claim.sha, len(keys), *keys, *args)
+            also.queue(pipe)
+            out, *read = pipe.execute(raise_on_error=False)
+            if isinstance(out, redis.exceptions.NoScriptError):  # Redis restarted: load it
+                out = self._claim(keys=keys, args=args)
+            for result in (out, *read):
+                if isinstance(result, Exception):
+                    raise result
+            also.take(read)
         if out[0] != b"run":
             return None
         _, request_id, waited, locked, job, lock_key = out

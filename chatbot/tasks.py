@@ -11,6 +11,7 @@ from flask import current_app
 
 from chatbot import line as lines, logs, timing
 from chatbot.flow.flow import create_chat_flow
+from chatbot.flow.window import Fetched
 from chatbot.store.models import db, utcnow
 from chatbot.worker import QUEUE
 
@@ -44,9 +45,11 @@ def run_next(self, queue=QUEUE):
             logs.clear()
             logs.bind(task_id=task_id)  # the message that asked: joins a request to its task
             # The claim also takes the thread's lock when it is free (one round trip for both).
-            claimed = line.claim_next(queue, task_list=queue if owed else None)
+            calibrations = Fetched()  # read in the claim's round trip
+            claimed = line.claim_next(queue, task_list=queue if owed else None,
+                                      also=calibrations)
             if claimed is not None:
-                run_claimed(line, queue, claimed, marks, writes)
+                run_claimed(line, queue, claimed, marks, writes, calibrations.known)
                 ran, owed = ran + 1, True
             elif not owed:
                 log.info("nothing waiting in %s", queue)
@@ -102,7 +105,7 @@ def _next_task_message(queue):
     return task_id
 
 
-def run_claimed(line, queue, claimed, marks, writes):
+def run_claimed(line, queue, claimed, marks, writes, calibrations=None):
     """One request, claimed: its flow, and its ending, whatever happens."""
     ext = current_app.extensions
     request_id, waited, job, lock = claimed
@@ -151,6 +154,7 @@ def run_claimed(line, queue, claimed, marks, writes):
             "emit": emit,
             "stop": heartbeat.stop_asked,
             "end": end, "windows": ext["windows"], "calibration": ext["calibration"],
+            "calibrations": calibrations,
             "metrics": metrics, "reserve": current_app.config["CONTEXT_REPLY_RESERVE"],
             "summarizer": summarizer(current_app.config),
             "phase": functools.partial(line.set_phase, request_id, job["channel"]),

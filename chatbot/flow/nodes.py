@@ -13,7 +13,8 @@ Shared store (built by chatbot.tasks):
   stop       callable() -> bool: the request was cancelled or its client is gone
   end        callable(reply): asks the line to end the request with the reply's outcome
   upstream   chatbot.upstream.Upstream for the job's host
-  windows, calibration, reserve   context-window helpers and settings
+  windows, calibration, reserve   context-window helpers and settings; calibrations: every
+             host's and model's figures, read with the claim (None: read them here)
   metrics    the request's batch of metric writes (chatbot.metrics.Batch), sent once it ends
   started_at when the worker took the request
   attempts   how often the turn found its thread moved on and started over
@@ -79,7 +80,8 @@ class SizeWindow(Node):
     def prep(self, shared):
         job, upstream = shared["job"], shared["upstream"]
         options = job["upstream"].get("options") or {}
-        figures = shared["calibration"].read(upstream.host, job["model"])
+        figures = shared["calibration"].read(upstream.host, job["model"],
+                                             shared.get("calibrations"))
         return shared["windows"], upstream, job["model"], options, shared["reserve"], figures
 
     def exec(self, prep_res):

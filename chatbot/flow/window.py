@@ -53,9 +53,13 @@ class Calibration:
     def __init__(self, client):
         self.redis = client
 
-    def read(self, host, model):
-        """(ratio, overhead): (1.0, 0) until learned."""
-        raw = self.redis.hget(RATIOS, f"{host}|{model}")
+    def read(self, host, model, known=None):
+        """(ratio, overhead): (1.0, 0) until learned. `known`: every host's and model's as
+        read by Fetched, in another round trip."""
+        if known is None:
+            raw = self.redis.hget(RATIOS, f"{host}|{model}")
+        else:
+            raw = known.get(f"{host}|{model}".encode())
         try:
             figures = json.loads(raw) if raw else {}
             return float(figures["ratio"]), float(figures["overhead"])
@@ -67,6 +71,20 @@ class Calibration:
         ratio, overhead = figures
         (pipe or self.redis).hset(RATIOS, f"{host}|{model}",
                                   json.dumps({"ratio": ratio, "overhead": overhead}))
+
+
+class Fetched:
+    """Every calibration, read in a round trip of the caller's (Line.claim_next's `also`): the
+    worker reads them with its claim instead of on its own."""
+
+    def __init__(self):
+        self.known = None
+
+    def queue(self, pipe):
+        pipe.hgetall(RATIOS)
+
+    def take(self, results):
+        self.known = results[0]
 
 
 def learn(known, sent, seen, window, pure_text):

@@ -49,6 +49,13 @@ def celery_init_app(app):
         # in the workers while it runs (its --enable_events, on by default).
     })
     celery.set_default()
+
+    @worker_init.connect(weak=False)
+    def _checkpoint_behind(**_):
+        from chatbot.store import checkpoint_behind
+
+        checkpoint_behind(app)
+
     app.extensions["celery"] = celery
     app.extensions["run_next_messages"] = RunNextMessages(celery)
     return celery

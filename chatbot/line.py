@@ -157,7 +157,7 @@ append(KEYS[1], KEYS[2], ARGV[1], ARGV[5], ARGV[8], true)
 redis.call('PUBLISH', redis.call('HGET', KEYS[1], 'channel') or ARGV[1], ARGV[6])
 if ARGV[7] ~= '' and redis.call('GET', KEYS[6]) == ARGV[7] then redis.call('DEL', KEYS[6]) end
 if left == 1 then announce(KEYS[3], ARGV[11], ARGV[12], ARGV[13]) end
-return {1, state, left}
+return {1, state, left, redis.call('ZCARD', KEYS[3])}
 """
 # Whether a request's client has gone for good. A resumable request (field `resumable`: its
 # grace in seconds) whose client left, or whose web process died, waits that long for the
@@ -404,7 +404,7 @@ class Line:
         """The worker running the request died: it ends as lost, and the reply it had streamed
         so far is stored, marked lost. None if it had ended otherwise meanwhile (its own final
         event is on its way)."""
-        if not self._move(request_id, queue, ("running",), "lost", LOST, only_if_dead=True):
+        if not self._move(request_id, queue, ("running",), "lost", LOST, only_if_dead=True)[0]:
             return None
         log.warning("request %s lost: its worker stopped beating", request_id)
         info = self.info(request_id)
@@ -435,7 +435,8 @@ class Line:
                 cleared += 1
             elif not self._may_come_back(rid.decode()):
                 # The web process that admitted it died: nobody waits for the answer.
-                cleared += self._move(rid.decode(), queue, ("queued",), "cancelled", CLIENT_GONE)
+                cleared += self._move(rid.decode(), queue, ("queued",), "cancelled",
+                                      CLIENT_GONE)[0]
         for rid in self.redis.smembers(STARTED.format(queue)):
             verdict = self.verdict(rid.decode(), queue)
             if verdict is VANISHED or verdict is ENDED:
@@ -523,11 +524,12 @@ class Line:
         """End a running request with its reply's outcome, releasing its thread `lock`, and
         add to counter `tally` (key, amount, seconds kept) in the same round trip, after the
         `chunks` not yet emitted (to `channel`) and before `then`'s writes (a metrics batch).
-        False if it had already ended."""
+        Returns how many requests wait in the line then, or None if it had already ended."""
         state, event = outcome(reply)
         before = [self._emit_call(request_id, channel, chunk) for chunk in chunks]
-        return self._move(request_id, queue, ("running",), state, event, lock=lock, tally=tally,
-                          then=then, before=before)
+        ended = self._move(request_id, queue, ("running",), state, event, lock=lock, tally=tally,
+                           then=then, before=before)
+        return ended[3] if ended[0] else None
 
     def lock_thread(self, session_id, model, stop, wait=600.0):
         """Hold the thread for one turn at a time, across workers and hosts. Returns the lock,
@@ -557,7 +559,7 @@ class Line:
                 "1" if only_if_dead else "0", "1" if cancel_running else "0",
                 *_announce_args(queue), amount, kept]
         if not before and (then is None or not then.pending()):
-            return bool(self._end(keys=keys, args=args)[0])
+            return self._end(keys=keys, args=args)
         # One round trip: the events `before`, the ending (its client hears at once), then
         # `then`'s writes. Scripts are called by their sha, not loaded first (a round trip).
         pipe = self.redis.pipeline(transaction=False)
@@ -572,11 +574,11 @@ class Line:
             # Redis restarted and forgot the scripts (so none of them ran): again, loading them.
             for emit_keys, emit_args in before:
                 self._emit(keys=emit_keys, args=emit_args)
-            return bool(self._end(keys=keys, args=args)[0])
+            return self._end(keys=keys, args=args)
         for result in ran:
             if isinstance(result, Exception):
                 raise result
-        return bool(ran[-1][0])
+        return ran[-1]
 
     def listen(self, request_id, delta):
         """An SSE client starts (+1) or stops (-1) listening to a request's notices."""

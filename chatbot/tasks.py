@@ -37,30 +37,36 @@ def run_next(self, queue=QUEUE):
     per drain instead of per request, and back-to-back requests skip the broker's hop."""
     line, writes = current_app.extensions["line"], Writes()
     drain_until = time.monotonic() + DRAIN_SECONDS
-    # owed: the next claim takes a waiting task message, this task's own having run a request
-    ran, owed, task_id = 0, False, self.request.id
+    # owed: the next claim takes a waiting task message, this task's own having run a request;
+    # look: the line may hold a request (else wait for a task message first)
+    ran, owed, look, task_id = 0, False, True, self.request.id
     try:
         while True:
-            marks = {"task": timing.now()}
-            logs.clear()
-            logs.bind(task_id=task_id)  # the message that asked: joins a request to its task
-            # The claim also takes the thread's lock when it is free (one round trip for both).
-            calibrations = Fetched()  # read in the claim's round trip
-            claimed = line.claim_next(queue, task_list=queue if owed else None,
-                                      also=calibrations)
-            if claimed is not None:
-                run_claimed(line, queue, claimed, marks, writes, calibrations.known)
-                ran, owed = ran + 1, True
-            elif not owed:
-                log.info("nothing waiting in %s", queue)
+            if look:
+                marks = {"task": timing.now()}
+                logs.clear()
+                logs.bind(task_id=task_id)  # the message that asked: joins a request to its task
+                # The claim also takes the thread's lock when it is free (one round trip for
+                # both), and reads the calibrations.
+                calibrations = Fetched()
+                claimed = line.claim_next(queue, task_list=queue if owed else None,
+                                          also=calibrations)
+                if claimed is None:
+                    if not owed:
+                        log.info("nothing waiting in %s", queue)
+                    look = False
+                else:
+                    waiting = run_claimed(line, queue, claimed, marks, writes, calibrations.known)
+                    ran, owed = ran + 1, True
+                    look = waiting != 0  # its ending said the line was empty: no claim to try
             if time.monotonic() > drain_until or worker_state.should_stop \
                     or worker_state.should_terminate:
                 break
-            if claimed is None:
+            if not look:
                 task_id = _next_task_message(queue)
                 if task_id is None:
                     break
-                owed = False
+                owed, look = False, True
     finally:
         writes.close()
     return ran
@@ -106,13 +112,13 @@ def _next_task_message(queue):
 
 
 def run_claimed(line, queue, claimed, marks, writes, calibrations=None):
-    """One request, claimed: its flow, and its ending, whatever happens."""
+    """One request, claimed: its flow, and its ending, whatever happens. Returns how many
+    requests wait in the line after it (None: not known)."""
     ext = current_app.extensions
     request_id, waited, job, lock = claimed
     if job is None:  # its job expired in Redis: nothing to run, but its client must hear
-        line.finish(request_id, queue, {"error": {"status": 500, "error": "the request was lost"}},
-                    lock)
-        return
+        return line.finish(request_id, queue,
+                           {"error": {"status": 500, "error": "the request was lost"}}, lock)
     # Said once, by the "finished" line (a running request shows in GET /api/queue).
     logs.bind(request_id=request_id, session_id=job["session_id"], model=job["model"],
               waited=round(waited, 3), upstream=job.get("host"))
@@ -122,7 +128,7 @@ def run_claimed(line, queue, claimed, marks, writes, calibrations=None):
     heartbeat = lines.Heartbeat(line, request_id, queue)
     heartbeat.lock = lock
     heartbeat.start()
-    ended, held = [], [lock]  # the thread lock while this task still holds it
+    ended, held, waiting = [], [lock], [None]  # held: the thread lock while this task has it
     emit = Chunks(line, request_id, job["channel"], job.get("quiet", False))
 
     def end(reply):
@@ -133,9 +139,10 @@ def run_claimed(line, queue, claimed, marks, writes, calibrations=None):
         heartbeat.lock = None
         # The tokens are counted in the ending's round trip, before the client hears; the
         # request's metrics follow in the same round trip.
-        if line.finish(request_id, queue, {**reply, "marks": marks, "waited": waited}, held[0],
-                       tally=ext["tokens"].tally(job.get("asker"), generated), then=metrics,
-                       chunks=emit.take(), channel=job["channel"]):
+        waiting[0] = line.finish(request_id, queue, {**reply, "marks": marks, "waited": waited},
+                                 held[0], tally=ext["tokens"].tally(job.get("asker"), generated),
+                                 then=metrics, chunks=emit.take(), channel=job["channel"])
+        if waiting[0] is not None:
             held[0] = None  # the line released it with the ending
 
     try:
@@ -144,7 +151,7 @@ def run_claimed(line, queue, claimed, marks, writes, calibrations=None):
                 job["session_id"], job["model"], heartbeat.stop_asked)
             if held[0] is None:  # the client left while another turn held its thread
                 end({"status": "cancelled"})
-                return
+                return waiting[0]
         marks["begun"] = timing.now()
         # The turn's writes go through a plain Connection: half the cost per commit of the
         # ORM session (chatbot.store.sessions).
@@ -175,6 +182,7 @@ def run_claimed(line, queue, claimed, marks, writes, calibrations=None):
         # The solo pool runs tasks where Celery receives them: its next "received" line must
         # not carry this request's fields.
         logs.clear()
+    return waiting[0]
 
 
 @functools.cache

@@ -18,7 +18,7 @@ from chatbot.worker import QUEUE
 from chatbot import lifecycle  # noqa: F401  registers chatbot.archive_idle_sessions
 
 log = logging.getLogger(__name__)
-DRAIN_SECONDS = 1.0  # a task runs further requests for this long, then hands back to Celery
+DRAIN_SECONDS = 0.5  # a task runs further requests for this long, then hands back to Celery
 LINGER_SECONDS = 0.05  # ... waiting this long for each next one when none waits
 QUIET_EVERY = 0.05  # seconds a quiet request's chunks wait to go out together
 

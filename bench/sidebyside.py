@@ -3,7 +3,7 @@ chatbot, and through a LiteLLM proxy, in one run, requests interleaved so that d
 alike. Then chatbot's time per layer, from the Server-Timing header it puts on each
 non-streamed reply (timestamps taken along the way, not estimates).
 
-    .venv/bin/python bench/sidebyside.py [--runs 300] [--seconds 5] [--clients 8]
+    .venv/bin/python bench/sidebyside.py [--runs 300] [--seconds 5] [--clients 8] [--gap 0.2]
 
 Starts the fake (bench/fake_ollama.py), `chatbot up` in front of it (bundled Redis, SQLite in a
 temporary folder) and, when the `bench` extra is installed (pip install -e '.[bench]'), a
@@ -93,16 +93,19 @@ def server_timing(header):
     return out
 
 
-def interleaved(doors, runs):
-    """Per door: non-streamed totals, streamed times to first byte; chatbot's layers."""
+def interleaved(doors, runs, gap=0.0):
+    """Per door: non-streamed totals, streamed times to first byte; chatbot's layers. `gap`:
+    seconds of quiet before each request (a worker idle by then, waiting on Celery)."""
     figures = {d.name: {"total": [], "ttfb": []} for d in doors}
     layers = []
     for _ in range(runs):
         for door in doors:
+            time.sleep(gap)
             _, total, headers = door.call(False)
             figures[door.name]["total"].append(total)
             if door.name == "chatbot":
                 layers.append(server_timing(headers.get("Server-Timing")))
+            time.sleep(gap)
             ttfb, _, _ = door.call(True)
             figures[door.name]["ttfb"].append(ttfb)
     return figures, layers
@@ -248,6 +251,8 @@ def main():
     parser.add_argument("--chatbot", help="a running chatbot's URL (in front of --fake)")
     parser.add_argument("--fake", help="a running fake's URL")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--gap", type=float, default=0.0,
+                        help="seconds between requests (0.2: each one finds the worker idle)")
     args = parser.parse_args()
     logdir = tempfile.mkdtemp(prefix="chatbot-sidebyside-")
     children = []
@@ -276,7 +281,7 @@ def main():
             procs.wait_until(lambda: procs.http_ok(chatbot + "/"), 180, children[-1], "chatbot up")
         doors.append(Door("chatbot", chatbot, "ollama"))
         interleaved(doors, 20)  # warm every path up before measuring
-        figures, layers = interleaved(doors, args.runs)
+        figures, layers = interleaved(doors, args.runs, args.gap)
         rates, cpu = {}, {}
         for door in doors:
             parts = roles(children[-1].pid) if door.name == "chatbot" and not args.chatbot else {}

@@ -1,0 +1,94 @@
+"""What the request path does to be fast (#12), held to what it must still guarantee: a task
+per request however the worker takes them, the web woken only for what its client waits for,
+and one kept connection to the upstream."""
+import json
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from chatbot import procs
+from chatbot.upstream import Upstream
+from tests.conftest import MODEL, OPTIONS
+
+SHORT = {**OPTIONS, "num_predict": 3}
+
+
+def chat(url, stream, sid=None):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi"}],
+            "options": SHORT, "stream": stream, "session_id": sid or str(uuid.uuid4())}
+    resp = requests.post(url + "/api/chat", json=body, timeout=120)
+    assert resp.status_code == 200, resp.text
+    return resp
+
+
+def wait_for(check, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_draining_worker_leaves_no_task_message_behind(stack):
+    """Twelve chats at once: the worker runs the ones that wait within one task, taking a
+    task message off the queue for each; when all are answered, none is left over, the line
+    is empty, and the stored turns are all there, once."""
+    client = stack.app.extensions["redis"]
+    sids = [str(uuid.uuid4()) for _ in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(lambda sid: chat(stack.url, False, sid), sids))
+    assert all(r.json()["done"] for r in replies)
+    wait_for(lambda: client.llen("ollama") == 0 and client.zcard("chatbot:waiting:ollama") == 0)
+    for sid in sids:
+        assert [(r.role, r.status) for r in stack.rows(sid)] == [("user", "ok"),
+                                                                 ("assistant", "ok")]
+    assert chat(stack.url, False).json()["message"]["content"]  # and the next one runs
+
+
+def rings_of(stack, request_id):
+    """The events that rang this web process's doorbell for one request."""
+    hub = stack.app.extensions["relay"].hub()
+    entries = stack.app.extensions["redis"].xrange(f"chatbot:bell:{hub.lease}")
+    return [json.loads(f[b"e"])["t"] for _, f in entries if f[b"r"].decode() == request_id]
+
+
+def test_a_client_that_waits_for_the_whole_reply_is_woken_once(stack):
+    """Not streamed: its web process is rung for the final event alone (the stream still
+    holds every event). Streamed: for each event, as the client reads them."""
+    whole = chat(stack.url, False)
+    rid = whole.headers["X-Request-ID"]
+    assert rings_of(stack, rid) == ["done"]
+    kept = [json.loads(f[b"e"])["t"] for _, f in
+            stack.app.extensions["redis"].xrange(f"chatbot:relay:{rid}")]
+    assert kept[0] == "started" and kept[-1] == "done" and "chunk" in kept
+    streamed = chat(stack.url, True)
+    rang = rings_of(stack, streamed.headers["X-Request-ID"])
+    assert rang[0] == "started" and rang[-1] == "done" and rang.count("chunk") >= 2
+
+
+def test_upstream_calls_keep_their_connection(tmp_path):
+    """A streamed reply is read to the body's end, so the next call goes over the same
+    connection instead of a new one. Against bench/fake_ollama.py: it keeps connections alive
+    as Ollama does, which the bundled engine's server (werkzeug's, which closes every
+    connection) cannot."""
+    port = procs.free_port()
+    fake = procs.spawn([sys.executable, str(procs.PROJECT_ROOT / "bench" / "fake_ollama.py"),
+                        "--port", str(port)], log=tmp_path / "fake.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        procs.wait_until(lambda: procs.http_ok(url + "/api/version"), 30, fake, "fake ollama")
+        upstream = Upstream(url)
+        body = {"model": "fake:latest", "messages": [{"role": "user", "content": "hi"}]}
+        socks = []
+        for _ in range(3):
+            for _, chunk in upstream.stream("/api/chat", body):
+                if chunk.get("done"):
+                    break
+            pools = upstream.adapter.poolmanager.pools
+            conns = [c for key in pools.keys() for c in pools[key].pool.queue if c is not None]
+            socks.append([c.sock for c in conns if c.sock is not None])
+        assert len(socks[0]) == 1 and socks[0] == socks[1] == socks[2]
+    finally:
+        procs.stop(fake)

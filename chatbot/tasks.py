@@ -19,7 +19,7 @@ from chatbot import lifecycle  # noqa: F401  registers chatbot.archive_idle_sess
 
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 0.5  # a task runs further requests for this long, then hands back to Celery
-LINGER_SECONDS = 0.05  # ... waiting this long for each next one when none waits
+LINGER_SECONDS = 0.25  # ... waiting this long for each next one when none waits
 QUIET_EVERY = 0.05  # seconds a quiet request's chunks wait to go out together
 
 

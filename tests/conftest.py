@@ -85,6 +85,13 @@ class Stack:
         self.app, self.url, self.env, self.worker = app, url, env, worker
         self.worker_log = worker_log
 
+    def app_with(self, config):
+        """Another app on this stack's Redis, engine and database, with `config` on top (served
+        beside the stack's own, sharing its worker)."""
+        return create_app({"REDIS_URL": self.env["REDIS_URL"],
+                           "OLLAMA_HOST": self.env["OLLAMA_HOST"],
+                           "SQLALCHEMY_DATABASE_URI": self.env["DATABASE_URL"], **config})
+
     def rows(self, session_id):
         from chatbot.store import Message, db
 

@@ -87,8 +87,7 @@ def bearer(key):
 @pytest.fixture(scope="module")
 def rag(stack):
     """The stack's database, worker and engine, served by an app embedding with EMBED."""
-    app = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
-                      "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"], **SETTINGS})
+    app = stack.app_with(SETTINGS)
     server, url = serve(app)
     yield app, url
     server.shutdown()
@@ -96,9 +95,7 @@ def rag(stack):
 
 @pytest.fixture(scope="module")
 def keyed(stack):
-    app = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
-                      "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"],
-                      "API_KEYS": f"alice={A},bob={B}", "RATE_LIMIT": "1000/minute", **SETTINGS})
+    app = stack.app_with({"API_KEYS": f"alice={A},bob={B}", "RATE_LIMIT": "1000/minute", **SETTINGS})
     server, url = serve(app)
     yield app, url
     server.shutdown()
@@ -249,9 +246,7 @@ def post_doc(url, sid=None, **kwargs):
 
 @pytest.fixture(scope="module")
 def strict(stack):
-    app = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
-                      "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"], **SETTINGS,
-                      "MAX_DOCUMENT_BYTES": 2000, "MAX_DOCUMENT_CHUNKS": 3})
+    app = stack.app_with({**SETTINGS, "MAX_DOCUMENT_BYTES": 2000, "MAX_DOCUMENT_CHUNKS": 3})
     server, url = serve(app)
     yield url
     server.shutdown()
@@ -293,9 +288,7 @@ def test_bad_ids(rag):
 
 def test_embedding_errors_are_ollamas_and_store_nothing(stack):
     def app_with(**config):
-        return create_app({"REDIS_URL": stack.env["REDIS_URL"],
-                           "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"],
-                           "OLLAMA_HOST": stack.env["OLLAMA_HOST"], **SETTINGS, **config})
+        return stack.app_with({**SETTINGS, **config})
 
     import socket
     with socket.socket() as s:  # a port where nothing listens

@@ -5,7 +5,6 @@ import uuid
 
 import requests
 
-from chatbot import create_app
 from tests.conftest import serve
 from tests.test_keys import A, B, bearer, keyed  # noqa: F401  (keyed: a fixture)
 from tests.test_queue import (SHORT, Background, cancel, chat_body, queue_state, start_slow,
@@ -63,8 +62,7 @@ def test_one_request_waits_behind_one_of_each_other_asker_and_positions_follow(s
 
 
 def test_first_come_first_served_when_asked(stack):
-    fifo = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
-                       "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"], "QUEUE_ORDER": "fifo"})
+    fifo = stack.app_with({"QUEUE_ORDER": "fifo"})
     server, url = serve(fifo)
     try:
         slow_id, slow = start_slow(stack)

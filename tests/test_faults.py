@@ -11,7 +11,7 @@ import pytest
 import requests
 from flask import Flask
 
-from chatbot import create_app, procs
+from chatbot import procs
 from chatbot.api import init_app as api_init_app
 from chatbot.keys import Keys
 from chatbot.store import db
@@ -168,9 +168,7 @@ def test_a_reused_request_id_never_reads_an_earlier_reply(stack):
 
 
 def test_a_request_waiting_past_the_queue_timeout_fails_clearly(stack):
-    impatient = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
-                            "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"],
-                            "QUEUE_TIMEOUT_SECONDS": 1})
+    impatient = stack.app_with({"QUEUE_TIMEOUT_SECONDS": 1})
     server, url = serve(impatient)
     try:
         slow_id, slow = start_slow(stack)

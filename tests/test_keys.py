@@ -11,7 +11,7 @@ import openai
 import pytest
 import requests
 
-from chatbot import create_app, keys as api_keys
+from chatbot import keys as api_keys
 from tests.conftest import MODEL, serve
 from tests.test_compat import JS_DIR, node_binary
 from tests.test_queue import LONG, Background, chat_body, wait_for
@@ -26,10 +26,8 @@ def bearer(key):
 
 @pytest.fixture(scope="module")
 def keyed(stack):
-    app = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
-                      "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"],
-                      "API_KEYS": f"alice={A},bob={B}", "ADMIN_API_KEYS": f"root={ROOT}",
-                      "RATE_LIMIT": "1000/minute"})
+    app = stack.app_with({"API_KEYS": f"alice={A},bob={B}", "ADMIN_API_KEYS": f"root={ROOT}",
+                          "RATE_LIMIT": "1000/minute"})
     server, url = serve(app)
     yield app, url
     server.shutdown()
@@ -151,9 +149,7 @@ def test_model_management_is_the_admins(keyed):
 
 
 def test_model_management_can_be_switched_off(stack):
-    app = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
-                      "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"],
-                      "ALLOW_MODEL_MANAGEMENT": False})
+    app = stack.app_with({"ALLOW_MODEL_MANAGEMENT": False})
     resp = app.test_client().post("/api/copy", json={"source": MODEL, "destination": "x"})
     assert resp.status_code == 403 and "switched off" in resp.get_json()["error"]
 
@@ -187,9 +183,7 @@ def test_keys_made_with_the_cli_work_until_revoked(keyed):
 
 
 def test_rate_limit_gives_429_and_recovers(stack):
-    app = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
-                      "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"],
-                      "API_KEYS": f"alice={A},bob={B}", "RATE_LIMIT": "3 per 2 seconds"})
+    app = stack.app_with({"API_KEYS": f"alice={A},bob={B}", "RATE_LIMIT": "3 per 2 seconds"})
     client = app.test_client()
     time.sleep(2 - time.time() % 2 + 0.05)  # start at the beginning of a window
     codes = [client.get("/api/tags", headers=bearer(A)).status_code for _ in range(4)]
@@ -203,10 +197,8 @@ def test_rate_limit_gives_429_and_recovers(stack):
 
 
 def test_token_quota_gives_429_before_anything_is_queued(stack):
-    app = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
-                      "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"],
-                      "API_KEYS": f"quota-{uuid.uuid4().hex[:6]}={A}-quota",
-                      "TOKENS_PER_HOUR": 5})
+    app = stack.app_with({"API_KEYS": f"quota-{uuid.uuid4().hex[:6]}={A}-quota",
+                          "TOKENS_PER_HOUR": 5})
     server, url = serve(app)
     try:
         assert chat(url, A + "-quota").status_code == 200  # 3 tokens
@@ -247,15 +239,10 @@ def test_without_keys_nothing_changes(stack):
 
 
 def test_cors_is_off_unless_origins_are_listed(stack):
-    def app_with(**config):
-        return create_app({"REDIS_URL": stack.env["REDIS_URL"],
-                           "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
-                           "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"], **config})
-
     origin = {"Origin": "http://page.example", "Access-Control-Request-Method": "POST"}
-    closed = app_with().test_client().options("/api/chat", headers=origin)
+    closed = stack.app_with({}).test_client().options("/api/chat", headers=origin)
     assert "Access-Control-Allow-Origin" not in closed.headers
-    opened = app_with(CORS_ORIGINS="http://page.example").test_client()
+    opened = stack.app_with({"CORS_ORIGINS": "http://page.example"}).test_client()
     assert opened.options("/api/chat", headers=origin).headers[
         "Access-Control-Allow-Origin"] == "http://page.example"
     other = opened.options("/api/chat", headers={**origin, "Origin": "http://evil.example"})

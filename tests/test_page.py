@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from chatbot import create_app
 from tests.conftest import MODEL, serve
 from tests.test_queue import LONG, Background, cancel, chat_body, running_id, wait_for
 
@@ -405,9 +404,7 @@ def keyed(stack):
     """The same stack with keys on: another app on the suite's Redis, database and worker (the
     worker stores what the web tells it, owner included, so it needs no keys of its own)."""
     keys = {"pagea": f"page-a-{uuid.uuid4().hex}", "pageb": f"page-b-{uuid.uuid4().hex}"}
-    app = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
-                      "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"],
-                      "API_KEYS": ",".join(f"{k}={v}" for k, v in keys.items())})
+    app = stack.app_with({"API_KEYS": ",".join(f"{k}={v}" for k, v in keys.items())})
     server, url = serve(app)
     yield url, keys["pagea"], keys["pageb"]
     server.shutdown()

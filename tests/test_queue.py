@@ -9,7 +9,7 @@ import uuid
 
 import requests
 
-from chatbot import create_app, procs
+from chatbot import procs
 from tests.conftest import MODEL, serve
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
@@ -107,8 +107,7 @@ def test_positions_count_down_as_the_queue_drains(stack):
 
 
 def test_full_queue_answers_503_with_retry_after(stack):
-    small = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
-                        "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"], "MAX_QUEUE": 2})
+    small = stack.app_with({"MAX_QUEUE": 2})
     server, url = serve(small)
     try:
         slow_id, slow = start_slow(stack)

@@ -9,7 +9,6 @@ import ollama
 import pytest
 import requests
 
-from chatbot import create_app
 from tests.conftest import MODEL, serve
 from tests.test_keys import A, B, bearer, keyed  # noqa: F401  (keyed: a fixture)
 from tests.test_queue import LONG, SHORT, chat_body, wait_for
@@ -58,9 +57,7 @@ def test_a_dropped_stream_comes_back_whole_with_no_gap_and_no_duplicate(stack):
 
 
 def test_a_client_that_never_comes_back_is_cancelled_after_the_grace(stack):
-    app = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
-                      "SQLALCHEMY_DATABASE_URI": stack.env["DATABASE_URL"],
-                      "RESUME_GRACE_SECONDS": 1.5})
+    app = stack.app_with({"RESUME_GRACE_SECONDS": 1.5})
     server, url = serve(app)
     try:
         sid = str(uuid.uuid4())

@@ -350,13 +350,14 @@ class Line:
         take turns between askers by `weight` (0: in order of arrival, see FAIR_LUA)."""
         now = time.time()
         fields = {**info, "queue": queue, "state": "queued", "queued_at": now, "lease": lease}
+        _, queued, depth = _announce_args(queue)
         position = self._admit(
             keys=[WAITING.format(queue), INFO.format(request_id), stream_key(request_id),
                   LEASE.format(lease), FAIR.format(queue), JOB.format(request_id),
                   task[0] if task else "chatbot:notask"],
             args=[self.max_queue, now, request_id,
                   json.dumps([str(x) for kv in fields.items() for x in kv]), INFO_TTL,
-                  _announce_args(queue)[1], QUEUE_CHANNEL, _announce_args(queue)[2], LEASE_TTL,
+                  queued, QUEUE_CHANNEL, depth, LEASE_TTL,
                   info.get("channel", request_id), asker, ROUND // weight if weight else 0,
                   json.dumps(job or {}), task[1] if task else ""])
         if position == 0:
@@ -468,13 +469,8 @@ class Line:
         if also is None:
             out = self._claim(keys=keys, args=args)
         else:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.evalsha(self._claim.sha, len(keys), *keys, *args)
-            also.queue(pipe)
-            out, *read = pipe.execute(raise_on_error=False)
-            if isinstance(out, redis.exceptions.NoScriptError):  # Redis restarted: load it
-                out = self._claim(keys=keys, args=args)
-            for result in (out, *read):
+            (out,), read = self._one_trip([(self._claim, keys, args)], also.queue)
+            for result in read:
                 if isinstance(result, Exception):
                     raise result
             also.take(read)
@@ -506,16 +502,11 @@ class Line:
 
     def emit(self, request_id, channel, events):
         """Streamed chunks, to the waiting client and the SSE listeners of `channel`."""
-        if len(events) == 1:
-            self._emit(*self._emit_call(request_id, channel, events[0]))
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for event in events:
-            self._emit(*self._emit_call(request_id, channel, event), client=pipe)
-        pipe.execute()
+        self._one_trip([self._emit_call(request_id, channel, event) for event in events])
 
     def _emit_call(self, request_id, channel, event):
-        return ([INFO.format(request_id), stream_key(request_id)],
+        """(script, keys, args) that emit one chunk."""
+        return (self._emit, [INFO.format(request_id), stream_key(request_id)],
                 [request_id, json.dumps(event), self.relay_ttl, channel,
                  sse_message(*notice(event))])
 
@@ -560,25 +551,31 @@ class Line:
                 *_announce_args(queue), amount, kept]
         if not before and (then is None or not then.pending()):
             return self._end(keys=keys, args=args)
-        # One round trip: the events `before`, the ending (its client hears at once), then
-        # `then`'s writes. Scripts are called by their sha, not loaded first (a round trip).
+        # The events `before`, the ending (its client hears at once), then `then`'s writes
+        # (whose failures are theirs: a metric never fails a request).
+        ran, _ = self._one_trip([*before, (self._end, keys, args)],
+                                then.into if then is not None else None)
+        return ran[-1]
+
+    def _one_trip(self, calls, then=None):
+        """Run scripts [(script, keys, args)] in one round trip, by their sha (loading them
+        first would cost a trip of its own), followed by what `then(pipe)` queues. Returns
+        (the scripts' results, raising any error among them; then's results, as they came).
+        Redis forgot the scripts (it restarted, so none of them ran): they run again, loaded,
+        one by one."""
         pipe = self.redis.pipeline(transaction=False)
-        for emit_keys, emit_args in before:
-            pipe.evalsha(self._emit.sha, len(emit_keys), *emit_keys, *emit_args)
-        pipe.evalsha(self._end.sha, len(keys), *keys, *args)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
         if then is not None:
-            then.into(pipe)
+            then(pipe)
         results = pipe.execute(raise_on_error=False)
-        ran = results[:len(before) + 1]
+        ran, rest = results[:len(calls)], results[len(calls):]
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in ran):
-            # Redis restarted and forgot the scripts (so none of them ran): again, loading them.
-            for emit_keys, emit_args in before:
-                self._emit(keys=emit_keys, args=emit_args)
-            return self._end(keys=keys, args=args)
+            ran = [script(keys=keys, args=args) for script, keys, args in calls]
         for result in ran:
             if isinstance(result, Exception):
                 raise result
-        return ran[-1]
+        return ran, rest
 
     def listen(self, request_id, delta):
         """An SSE client starts (+1) or stops (-1) listening to a request's notices."""

@@ -77,16 +77,11 @@ class Metrics:
     def write_held(self):
         with self.held_lock:
             held, other, self.held, self.held_other = self.held, self.held_other, {}, []
-        if not held and not other:
-            return
-        pipe = self.redis.pipeline(transaction=False)
+        batch = self.batch()
         for (key, field), amount in held.items():
-            pipe.hincrbyfloat(key, field, amount)
-        pipe.command_stack.extend(other)
-        try:
-            pipe.execute()
-        except redis.RedisError:
-            log.warning("metrics write failed", exc_info=True)
+            batch.pipe.hincrbyfloat(key, field, amount)
+        batch.pipe.command_stack.extend(other)
+        batch.flush()
 
     def _write_held_forever(self):
         while True:

@@ -83,7 +83,7 @@ def test_a_client_that_never_comes_back_is_cancelled_after_the_grace(stack):
 
 def test_a_non_streamed_resumable_request_answers_the_client_that_comes_back(stack):
     sid = str(uuid.uuid4())
-    body = {**chat_body({**STEADY, "num_predict": 40}, sid, stream=False), "resumable": True}
+    body = {**chat_body({**STEADY, "num_predict": 300}, sid, stream=False), "resumable": True}
     with pytest.raises(requests.exceptions.ReadTimeout):
         requests.post(stack.url + "/api/chat", json=body, timeout=0.3)  # hangs up early
     rid = wait_for(lambda: next((r.request_id for r in stack.rows(sid)), None),

@@ -182,10 +182,15 @@ end
 # request's thread lock (token ARGV[14]), moves the fair order's clock to its turn and
 # announces the line. ARGV[16] = '1': it also takes one task message off the broker's list
 # KEYS[4] (a worker running a second request in one task consumes that request's task, see
-# chatbot.tasks). Returns {'run', id, waited, 1 if it holds the lock, job, lock key}, or
-# {'empty'}.
+# chatbot.tasks). ARGV[1]: the time, or 'now' for Redis's own. Returns {'run', id, waited, 1
+# if it holds the lock, job, lock key}, or {'empty'}.
 CLAIM_SCRIPT = ANNOUNCE_LUA + EVENT_LUA + GONE_LUA + """
-local now = tonumber(ARGV[1])
+local now, stamp = tonumber(ARGV[1]), ARGV[1]
+if not now then  -- 'now': Redis's clock (a claim that waited for a message runs later than sent)
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  stamp = string.format('%%.6f', now)
+end
 local result = {'empty'}
 while true do
   local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -208,10 +213,10 @@ while true do
     end
     if verdict == 'run' then
       redis.call('SET', 'chatbot:beat:' .. id, 1, 'EX', ARGV[2])
-      redis.call('HSET', info, 'state', 'running', 'started_at', ARGV[1])
+      redis.call('HSET', info, 'state', 'running', 'started_at', stamp)
       redis.call('SADD', KEYS[2], id)
     else
-      redis.call('HSET', info, 'state', verdict, 'finished_at', ARGV[1])
+      redis.call('HSET', info, 'state', verdict, 'finished_at', stamp)
     end
     append(info, 'chatbot:relay:' .. id, id, event, ARGV[10], verdict ~= 'run')
     redis.call('PUBLISH', redis.call('HGET', info, 'channel') or id, notice)
@@ -454,26 +459,46 @@ class Line:
 
     # --- the worker side ----------------------------------------------------------------
 
-    def claim_next(self, queue, task_list=None, also=None):
+    def claim_next(self, queue, task_list=None, also=None, wait=None):
         """Take the head of the line to run it, with its thread's lock when that is free, and
         one task message off the broker's `task_list` if given. Returns None when nobody
         waits, else (request id, seconds waited, the job, the lock if taken). `also.queue(pipe)`
         queues reads that go in the same round trip, and `also.take(results)` gets their
-        results (what the request will need: the calibrations, say)."""
+        results (what the request will need: the calibrations, say).
+
+        `wait` (list, seconds): first wait that long for a message on that list, taking it,
+        in the same round trip (Redis runs the claim once the BRPOP returns, so a worker
+        woken by a message wakes once, claim in hand). Then returns (claimed, the message or
+        None)."""
         token = str(uuid.uuid4())
         keys = [WAITING.format(queue), STARTED.format(queue), FAIR.format(queue),
                 task_list or "chatbot:notasks"]
         args = [time.time(), HEARTBEAT_TTL, self.queue_timeout, *self._claim_events,
                 self.relay_ttl, *_announce_args(queue), token, THREAD_LOCK_TTL * 1000,
                 "1" if task_list else "0"]
-        if also is None:
-            out = self._claim(keys=keys, args=args)
+        if wait is not None:
+            # the claim's clock is the moment the message came, not when the wait began
+            args[0] = "now"
+        first = (lambda pipe: pipe.brpop([wait[0]], timeout=wait[1])) if wait else None
+        if also is None and first is None:
+            out, read = self._claim(keys=keys, args=args), ()
         else:
-            (out,), read = self._one_trip([(self._claim, keys, args)], also.queue)
+            (out,), read = self._one_trip([(self._claim, keys, args)],
+                                          also.queue if also else None, first=first)
             for result in read:
                 if isinstance(result, Exception):
                     raise result
-            also.take(read)
+            if first:
+                message, read = read[0], read[1:]
+            if also:
+                also.take(read)
+        claimed = self._claimed(out, token)
+        if wait is None:
+            return claimed
+        return claimed, (message[1] if message else None)
+
+    @staticmethod
+    def _claimed(out, token):
         if out[0] != b"run":
             return None
         _, request_id, waited, locked, job, lock_key = out
@@ -557,19 +582,23 @@ class Line:
                                 then.into if then is not None else None)
         return ran[-1]
 
-    def _one_trip(self, calls, then=None):
+    def _one_trip(self, calls, then=None, first=None):
         """Run scripts [(script, keys, args)] in one round trip, by their sha (loading them
-        first would cost a trip of its own), followed by what `then(pipe)` queues. Returns
-        (the scripts' results, raising any error among them; then's results, as they came).
-        Redis forgot the scripts (it restarted, so none of them ran): they run again, loaded,
-        one by one."""
+        first would cost a trip of its own), after what `first(pipe)` queues and followed by
+        what `then(pipe)` queues. Returns (the scripts' results, raising any error among
+        them; first's and then's results, as they came). Redis forgot the scripts (it
+        restarted, so none of them ran): they run again, loaded, one by one."""
         pipe = self.redis.pipeline(transaction=False)
+        if first is not None:
+            first(pipe)
+        before = len(pipe)
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         if then is not None:
             then(pipe)
         results = pipe.execute(raise_on_error=False)
-        ran, rest = results[:len(calls)], results[len(calls):]
+        ran = results[before:before + len(calls)]
+        rest = results[:before] + results[before + len(calls):]
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in ran):
             ran = [script(keys=keys, args=args) for script, keys, args in calls]
         for result in ran:

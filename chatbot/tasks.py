@@ -33,40 +33,43 @@ def run_next(self, queue=QUEUE):
     The tasks are interchangeable, so a task keeps going while work comes, for up to
     DRAIN_SECONDS: while more wait it runs the next too, its claim taking one waiting task
     message off the queue in exchange; when none waits, it waits LINGER_SECONDS for the
-    next task message itself. A busy line then costs one Celery delivery, ack and log line
+    next task message itself, its claim sent behind the wait so that both come back in one
+    round trip (Line.claim_next's `wait`). A busy line then costs one Celery delivery, ack and log line
     per drain instead of per request, and back-to-back requests skip the broker's hop."""
     line, writes = current_app.extensions["line"], Writes()
     drain_until = time.monotonic() + DRAIN_SECONDS
     # owed: the next claim takes a waiting task message, this task's own having run a request;
-    # look: the line may hold a request (else wait for a task message first)
-    ran, owed, look, task_id = 0, False, True, self.request.id
+    # wait: the line is empty, so the next claim first waits for a task message (taking it)
+    ran, owed, wait, task_id = 0, False, False, self.request.id
     try:
         while True:
-            if look:
-                marks = {"task": timing.now()}
-                logs.clear()
-                logs.bind(task_id=task_id)  # the message that asked: joins a request to its task
-                # The claim also takes the thread's lock when it is free (one round trip for
-                # both), and reads the calibrations.
-                calibrations = Fetched()
+            marks = {"task": timing.now()}
+            logs.clear()
+            # The claim also takes the thread's lock when it is free (one round trip for
+            # both), and reads the calibrations.
+            calibrations = Fetched()
+            if wait:
+                claimed, message = line.claim_next(queue, also=calibrations,
+                                                   wait=(queue, LINGER_SECONDS))
+                marks["task"] = timing.now()  # the hop ends when the message came
+                task_id, owed = _task_id(queue, message), False
+                if claimed is None and task_id is None:
+                    break  # none came (or not ours): back to Celery
+            else:
                 claimed = line.claim_next(queue, task_list=queue if owed else None,
                                           also=calibrations)
-                if claimed is None:
-                    if not owed:
-                        log.info("nothing waiting in %s", queue)
-                    look = False
-                else:
-                    waiting = run_claimed(line, queue, claimed, marks, writes, calibrations.known)
-                    ran, owed = ran + 1, True
-                    look = waiting != 0  # its ending said the line was empty: no claim to try
+            logs.bind(task_id=task_id)  # the message that asked: joins a request to its task
+            if claimed is None:
+                if not owed:  # this task's message (or the one it waited for) found none
+                    log.info("nothing waiting in %s", queue)
+                wait = True
+            else:
+                waiting = run_claimed(line, queue, claimed, marks, writes, calibrations.known)
+                ran, owed = ran + 1, True
+                wait = waiting == 0  # its ending said the line was empty: wait for a message
             if time.monotonic() > drain_until or worker_state.should_stop \
                     or worker_state.should_terminate:
                 break
-            if not look:
-                task_id = _next_task_message(queue)
-                if task_id is None:
-                    break
-                owed, look = False, True
     finally:
         writes.close()
     return ran
@@ -93,20 +96,18 @@ class Writes:
                 log.warning("closing the writes' connection failed", exc_info=True)
 
 
-def _next_task_message(queue):
-    """Take the queue's next task message (a run_next: this task runs its request instead),
-    waiting up to LINGER_SECONDS. Its task id, None if none came."""
-    client = current_app.extensions["redis"]
-    got = client.brpop([queue], timeout=LINGER_SECONDS)
-    if got is None:
+def _task_id(queue, message):
+    """The id of a task message a waiting claim took (a run_next: this task runs its request
+    instead), None if none came. A message not ours goes back where it was, for Celery."""
+    if message is None:
         return None
     try:
-        headers = json.loads(got[1])["headers"]
+        headers = json.loads(message)["headers"]
         task, task_id = headers["task"], headers["id"]
     except (ValueError, KeyError, TypeError):
         task = task_id = None
-    if task != "chatbot.run_next":  # not ours to take: back where it was, for Celery
-        client.rpush(queue, got[1])
+    if task != "chatbot.run_next":
+        current_app.extensions["redis"].rpush(queue, message)
         return None
     return task_id
 

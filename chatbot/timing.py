@@ -2,10 +2,11 @@
 header they make, so that what each layer costs is measured, not guessed.
 
 The web marks `received`, `admitted` (its task pushed with it), `relayed` (the final event
-reached it) and `responded`; the worker marks `task` (the task began), `begun` (claimed,
-heartbeat and thread lock in hand), the end of each flow node by its name, and `ending` (just
-before the line ends the request); its marks travel back in the final event. Clocks are the
-machine's own (time.time()), which web and worker share when they share a machine.
+reached it) and `responded`; the worker marks `task` (the task began or, for a worker waiting
+on the task list, the message came with its claim), `begun` (claimed, heartbeat and thread
+lock in hand), the end of each flow node by its name, and `ending` (just before the line ends
+the request); its marks travel back in the final event. Clocks are the machine's own
+(time.time()), which web and worker share when they share a machine.
 """
 import time
 

@@ -92,3 +92,25 @@ def test_upstream_calls_keep_their_connection(tmp_path):
         assert len(socks[0]) == 1 and socks[0] == socks[1] == socks[2]
     finally:
         procs.stop(fake)
+
+
+def test_a_waiting_claim_runs_when_the_message_comes_stamped_with_that_moment(stack):
+    """Between requests the worker waits on the task list with its claim queued behind the
+    wait, in one round trip. The request admitted meanwhile is claimed with its message, and
+    stamped with the moment it was claimed (Redis's clock), not when the wait began."""
+    line, client = stack.app.extensions["line"], stack.app.extensions["redis"]
+    queue, rid = f"wait-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    message = json.dumps({"headers": {"task": "chatbot.run_next", "id": "m1"}})
+    with ThreadPoolExecutor(1) as pool:
+        later = pool.submit(lambda: time.sleep(0.3) or line.admit(
+            rid, queue, {"model": MODEL, "session_id": str(uuid.uuid4())}, "lease-wait",
+            task=(f"tasks-{queue}", message)))
+        began = time.time()
+        claimed, taken = line.claim_next(queue, wait=(f"tasks-{queue}", 5))
+        assert later.result() == 1
+    assert claimed[0] == rid and taken.decode() == message
+    assert client.llen(f"tasks-{queue}") == 0
+    info = line.info(rid)
+    assert float(info["started_at"]) >= float(info["queued_at"]) >= began + 0.2
+    # Nothing comes: the wait ends empty-handed after its timeout.
+    assert line.claim_next(queue, wait=(f"tasks-{queue}", 0.1)) == (None, None)

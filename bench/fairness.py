@@ -20,11 +20,10 @@ import time
 import uuid
 from pathlib import Path
 
-import flask_migrate
 import requests
 from redis import Redis
 
-from chatbot import create_app, procs
+from chatbot import create_app, procs, store
 
 MODEL = "fake:latest"
 
@@ -102,7 +101,7 @@ def main():
         app = create_app({"REDIS_URL": redis_url, "OLLAMA_HOST": fake,
                           "SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"]})
         with app.app_context():
-            flask_migrate.upgrade()
+            store.upgrade()
         procs.wait_until(lambda: procs.http_ok(fake + "/api/version"), 30, children[1], "fake ollama")
         webs = {}
         for order in ("fair", "fifo"):

@@ -22,8 +22,6 @@ import sys
 import tempfile
 import uuid
 
-import flask_migrate
-
 from chatbot import create_app, procs, store
 from chatbot.tokens import count_tokens
 from chatbot.flow.flow import create_chat_flow
@@ -159,7 +157,7 @@ def summarize_main(args):
                       "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tempfile.mkdtemp()}/bench.db"})
     try:
         with app.app_context():
-            flask_migrate.upgrade()
+            store.upgrade()
             report_summaries(summarized_session(app, host, args.turns, args.num_ctx,
                                                 args.predict), args)
     finally:
@@ -186,7 +184,7 @@ def main():
                       "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tempfile.mkdtemp()}/bench.db"})
     try:
         with app.app_context():
-            flask_migrate.upgrade()
+            store.upgrade()
             sessions = {size: str(uuid.uuid4()) for size in SIZES}
             for size, session_id in sessions.items():
                 fill(session_id, size, text)

@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chatbot import create_app, documents, procs  # noqa: E402
+from chatbot import create_app, documents, procs, store  # noqa: E402
 from chatbot.store import documents as stored  # noqa: E402
 
 DIM = 384
@@ -118,13 +118,11 @@ def main():
     proc, url = (None, args.url) if args.url else procs.start_engine(
         procs.free_port(), log=work / "engine.log")
     try:
-        import flask_migrate
-
         app = create_app({"OLLAMA_HOST": url, "EMBED_MODEL": args.model,
                           "MAX_DOCUMENT_CHUNKS": args.chunks,
                           "SQLALCHEMY_DATABASE_URI": f"sqlite:///{work / 'bench.db'}"})
         with app.app_context():
-            flask_migrate.upgrade()
+            store.upgrade()
         index(app, args.model, args.chunks, args.runs)
         search(app, [int(s) for s in args.sizes.split(",")], args.runs)
     finally:

@@ -10,7 +10,7 @@ from datetime import timedelta
 import click
 from flask.cli import AppGroup
 
-from chatbot import documents, keys as api_keys, lifecycle
+from chatbot import documents, keys as api_keys, lifecycle, store
 from chatbot.store import admin, documents as stored, transfer
 from chatbot.upstream import UpstreamError
 
@@ -30,7 +30,20 @@ docs = SessionsGroup("docs", help="Add, list and remove a session's documents (R
 as_json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
+class MigrateCommand(click.Command):
+    """`flask db ...`: Flask-Migrate's command group, loaded only when it runs
+    (store.migrations): it takes over from the moment its arguments are parsed."""
+
+    def __init__(self, app):
+        super().__init__("db", help="Perform database migrations (Flask-Migrate).")
+        self.app = app
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        return store.migrations(self.app).make_context(info_name, args, parent=parent, **extra)
+
+
 def init_app(app):
+    app.cli.add_command(MigrateCommand(app))
     app.cli.add_command(sessions)
     app.cli.add_command(keys)
     app.cli.add_command(docs)

@@ -285,14 +285,12 @@ def _migrate():
     import logging.config
     from unittest import mock
 
-    import flask_migrate
-
-    from chatbot import create_app
+    from chatbot import create_app, store
 
     app = create_app()
     with app.app_context(), mock.patch.object(logging.config, "fileConfig",
                                               lambda *args, **kwargs: None):
-        flask_migrate.upgrade()
+        store.upgrade()
     return app
 
 

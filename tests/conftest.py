@@ -9,7 +9,7 @@ import uuid
 import pytest
 from werkzeug.serving import make_server
 
-from chatbot import create_app, procs
+from chatbot import create_app, procs, store
 
 MODEL = "smollm2:135m"
 # Deterministic, short replies keep the suite fast and the assertions repeatable.
@@ -115,13 +115,11 @@ def serve(app):
 
 def migrated_app(redis_url, engine_url, database_url):
     """(app, env for its worker processes), its database migrated."""
-    import flask_migrate
-
     env = {"REDIS_URL": redis_url, "OLLAMA_HOST": engine_url, "DATABASE_URL": database_url}
     app = create_app({"REDIS_URL": redis_url, "OLLAMA_HOST": engine_url,
                       "SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
-        flask_migrate.upgrade()
+        store.upgrade()
     return app, env
 
 

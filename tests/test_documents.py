@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from chatbot import create_app, documents
+from chatbot import create_app, documents, store
 from chatbot.flow.context import SOURCES, sources_message
 from chatbot.flow.documents import Retrieve
 from chatbot.flow.nodes import BuildContext
@@ -412,13 +412,11 @@ def test_lone_surrogates_and_nul_characters_are_stored_cleanly(rag):
 def test_postgresql_stores_and_searches_with_numpy(postgres_url, stack):
     """This machine's PostgreSQL 15 has no pgvector: PostgreSQL keeps the vectors as bytea and
     numpy ranks them, as on SQLite."""
-    import flask_migrate
-
     app = create_app({"REDIS_URL": stack.env["REDIS_URL"], "OLLAMA_HOST": stack.env["OLLAMA_HOST"],
                       "SQLALCHEMY_DATABASE_URI": postgres_url, **SETTINGS})
     sid = str(uuid.uuid4())
     with app.app_context():
-        flask_migrate.upgrade()
+        store.upgrade()
         for name, text in (("kelderath.md", VOLCANO), ("sourdough.txt", BREAD)):
             documents.add(sid, name, text.encode(), None)
         shared = {"job": {"session_id": sid,

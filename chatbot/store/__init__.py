@@ -13,7 +13,6 @@ log = logging.getLogger(__name__)
 
 
 def init_app(app):
-    from flask_migrate import Migrate
     from sqlalchemy import event
 
     uri = app.config["SQLALCHEMY_DATABASE_URI"]
@@ -21,7 +20,6 @@ def init_app(app):
         # Wait for the other process's write instead of failing with "database is locked".
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"connect_args": {"timeout": 30}})
     db.init_app(app)
-    Migrate(app, db, directory=str(app.config.get("MIGRATIONS_DIR", _migrations_dir())))
     if uri.startswith("sqlite"):
         with app.app_context():
             event.listen(db.engine, "connect", _sqlite_pragmas)
@@ -66,6 +64,26 @@ def checkpoint_behind(app):
     thread = threading.Thread(target=run, daemon=True, name="wal-checkpoint")
     thread.start()
     return thread
+
+
+def upgrade():
+    """Migrate the database of the app in context to the newest revision."""
+    import flask_migrate
+    from flask import current_app
+
+    migrations(current_app)
+    flask_migrate.upgrade()
+
+
+def migrations(app):
+    """Flask-Migrate on `app`, from first use: alembic costs a process 11 MB, and only what
+    migrates uses it (`flask db`, upgrade above), never a server. Returns the `flask db`
+    command group."""
+    from flask_migrate import Migrate, cli
+
+    if "migrate" not in app.extensions:
+        Migrate(app, db, directory=str(app.config.get("MIGRATIONS_DIR", _migrations_dir())))
+    return cli.db
 
 
 def _migrations_dir():

@@ -1,5 +1,6 @@
 """`flask sessions ...` through the app's own CLI runner, against the stack's database."""
 import json
+import os
 import uuid
 from datetime import timedelta
 
@@ -169,3 +170,25 @@ def test_refusals_are_one_line_errors(cli):
     result = cli("show", "nope", code=1)
     assert "Error: invalid session id 'nope': must be a UUID" in result.output
     assert "Traceback" not in result.output
+
+
+def test_flask_db_migrates_and_a_server_never_loads_alembic(tmp_path):
+    """`flask db` is Flask-Migrate's, its options included, loaded only when it runs: the app
+    a server makes has no alembic in it."""
+    import subprocess
+    import sys
+
+    from chatbot import procs
+
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}"}
+    flask = [procs.bin_path("flask"), "--app", "wsgi", "db"]
+    run = lambda *args: subprocess.run([*flask, *args], env=env, cwd=procs.PROJECT_ROOT,  # noqa: E731
+                                       capture_output=True, text=True, timeout=120)
+    assert run("upgrade").returncode == 0
+    current = run("-d", str(procs.PROJECT_ROOT / "migrations"), "current")
+    assert current.returncode == 0 and "(head)" in current.stdout, current.stderr
+    server = subprocess.run(
+        [sys.executable, "-c", "import sys; from chatbot import create_app; create_app(); "
+                               "print(sorted({'alembic', 'flask_migrate'} & set(sys.modules)))"],
+        env=env, cwd=procs.PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert server.stdout.strip() == "[]", server.stderr

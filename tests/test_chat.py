@@ -4,6 +4,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import ollama
+import pytest
 import requests
 
 from tests.conftest import MODEL, OPTIONS
@@ -136,3 +137,17 @@ def test_a_non_streamed_turn_says_what_each_layer_took(stack):
     assert sum(v for k, v in timings.items() if k != "total") <= timings["total"] + 1.0
     # Ollama's own fields are untouched: no timing leaks into the body.
     assert "marks" not in resp.json() and "marks" not in json.dumps(resp.json())
+
+
+def test_layers_count_the_web_and_the_worker_overlapping_once():
+    """A waiting worker can claim a request before the web has heard back from admitting it:
+    the overlap is the admit's, the hop is 0, and the layers still add up to the whole."""
+    from chatbot import timing
+
+    marks = {"received": 0.0, "admitted": 1.0, "task": 0.8, "begun": 1.3, "BuildContext": 1.4,
+             "StoreRequest": 1.6, "CallChat": 2.0, "StoreReply": 2.1, "ending": 2.2,
+             "relayed": 2.4, "responded": 2.5}
+    layers = timing.layers(marks)
+    assert layers["admit"] == 1.0 and layers["hop"] == 0.0
+    assert layers["start"] == pytest.approx(0.3)
+    assert sum(v for k, v in layers.items() if k != "total") == pytest.approx(layers["total"])

@@ -28,7 +28,8 @@ MODEL = "fake:latest"
 LITELLM_KEY = "sk-bench-" + "0123456789abcdef" * 3  # LiteLLM refuses to start without one
 LAYERS = ("admit", "hop", "start", "context", "store_request", "upstream",
           "store_reply", "finish", "relay", "respond")
-ABOUT = {"admit": "parse, validate and admit (the task pushed with it)", "hop": "the broker hop (a waiting worker's claim in it)",
+ABOUT = {"admit": "parse, validate and admit (the task pushed with it)",
+         "hop": "the broker hop (a waiting worker's claim in it)",
          "start": "task start (claim, heartbeat, thread lock)", "context": "session and context",
          "store_request": "storing the request", "upstream": "the upstream call",
          "store_reply": "storing the reply", "finish": "ending it in the line",

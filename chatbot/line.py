@@ -480,30 +480,22 @@ class Line:
             # the claim's clock is the moment the message came, not when the wait began
             args[0] = "now"
         first = (lambda pipe: pipe.brpop([wait[0]], timeout=wait[1])) if wait else None
-        if also is None and first is None:
-            out, read = self._claim(keys=keys, args=args), ()
-        else:
-            (out,), read = self._one_trip([(self._claim, keys, args)],
-                                          also.queue if also else None, first=first)
-            for result in read:
-                if isinstance(result, Exception):
-                    raise result
-            if first:
-                message, read = read[0], read[1:]
-            if also:
-                also.take(read)
-        claimed = self._claimed(out, token)
+        (out,), read = self._one_trip([(self._claim, keys, args)],
+                                      also.queue if also else None, first=first)
+        for result in read:
+            if isinstance(result, Exception):
+                raise result
+        message, read = (read[0], read[1:]) if wait else (None, read)
+        if also:
+            also.take(read)
+        claimed = None
+        if out[0] == b"run":
+            _, request_id, waited, locked, job, lock_key = out
+            claimed = (request_id.decode(), float(waited), json.loads(job) if job else None,
+                       (lock_key.decode(), token) if locked else None)
         if wait is None:
             return claimed
         return claimed, (message[1] if message else None)
-
-    @staticmethod
-    def _claimed(out, token):
-        if out[0] != b"run":
-            return None
-        _, request_id, waited, locked, job, lock_key = out
-        return (request_id.decode(), float(waited), json.loads(job) if job else None,
-                (lock_key.decode(), token) if locked else None)
 
     def beat(self, request_id, queue, lock=None):
         """Renew the heartbeat (and the thread lock); returns 0 to go on, else why to stop."""
@@ -574,8 +566,6 @@ class Line:
                 sse_message(*notice(event)), token, self.relay_ttl,
                 "1" if only_if_dead else "0", "1" if cancel_running else "0",
                 *_announce_args(queue), amount, kept]
-        if not before and (then is None or not then.pending()):
-            return self._end(keys=keys, args=args)
         # The events `before`, the ending (its client hears at once), then `then`'s writes
         # (whose failures are theirs: a metric never fails a request).
         ran, _ = self._one_trip([*before, (self._end, keys, args)],

@@ -131,9 +131,6 @@ class Batch:
     def observe(self, name, value, **labels):
         self.metrics.observe(name, value, pipe=self.pipe, **labels)
 
-    def pending(self):
-        return bool(self.pipe.command_stack)
-
     def into(self, pipe):
         """Hand the writes held so far to `pipe`, to be sent with its own commands."""
         pipe.command_stack.extend(self.pipe.command_stack)

@@ -34,8 +34,9 @@ def run_next(self, queue=QUEUE):
     DRAIN_SECONDS: while more wait it runs the next too, its claim taking one waiting task
     message off the queue in exchange; when none waits, it waits LINGER_SECONDS for the
     next task message itself, its claim sent behind the wait so that both come back in one
-    round trip (Line.claim_next's `wait`). A busy line then costs one Celery delivery, ack and log line
-    per drain instead of per request, and back-to-back requests skip the broker's hop."""
+    round trip (Line.claim_next's `wait`). A busy line then costs one Celery delivery, ack and
+    log line per drain instead of per request, and back-to-back requests skip the broker's
+    hop."""
     line, writes = current_app.extensions["line"], Writes()
     drain_until = time.monotonic() + DRAIN_SECONDS
     # owed: the next claim takes a waiting task message, this task's own having run a request;

@@ -39,16 +39,13 @@ def layers(marks):
     """{layer: seconds} for every layer whose two marks are known. A layer starts no earlier
     than the one before it ended: the worker may start before the web has heard that the
     request is admitted, and such an overlap counts once, in the earlier layer."""
-    out, ended = {}, None
+    out, ended = {}, float("-inf")
     for name, start, end in LAYERS:
         a, b = _at(marks, start), _at(marks, end)
         if a is not None and b is not None:
-            if name == "total":
-                out[name] = max(0.0, b - a)
-                continue
-            a = a if ended is None else max(a, ended)
+            if name != "total":
+                a, ended = max(a, ended), max(b, ended)
             out[name] = max(0.0, b - a)
-            ended = b if ended is None else max(ended, b)
     return out
 
 

@@ -141,8 +141,10 @@ def test_ten_threads_three_turns_on_postgresql_with_two_workers(redis_url, engin
 def test_a_turn_the_upstream_refuses_is_marked_failed_and_never_replayed(stack):
     sid = str(uuid.uuid4())
     assert chat(stack.url, sid, "Hi").status_code == 200
-    refused = chat(stack.url, sid, "poison", {**SHORT, "mirostat": 7})  # the engine's 400
-    assert refused.status_code == 400 and "mirostat" in refused.json()["error"]
+    refused = requests.post(stack.url + "/api/chat", timeout=120, json={  # the engine's 400
+        "model": MODEL, "session_id": sid, "stream": False, "options": SHORT, "format": "yaml",
+        "messages": [{"role": "user", "content": "poison"}]})
+    assert refused.status_code == 400 and "invalid format" in refused.json()["error"]
     after = ollama.Client(host=stack.url, headers={"X-Session-ID": sid}).chat(
         MODEL, messages=[{"role": "user", "content": "Again"}], options=SHORT)
     rows = stack.rows(sid)

@@ -6,6 +6,7 @@ the app is described here, and tests/test_fuzz.py fuzzes the routes from this do
 from flask import Blueprint, jsonify
 
 from chatbot.api.auth import OPEN, PAGE_FILES  # the routes that never ask for a key
+from chatbot.engine import options
 
 bp = Blueprint("openapi", __name__)
 
@@ -41,16 +42,15 @@ def nullable(schema):
     return one_of(schema, NULL)  # OpenAI clients send null for "not set"
 
 
-INT_OPTIONS = ("num_ctx", "num_predict", "num_batch", "num_thread", "num_keep", "seed", "top_k",
-               "repeat_last_n", "num_gpu", "main_gpu")
-FLOAT_OPTIONS = ("temperature", "top_p", "min_p", "typical_p", "repeat_penalty",
-                 "presence_penalty", "frequency_penalty")
+OPTION_SCHEMAS = {options.INT: INT, options.FLOAT: NUM, options.BOOL: BOOL,
+                  options.ARRAY: array(STR)}
 KEEP_ALIVE = one_of(STR, NUM)
 PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
 FORMAT = one_of({"type": "string", "enum": ["json"]}, OBJ)
-THINK = one_of(BOOL, {"type": "string", "enum": ["high", "medium", "low"]})
+THINK = one_of(BOOL, {"type": "string", "enum": ["high", "medium", "low", "max"]})
 TURN = dict(stream=BOOL, format=FORMAT, options=ref("Options"), think=THINK,
-            keep_alive=KEEP_ALIVE, session_id=UUID, resumable=BOOL)
+            keep_alive=KEEP_ALIVE, session_id=UUID, resumable=BOOL, truncate=BOOL, shift=BOOL,
+            logprobs=BOOL, top_logprobs={"type": "integer", "minimum": 0, "maximum": 20})
 
 SCHEMAS = {
     "Error": obj(["error"], error=STR),
@@ -58,12 +58,13 @@ SCHEMAS = {
                                             code=ANY)),
     # Probabilities are described as such (the web does not refuse others; the engine must
     # survive them), so that the fuzzing sends values just outside too.
-    "Options": obj(**{k: INT for k in INT_OPTIONS},
-                   **{k: PROBABILITY if k in ("top_p", "min_p", "typical_p") else NUM
-                      for k in FLOAT_OPTIONS},
-                   stop=one_of(STR, array(STR))),
+    # Ollama's option types (null is "not set", as its clients send it).
+    "Options": obj(**{k: nullable(PROBABILITY if k in options.PROBABILITIES
+                                  else OPTION_SCHEMAS[kind])
+                      for k, kind in options.TYPES.items()}),
     "Message": obj(["role"], role={"type": "string", "enum": ROLES}, content=STR,
-                   images=array(STR), tool_calls=array(OBJ), thinking=STR, tool_name=STR),
+                   images=array(STR), tool_calls=array(OBJ), thinking=STR, tool_name=STR,
+                   tool_call_id=STR),
     "ChatRequest": obj(["model"], model=STR, messages=array(ref("Message")), tools=array(OBJ),
                        **TURN),
     "GenerateRequest": obj(["model"], model=STR, prompt=STR, suffix=STR, system=STR,
@@ -184,6 +185,8 @@ PATHS = {
           "head": op("Ollama is running", {"200": {"description": "OK"}})},
     "/api/version": {"get": op("Upstream version", {**ok(JSON, schema=obj(version=STR)),
                                                     **PASSTHROUGH})},
+    "/api/status": {"get": op("Cloud status: chatbot serves local models only",
+                              ok(JSON, schema=obj(cloud=obj(disabled=BOOL, source=STR))))},
     "/api/tags": {"get": op("Models available", {**ok(JSON, schema=obj(models=array(OBJ))),
                                                  **PASSTHROUGH})},
     "/api/ps": {"get": op("Models loaded", {**ok(JSON, schema=obj(models=array(OBJ))),

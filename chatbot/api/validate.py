@@ -8,15 +8,11 @@ import uuid
 from flask import current_app, g, request
 
 from chatbot.api import ApiError
+from chatbot.engine import options as ollama_options
 
 ROLES = ("system", "user", "assistant", "tool")
 CEILINGS = {"num_ctx": "MAX_NUM_CTX", "num_predict": "MAX_NUM_PREDICT"}
 SURROGATE = re.compile("[\ud800-\udfff]")
-# Ollama's option types (api.Options): a wrong type is refused before anything is queued.
-INT_OPTIONS = ("num_ctx", "num_predict", "num_batch", "num_thread", "num_keep", "seed", "top_k",
-               "repeat_last_n", "num_gpu", "main_gpu")
-FLOAT_OPTIONS = ("temperature", "top_p", "min_p", "typical_p", "repeat_penalty",
-                 "presence_penalty", "frequency_penalty")
 
 
 def json_body(kind):
@@ -24,7 +20,7 @@ def json_body(kind):
     if not raw.strip():
         raise ApiError(400, "missing request body")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"invalid JSON: {exc}")
     except RecursionError:
@@ -32,6 +28,11 @@ def json_body(kind):
     if not isinstance(body, dict):
         raise ApiError(400, f"json: cannot unmarshal {_go_type(body)} into Go value of type api.{kind}")
     return _valid_text(body)
+
+
+def _no_constant(name):
+    # Python reads NaN and Infinity; Go's decoder, and so Ollama, does not.
+    raise ValueError(f"invalid character {name[0]!r} looking for beginning of value")
 
 
 def _valid_text(value):
@@ -58,28 +59,49 @@ def _fix(text):
 
 
 def options(body, struct):
-    """The request's `options`, checked for Ollama's types."""
+    """The request's `options`, read by Ollama's rules (chatbot.engine.options), within this
+    server's ceilings; what goes upstream replaces them in `body` (nulls left out)."""
     opts = body.get("options")
     if opts is None:
         return
     if not isinstance(opts, dict):
         raise ApiError(400, "json: cannot unmarshal " + _go_type(opts) + f" into Go struct field "
                        f"{struct}.options of type map[string]interface {{}}")
-    for key, value in opts.items():
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if key in INT_OPTIONS and not (number and float(value).is_integer()):
-            raise ApiError(400, f"option \"{key}\" must be of type integer")
-        if key in FLOAT_OPTIONS and not number:
-            raise ApiError(400, f"option \"{key}\" must be of type float")
-        if key in ("top_p", "min_p", "typical_p") and not 0 <= value <= 1:
-            raise ApiError(400, f"option \"{key}\" must be between 0 and 1")
-        if key == "stop" and not (isinstance(value, str) or (
-                isinstance(value, list) and all(isinstance(v, str) for v in value))):
-            raise ApiError(400, "option \"stop\" must be of type array of strings")
-        ceiling = CEILINGS.get(key)
-        if ceiling and value > current_app.config[ceiling]:
+    try:
+        body["options"] = ollama_options.forwarded(opts)
+    except ollama_options.OptionError as exc:
+        raise ApiError(400, str(exc))
+    for key, ceiling in CEILINGS.items():
+        value = body["options"].get(key)
+        if value is not None and value > current_app.config[ceiling]:
             raise ApiError(400, f"option \"{key}\" must be at most "
                                 f"{current_app.config[ceiling]} ({ceiling})")
+
+
+THINK_LEVELS = ("high", "medium", "low", "max")
+THINK_CHOICES = '"high", "medium", "low", "max", true, or false'
+
+
+def turn_fields(body, struct):
+    """Ollama's checks of a chat or generate request's own fields (api.ChatRequest,
+    api.GenerateRequest): think, truncate, shift, logprobs, top_logprobs."""
+    think = body.get("think")
+    if isinstance(think, str) and think not in THINK_LEVELS:
+        raise ApiError(400, f"invalid think value: {json.dumps(think)} (must be {THINK_CHOICES})")
+    if think is not None and not isinstance(think, (bool, str)):
+        raise ApiError(400, f"think must be a boolean or string ({THINK_CHOICES})")
+    for field in ("truncate", "shift", "logprobs", "raw"):
+        value = body.get(field)
+        if value is not None and not isinstance(value, bool):
+            raise ApiError(400, f"json: cannot unmarshal {_go_type(value)} into Go struct field "
+                                f"{struct}.{field} of type bool")
+    top = body.get("top_logprobs")
+    if top is not None and not (_go_type(top) == "number" and top == int(top)):
+        what = f"number {json.dumps(top)}" if _go_type(top) == "number" else _go_type(top)
+        raise ApiError(400, f"json: cannot unmarshal {what} into Go struct field "
+                            f"{struct}.top_logprobs of type int")
+    if top is not None and not 0 <= top <= 20:
+        raise ApiError(400, "top_logprobs must be between 0 and 20")
 
 
 def model_name(body):
@@ -104,6 +126,8 @@ def chat_messages(body):
             raise ApiError(400, "json: cannot unmarshal " + _go_type(message)
                            + " into Go struct field ChatRequest.messages of type api.Message")
         role = message.get("role")
+        if isinstance(role, str):  # Ollama lowercases roles (api.Message.UnmarshalJSON)
+            role = message["role"] = role.lower()
         if role not in ROLES:
             raise ApiError(400, f"invalid message role {role!r}: must be one of {', '.join(ROLES)}")
         if not isinstance(message.get("content", ""), str):
@@ -112,6 +136,7 @@ def chat_messages(body):
         _text_size("message content", message.get("content") or "")
         images(message.get("images"), "Message.messages.images")
         for field, kind, go in (("thinking", str, "string"), ("tool_name", str, "string"),
+                                ("tool_call_id", str, "string"),
                                 ("tool_calls", list, "[]api.ToolCall")):
             if message.get(field) is not None and not isinstance(message[field], kind):
                 raise ApiError(400, f"json: cannot unmarshal {_go_type(message[field])} into Go "

@@ -1,4 +1,5 @@
 """Ollama's informational endpoints and embeddings."""
+import math
 import time
 
 from flask import Blueprint, Response, jsonify
@@ -7,7 +8,7 @@ from .ollama_format import (VERSION, ApiError, details, from_timestamp, keep_ali
                             model_info, modelfile_text, parameters_text, rfc3339)
 from .completions import capabilities
 from .generation import load_options
-from .parsing import engine, read_body, require_model, typed
+from .parsing import engine, integer, read_body, require_model, typed
 
 bp = Blueprint("engine_api", __name__)
 
@@ -22,14 +23,17 @@ def version():
     return jsonify(version=VERSION)
 
 
-def _summary(model):
+def _summary(model, listing=False):
     registry = engine().registry
     info = registry.info(model)  # first: an unreadable file fails before it is hashed
     st = model.stat()
-    return {"name": model.name, "model": model.name,
-            "modified_at": from_timestamp(model.modified_at()),
-            "size": st.st_size, "digest": registry.digest(model),
-            "details": details(info)}
+    entry = {"name": model.name, "model": model.name,
+             "modified_at": from_timestamp(model.modified_at()),
+             "size": st.st_size, "digest": registry.digest(model),
+             "details": details(info, lengths=listing)}
+    if listing:  # Ollama's ListModelResponse; ps has neither these lengths nor capabilities
+        entry["capabilities"] = capabilities(info)
+    return entry
 
 
 @bp.get("/api/tags")
@@ -37,10 +41,17 @@ def tags():
     models = []
     for model in engine().registry.files():
         try:
-            models.append(_summary(model))
+            models.append(_summary(model, listing=True))
         except (OSError, ValueError) as exc:  # one bad file must not hide the others
             engine().registry.unreadable(model, exc)
     return jsonify(models=models)
+
+
+@bp.get("/api/status")
+def status():
+    """Ollama's cloud status: the engine has no cloud, so it answers as a local Ollama
+    started with OLLAMA_NO_CLOUD=1 (server/routes.go StatusHandler, envconfig)."""
+    return jsonify(cloud={"disabled": True, "source": "env"})
 
 
 @bp.get("/api/ps")
@@ -105,8 +116,10 @@ def _embed(body, struct, inputs, normalize):
             lengths = [len(llm.tokenize(text.encode("utf-8"))) for text in inputs]
             if 0 in lengths:
                 raise ApiError(400, "input cannot be empty")
+            # Ollama counts the text's tokens plus a BOS and an EOS (CLS, SEP) against
+            # the context: the same as these lengths, which include both.
             if truncate is False and max(lengths) > llm.n_batch:
-                raise ApiError(400, "input exceeds maximum context length")
+                raise ApiError(400, "the input length exceeds the context length")
             # Llama.embed cuts each input at n_batch, which we made equal to n_ctx.
             vectors, count = llm.embed(inputs, normalize=normalize, truncate=True,
                                        return_count=True)
@@ -117,6 +130,7 @@ def _embed(body, struct, inputs, normalize):
 @bp.post("/api/embed")
 def embed():
     body = read_body("EmbedRequest")
+    dimensions = integer(body, "dimensions", "EmbedRequest")  # a decoding error: first
     raw = body.get("input")
     if isinstance(raw, str):
         inputs = [raw] if raw else []  # Ollama answers "" with no embeddings
@@ -127,8 +141,16 @@ def embed():
     else:
         raise ApiError(400, "invalid input type")
     name, vectors, count, load_ns, total = _embed(body, "EmbedRequest", inputs, True)
+    if dimensions > 0:  # Ollama ignores 0, negative and too large values, without an error
+        vectors = [_unit(v[:dimensions]) for v in vectors]
     return jsonify(model=name, embeddings=vectors, total_duration=total, load_duration=load_ns,
                    prompt_eval_count=count)
+
+
+def _unit(vector):
+    """The vector scaled to length 1, as Ollama's normalize (server/routes.go)."""
+    norm = max(math.sqrt(sum(x * x for x in vector)), 1e-12)
+    return [x / norm for x in vector]
 
 
 @bp.post("/api/embeddings")

@@ -81,9 +81,11 @@ def human_number(n):
     return f"{n / 1e3:.0f}K" if n >= 1e3 else str(n)
 
 
-def details(info):
+def details(info, lengths=False):
+    """ModelDetails; with `lengths`, the GGUF's context and embedding lengths, which only
+    /api/tags carries (both omitempty in Ollama)."""
     arch = info.architecture
-    return {
+    out = {
         "parent_model": "",
         "format": "gguf",
         "family": arch,
@@ -91,6 +93,12 @@ def details(info):
         "parameter_size": human_number(info.parameter_count),
         "quantization_level": info.quantization_level,
     }
+    if lengths:
+        for key in ("context_length", "embedding_length"):
+            value = info.arch_value(key)
+            if isinstance(value, int) and value > 0:
+                out[key] = value
+    return out
 
 
 def model_info(info, verbose=False):
@@ -126,26 +134,34 @@ def modelfile_text(name, path, info):
     return "\n".join(lines) + "\n"
 
 
-def piece_chunk(kind, model, text):
-    """One streamed token piece of /api/chat (kind "chat") or /api/generate."""
+def piece_chunk(kind, model, text, logprobs=None):
+    """One streamed token piece of /api/chat (kind "chat") or /api/generate, with the
+    logprobs of its tokens when asked for (omitted when empty, as Ollama's omitempty)."""
     chunk = {"model": model, "created_at": rfc3339()}
     if kind == "chat":
         chunk["message"] = {"role": "assistant", "content": text}
     else:
         chunk["response"] = text
     chunk["done"] = False
+    if logprobs:
+        chunk["logprobs"] = logprobs
     return chunk
 
 
-def final_chunk(kind, model, text, stats, context=None):
-    """The closing object: the whole reply when not streamed, "" after a stream."""
+def final_chunk(kind, model, text, stats, context=None, logprobs=None):
+    """The closing object: the whole reply when not streamed, "" after a stream. Fields in
+    the order of Ollama's ChatResponse and GenerateResponse."""
     chunk = piece_chunk(kind, model, text)
     chunk["done"] = True
     chunk["done_reason"] = stats["done_reason"]
+    if kind == "chat" and logprobs:
+        chunk["logprobs"] = logprobs
     if stats["done_reason"] in ("stop", "length"):
         for key in ("total_duration", "load_duration", "prompt_eval_count",
                     "prompt_eval_duration", "eval_count", "eval_duration"):
             chunk[key] = int(stats[key])
     if kind == "generate" and context is not None:
         chunk["context"] = context
+    if kind == "generate" and logprobs:
+        chunk["logprobs"] = logprobs
     return chunk

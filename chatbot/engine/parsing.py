@@ -122,6 +122,21 @@ def require_model(body, struct, legacy_name=False):
     return name, model
 
 
+def integer(body, key, struct):
+    """body[key] as Go decodes a JSON number into an `int` field (0 when absent or null)."""
+    value = body.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = _go_kind(value)
+    elif isinstance(value, float):
+        kind = f"number {value:g}"  # Go refuses any number written with a fraction
+    else:
+        return value
+    raise ApiError(400, f"json: cannot unmarshal {kind} into Go struct field {struct}.{key} "
+                        "of type int")
+
+
 def stream_flag(body, struct):
     """`stream` defaults to true when absent or null, as in Ollama."""
     value = typed(body, "stream", bool, "bool", struct)

@@ -45,4 +45,5 @@ def test_embed_truncates_long_input_unless_told_not_to(engine):
     r = requests.post(engine + "/api/embed", json=body)
     assert r.status_code == 200 and r.json()["prompt_eval_count"] == 64
     r = requests.post(engine + "/api/embed", json={**body, "truncate": False})
-    assert r.status_code == 400 and r.json() == {"error": "input exceeds maximum context length"}
+    assert r.status_code == 400 and r.json() == {"error": "the input length exceeds the context "
+                                                          "length"}

@@ -1,6 +1,7 @@
 """/api/chat and /api/generate: one generation at a time, streamed token by token."""
 import json
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 
 from flask import Blueprint, Response, jsonify
@@ -8,8 +9,8 @@ from flask import Blueprint, Response, jsonify
 from . import generation
 from .ollama_format import (ApiError, final_chunk, json_line, keep_alive_seconds, piece_chunk)
 from .limits import check_options
-from .parsing import (chat_messages, context_ids, engine, images, read_body, require_model,
-                      stream_flag, typed)
+from .parsing import (chat_messages, context_ids, engine, images, integer, read_body,
+                      require_model, stream_flag, typed)
 
 bp = Blueprint("engine_completions", __name__)
 NDJSON = "application/x-ndjson"
@@ -52,10 +53,12 @@ def capabilities(info):
 class Run:
     """One generation request: holds the engine lock from start() until finish()."""
 
-    def __init__(self, kind, name, model, options, keep_alive, build_prompt, grammar=None):
+    def __init__(self, kind, name, model, options, keep_alive, build_prompt, grammar=None,
+                 flags=None):
         self.kind, self.name, self.model = kind, name, model
         self.options, self.keep_alive = options, keep_alive
         self.build_prompt, self.grammar = build_prompt, grammar
+        self.flags = flags or Flags()
         self.received = time.perf_counter_ns()
         self.engine = engine()
         self.stats = generation.Stats()
@@ -66,6 +69,8 @@ class Run:
     def start(self):
         """Everything that can fail with a proper status: lock, load, render, tokenize."""
         opts = generation.sampling(self.options, self.grammar)
+        opts.shift, opts.logprobs = self.flags.shift, self.flags.logprobs
+        opts.top_logprobs = self.flags.top_logprobs
         num_ctx, num_thread, num_batch = generation.load_options(self.options)
         self.engine.lock.acquire()
         self._locked = True
@@ -74,10 +79,18 @@ class Run:
             registry.sweep()
             self.llm, self.load_duration = registry.load_chat(self.model, num_ctx, num_thread,
                                                               num_batch)
+            info = registry.info(self.model)
+            n_ctx = generation.capacity(self.llm)
             opts.num_predict = registry.limits.predict(opts.num_predict)
-            prompt = self.build_prompt(self.llm, registry.info(self.model))
-            tokens = generation.tokenize_prompt(self.llm, registry.info(self.model), prompt)
-            self.tokens = generation.fit_context(tokens, generation.capacity(self.llm))
+            # Ollama's boundedNumPredict: open-ended generation, shifting, stops somewhere.
+            bound = generation.OPEN_ENDED_WINDOWS * n_ctx
+            if opts.num_predict < 0 or opts.num_predict > bound:
+                opts.num_predict = bound
+            opts.bos = bool(info.metadata.get("tokenizer.ggml.add_bos_token"))
+            prompt = self.build_prompt(self.llm, info, self.flags.truncate)
+            tokens = generation.tokenize_prompt(self.llm, info, prompt)
+            self.tokens = generation.fit_context(tokens, n_ctx, opts, self.flags.truncate,
+                                                 opts.bos)
             self.opts = opts
         except BaseException:
             self.finish()
@@ -99,11 +112,11 @@ class Run:
             finally:
                 self.engine.lock.release()
 
-    def final(self, text):
+    def final(self, text, logprobs=None):
         stats = dict(vars(self.stats), total_duration=time.perf_counter_ns() - self.received,
                      load_duration=self.load_duration)
         context = self.tokens + self.stats.tokens if self.kind == "generate" else None
-        return final_chunk(self.kind, self.name, text, stats, context)
+        return final_chunk(self.kind, self.name, text, stats, context, logprobs)
 
 
 class StreamBody:
@@ -119,9 +132,13 @@ class StreamBody:
         return self._lines
 
     def _generate(self):
+        logprobs = self.run.stats.logprobs
         try:
-            for piece in self._pieces:
-                yield json_line(piece_chunk(self.run.kind, self.run.name, piece))
+            sent = 0
+            for piece in self._pieces:  # each piece with the logprobs of its tokens
+                yield json_line(piece_chunk(self.run.kind, self.run.name, piece,
+                                            logprobs[sent:]))
+                sent = len(logprobs)
             yield json_line(self.run.final(""))
         except Exception as exc:  # the status line is gone: report in-band, as Ollama does
             yield json_line({"error": str(exc) or type(exc).__name__})
@@ -135,12 +152,12 @@ class StreamBody:
 def _load_only(kind, name, model, keep_alive, stream, options):
     """Empty prompt/messages: load (or with keep_alive 0, unload) the model, generate nothing."""
     eng = engine()
-    num_ctx, num_thread, num_batch = generation.load_options(options)
     with eng.lock:
         if keep_alive == 0:
             eng.registry.unload(model)
             reason = "unload"
         else:
+            num_ctx, num_thread, num_batch = generation.load_options(options)
             eng.registry.load_chat(model, num_ctx, num_thread, num_batch)
             eng.registry.touch(model, keep_alive)
             reason = "load"
@@ -155,52 +172,96 @@ def _respond(run, stream):
     if stream:
         return Response(StreamBody(run), mimetype=NDJSON)
     text = "".join(run.pieces())
-    return jsonify(run.final(text))
+    return jsonify(run.final(text, run.stats.logprobs))
 
 
-def _common(body, struct, kind):
+@dataclass
+class Flags:
+    """A request's truncate, shift (absent: true), logprobs and top_logprobs."""
+    truncate: bool = True
+    shift: bool = True
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+THINK_LEVELS = ("high", "medium", "low", "max")
+
+
+def think_flag(body):
+    """api.ThinkValue as Go decodes it: a bool or one of the levels; anything else fails
+    the decoding, with ThinkValue.UnmarshalJSON's texts (api/types.go)."""
+    value = body.get("think")
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        if value not in THINK_LEVELS:
+            raise ApiError(400, f"invalid think value: {json.dumps(value, ensure_ascii=False)} "
+                                '(must be "high", "medium", "low", "max", true, or false)')
+        return True
+    raise ApiError(400, 'think must be a boolean or string ("high", "medium", "low", "max", '
+                        "true, or false)")
+
+
+def _common(body, struct, kind, empty):
+    """Ollama's checks in its order (server/routes.go): the body's types, top_logprobs,
+    the model, an unload (no prompt, keep_alive 0: before anything else is checked),
+    thinking, the capability, then the options."""
+    think = think_flag(body)
+    keep_alive = keep_alive_seconds(body.get("keep_alive"))
+    stream = stream_flag(body, struct)
+    flags = Flags(logprobs=bool(typed(body, "logprobs", bool, "bool", struct)),
+                  top_logprobs=integer(body, "top_logprobs", struct))
+    for key in ("truncate", "shift"):
+        if typed(body, key, bool, "bool", struct) is False:
+            setattr(flags, key, False)
+    if not 0 <= flags.top_logprobs <= 20:
+        raise ApiError(400, "top_logprobs must be between 0 and 20")
     name, model = require_model(body, struct)
-    if body.get("think") not in (None, False, ""):  # no GGUF we serve has a thinking parser
+    if empty and keep_alive == 0:
+        return name, model, None, keep_alive, stream, flags
+    if think:  # no GGUF we serve can think: anything but false is refused, as Ollama does
         raise ApiError(400, f'"{name}" does not support thinking')
     if "completion" not in capabilities(engine().registry.info(model)):
         raise ApiError(400, f'"{name}" does not support {kind}')  # Ollama's, empty prompt too
     options = check_options(typed(body, "options", dict, "map[string]interface {}", struct))
-    keep_alive = keep_alive_seconds(body.get("keep_alive"))
-    return name, model, options, keep_alive, stream_flag(body, struct)
+    return name, model, options, keep_alive, stream, flags
 
 
 @bp.post("/api/chat")
 def chat():
     body = read_body("ChatRequest")
-    name, model, options, keep_alive, stream = _common(body, "ChatRequest", "chat")
     messages = chat_messages(body)
-    grammar = grammar_for(body.get("format"))
-    if not messages:
+    name, model, options, keep_alive, stream, flags = _common(body, "ChatRequest", "chat",
+                                                               not messages)
+    if not messages:  # Ollama loads before it looks at the format
         return _load_only("chat", name, model, keep_alive, stream, options)
+    grammar = grammar_for(body.get("format"))
     tools = typed(body, "tools", list, "api.Tools", "ChatRequest")
     if tools and not supports_tools(engine().registry.info(model)):
         raise ApiError(400, f'"{name}" does not support tools')
 
-    def build_prompt(llm, info):
-        return generation.render_chat(info, messages, tools)
+    def build_prompt(llm, info, truncate):
+        return generation.chat_prompt(llm, info, messages, tools, truncate)
 
-    return _respond(Run("chat", name, model, options, keep_alive, build_prompt, grammar), stream)
+    return _respond(Run("chat", name, model, options, keep_alive, build_prompt, grammar, flags),
+                    stream)
 
 
 @bp.post("/api/generate")
 def generate():
     body = read_body("GenerateRequest")
-    name, model, options, keep_alive, stream = _common(body, "GenerateRequest", "generate")
     prompt = typed(body, "prompt", str, "string", "GenerateRequest") or ""
+    name, model, options, keep_alive, stream, flags = _common(body, "GenerateRequest",
+                                                               "generate", not prompt)
     system = typed(body, "system", str, "string", "GenerateRequest") or ""
     raw = bool(typed(body, "raw", bool, "bool", "GenerateRequest"))
     context = context_ids(body)
     images(body, "GenerateRequest")  # checked, then ignored: no vision models
-    grammar = grammar_for(body.get("format"))
     if not prompt:
         return _load_only("generate", name, model, keep_alive, stream, options)
+    grammar = grammar_for(body.get("format"))
 
-    def build_prompt(llm, info):
+    def build_prompt(llm, info, truncate):
         if raw:
             text = prompt
         else:
@@ -211,5 +272,5 @@ def generate():
             text = generation.context_text(llm, context) + text
         return text
 
-    return _respond(Run("generate", name, model, options, keep_alive, build_prompt, grammar),
-                    stream)
+    return _respond(Run("generate", name, model, options, keep_alive, build_prompt, grammar,
+                        flags), stream)

@@ -97,9 +97,11 @@ def test_generate_raw_uses_the_prompt_as_is(client, tokenizer):
 def test_prompt_longer_than_num_ctx_is_truncated(client):
     # llama.cpp pads a context of 128 to 256 internally; the engine must still honour 128.
     long = [{"role": "user", "content": "word " * 300}]
-    r = client.chat(model=MODEL, messages=long, options={**GREEDY, "num_ctx": 128})
-    assert r.prompt_eval_count == 127  # the tail, leaving room for one token
-    assert (r.eval_count, r.done_reason) in ((1, "length"), (0, "stop"))
+    r = client.chat(model=MODEL, messages=long, options={**GREEDY, "num_ctx": 128,
+                                                         "num_predict": 4})
+    # Ollama's cut: num_keep (4) tokens and the tail, half the rest left for the reply.
+    assert r.prompt_eval_count == 128 - (128 - 4) // 2
+    assert r.done_reason in ("length", "stop") and r.eval_count <= 4
     client.generate(model=MODEL, prompt="Hi", options={**GREEDY, "num_predict": 1})  # reload
 
 

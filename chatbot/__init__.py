@@ -14,6 +14,7 @@ def create_app(config=None):
     from chatbot.routing import Router
 
     app = Flask(__name__, instance_relative_config=True)
+    app.json.sort_keys = False  # Ollama keeps fields (tool call arguments too) in their order
     app.config.update(settings.load(app.instance_path))
     app.config.update(config or {})
     if "OLLAMA_HOSTS" in (config or {}):

@@ -27,7 +27,7 @@ from flask_sse import Message
 
 from chatbot.relay import BELL_LENGTH, BELL_TTL, LEASE, LEASE_TTL, stream_key
 from chatbot.store import save_lost_reply
-from chatbot.upstream import fold
+from chatbot.upstream import REPLY_FIELDS, empty_reply, fold
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +422,7 @@ class Line:
         return LOST
 
     def partial_reply(self, request_id):
-        reply = {"content": "", "thinking": "", "tool_calls": []}
+        reply = empty_reply()
         for _, fields in self.redis.xrange(stream_key(request_id)):
             event = json.loads(fields[b"e"])
             if event["t"] == "chunk":
@@ -669,7 +669,7 @@ def outcome(reply):
         return "failed", error_event(**reply["error"])
     if reply.get("status") == "cancelled":
         return "cancelled", CANCELLED
-    whole = {k: reply[k] for k in ("content", "thinking", "tool_calls")}
+    whole = {k: reply.get(k) for k in REPLY_FIELDS}
     return "done", {"t": "done", "d": reply["final"], "reply": whole, "marks": reply.get("marks"),
                     "waited": reply.get("waited", 0.0)}
 

@@ -114,12 +114,21 @@ def _finish_body(resp, lines, wait=1.0):
         pass
 
 
+REPLY_FIELDS = ("content", "thinking", "tool_calls", "logprobs")
+
+
+def empty_reply():
+    """What a reply is made of, before its first chunk (see fold)."""
+    return {"content": "", "thinking": "", "tool_calls": [], "logprobs": []}
+
+
 def fold(reply, chunk):
-    """Add one streamed chunk (chat's or generate's) to `reply` {content, thinking, tool_calls}."""
+    """Add one streamed chunk (chat's or generate's) to `reply` (REPLY_FIELDS)."""
     message = chunk.get("message") or chunk  # generate's chunk is its own message
     reply["content"] += message.get("content") or message.get("response") or ""
     reply["thinking"] += message.get("thinking") or ""
     reply["tool_calls"] += message.get("tool_calls") or []
+    reply["logprobs"] += chunk.get("logprobs") or []  # beside the message, not in it
     return reply
 
 

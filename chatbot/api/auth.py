@@ -8,7 +8,7 @@ from chatbot import logs
 from chatbot.api import ApiError
 
 ALL = object()  # the scope of an admin key, or of everyone while keys are off
-OPEN = {"/", "/api/version", "/healthz", "/readyz", "/chat"}
+OPEN = {"/", "/api/version", "/api/status", "/healthz", "/readyz", "/chat"}
 PAGE_FILES = "/chat/static/"  # the chat page's own files: no data in them
 UNAUTHORIZED = "unauthorized"
 

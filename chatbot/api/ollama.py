@@ -36,6 +36,14 @@ def version():
     return passthrough("GET", "/api/version")
 
 
+@bp.get("/api/status")
+def status():
+    """Ollama's cloud status (0.16.2): chatbot never sends a request to Ollama's cloud, so it
+    is disabled, by this server's own setting ("config")."""
+    return Response(dumps({"cloud": {"disabled": True, "source": "config"}}),
+                    mimetype="application/json")
+
+
 @bp.get("/api/tags")
 def tags():
     return listing("/api/tags")
@@ -127,7 +135,9 @@ def generate():
 
 def _turn(kind, body, model, messages, wire_class):
     stream = validate.stream_flag(body)
-    validate.options(body, "ChatRequest" if kind == "chat" else "GenerateRequest")
+    struct = "ChatRequest" if kind == "chat" else "GenerateRequest"
+    validate.options(body, struct)
+    validate.turn_fields(body, struct)
     session_id = validate.session_id(body)
     # Every field Ollama knows goes upstream untouched; the session and messages are ours.
     resumable = validate.resumable(body)

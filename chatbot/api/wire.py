@@ -47,7 +47,7 @@ class OllamaChat:
         if reply.get("tool_calls"):
             message["tool_calls"] = reply["tool_calls"]
         out["message"] = message
-        return out
+        return with_logprobs(out, reply)
 
     def failure(self, status, error):
         resp = Response(dumps({"error": error}), status=status, mimetype="application/json")
@@ -60,4 +60,18 @@ class OllamaGenerate(OllamaChat):
         out["response"] = reply["content"]
         if reply.get("thinking"):
             out["thinking"] = reply["thinking"]
-        return out
+        return with_logprobs(out, reply)
+
+
+def with_logprobs(final, reply):
+    """The whole reply's logprobs in the final body, where Ollama puts them: after
+    done_reason, before the metrics."""
+    if not reply.get("logprobs"):
+        return final
+    out = {}
+    for key, value in final.items():
+        if key == "total_duration":
+            out["logprobs"] = reply["logprobs"]
+        out[key] = value
+    out.setdefault("logprobs", reply["logprobs"])
+    return out

@@ -8,11 +8,10 @@ bookkeeping; this module reads rows directly and never inserts them.
 import uuid
 from datetime import datetime, timezone
 
-from chatbot.store.models import ChatSession, Message, Summary, db
+from chatbot.store.models import EXTRA_FIELDS, ChatSession, Message, Summary, db
 from chatbot.store.summaries import newest_per_model
 
 EXPORT_VERSION = 1
-EXTRA_FIELDS = {"images": list, "tool_calls": list, "thinking": str, "tool_name": str}
 ROLES = ("system", "user", "assistant", "tool")
 STATUSES = ("ok", "cancelled", "failed", "lost")
 MAX_PER_PAGE = 100

@@ -33,6 +33,13 @@ class ApiKey(db.Model):
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
 
 
+# A message's fields beside role and content, and their JSON types: Ollama's api.Message
+# (thinking, images, tool_calls with their ids and arguments' key order, tool_name,
+# tool_call_id), and a reply's logprobs.
+EXTRA_FIELDS = {"thinking": str, "images": list, "tool_calls": list, "tool_name": str,
+                "tool_call_id": str, "logprobs": list}
+
+
 class Message(db.Model):
     __tablename__ = "messages"
     __table_args__ = (
@@ -53,7 +60,7 @@ class Message(db.Model):
     model = db.Column(db.String(200), nullable=False)
     role = db.Column(db.String(16), nullable=False)
     content = db.Column(db.Text, nullable=False, default="")
-    # Fields Ollama carries beside content: images, tool_calls, thinking, tool_name.
+    # Fields Ollama carries beside content (EXTRA_FIELDS), kept in the order they came.
     extra = db.Column(db.JSON)
     tokens = db.Column(db.Integer, nullable=False, default=0)
     # ok | cancelled | failed | lost: only ok messages are replayed to the model.

@@ -8,10 +8,9 @@ import hashlib
 
 from sqlalchemy.exc import IntegrityError
 
-from chatbot.store.models import ChatSession, Message, db, utcnow
+from chatbot.store.models import EXTRA_FIELDS, ChatSession, Message, db, utcnow
 from chatbot.tokens import count_tokens
 
-MESSAGE_FIELDS = ("images", "tool_calls", "thinking", "tool_name")
 REPLY_PART = -1  # the reply's place among its request's rows; the request's messages are 0..n-1
 
 
@@ -135,7 +134,7 @@ def append_messages(session_id, model, messages, request_id, status="ok", starte
         seq, last = None, None
     rows, now = [], utcnow()
     for part, message in enumerate(messages, first_part):
-        extra = {k: message[k] for k in MESSAGE_FIELDS if message.get(k)}
+        extra = {k: message[k] for k in EXTRA_FIELDS if message.get(k)}
         if status == "ok":
             seq, last = seq + 1, chain(last, message["role"], message.get("content"))
         rows.append(dict(
@@ -169,6 +168,7 @@ def save_reply(session_id, model, request_id, reply, status, started_at=None, ta
     message = {"role": "assistant", "content": reply["content"],
                "thinking": reply.get("thinking"), "tool_calls": reply.get("tool_calls")}
     message["tokens"] = count_tokens(message)
+    message["logprobs"] = reply.get("logprobs")  # kept with the reply, never sent upstream
     try:
         return append_messages(session_id, model, [message], request_id, status=status,
                                started_at=started_at, tail=tail, first_part=REPLY_PART, conn=conn)

@@ -76,7 +76,9 @@ def test_long_conversation_is_truncated_to_num_ctx(stack):
     for i in range(8):
         reply = chat(stack, sid, [{"role": "user", "content": f"Tell me fact number {i} about "
                                    "the ocean, its tides, its currents and its creatures."}], small)
-        assert reply.prompt_eval_count + reply.eval_count <= 256
+        # chatbot sends truncate: false, so the upstream refuses what does not fit: the
+        # prompt was sized to the window by chatbot, not cut by the upstream.
+        assert reply.prompt_eval_count < 256
     meta = session_meta(stack, sid)
     assert meta["truncations"] >= 1 and meta["last_truncation"]["dropped"] >= 1
     rows = stack.rows(sid)

@@ -13,6 +13,24 @@ SUMMARY = "Summary of the earlier conversation, whose messages are not shown: "
 FREE_AFTER_SUMMARY = 0.25
 
 
+# Ollama's answer to a prompt that does not fit (llm/llama_server.go), given also when a
+# client's `truncate: false` forbids leaving history out.
+PROMPT_TOO_LONG = ("the prompt is longer than the context length currently available to the "
+                   "model; shorten the prompt, adjust the context length in settings, or use a "
+                   "model with a longer context length")
+# How Ollama (and the llama-server behind it) word that refusal.
+TOO_LONG_SIGNS = ("longer than the context length", "exceeds the available context",
+                  "exceeds maximum context length")
+# A context the upstream refused as too long is sent again at this share of its size.
+SHRINK = 0.75
+
+
+def refused_as_too_long(error):
+    """Whether an upstream error (status, text) says the prompt did not fit its window."""
+    return bool(error) and error.get("status") == 400 and any(
+        sign in str(error.get("error", "")).lower() for sign in TOO_LONG_SIGNS)
+
+
 class TooLong(Exception):
     """The request's own messages do not fit the window: nothing may be dropped from them."""
 
@@ -58,6 +76,32 @@ def fit(system, newest_first, new, budget, stored):
         used += cost(note)
         context.append(note)
     return context + kept[::-1] + list(new), used, max(dropped, 0)
+
+
+def shrink(context, system, dropped, target):
+    """The context with its oldest history left out until it costs at most `target` (our
+    tokens): the upstream counted more than we reckoned and refused it. The leading system
+    messages, a summary or the note (updated), the sources and the request's new messages
+    stay. Returns (context, tokens, dropped), or None when no history is left to leave out."""
+    skip = {m["seq"] for m in system}
+    history = [i for i, m in enumerate(context) if m.get("seq") is not None and m["seq"] not in skip]
+    if not history:
+        return None
+    used, gone = sum(cost(m) for m in context), set()
+    for i in history:
+        if used <= target and gone:
+            break
+        used -= cost(context[i])
+        gone.add(i)
+    dropped += len(gone)
+    kept = [m for i, m in enumerate(context) if i not in gone]
+    notes = [i for i, m in enumerate(kept) if m.get("seq") is None
+             and m["role"] == "system" and m["content"].startswith(NOTE[:40])]
+    if notes:
+        kept[notes[0]] = note_message(dropped)
+    elif not any(m["role"] == "system" and m["content"].startswith(SUMMARY) for m in kept):
+        kept.insert(len(system), note_message(dropped))
+    return kept, sum(cost(m) for m in kept), dropped
 
 
 def note_message(dropped):

@@ -6,7 +6,7 @@ from chatbot import timing
 
 from chatbot.flow.documents import EmbedChunks, ReadDocument, Retrieve, StoreDocument
 from chatbot.flow.nodes import (Begin, BuildContext, Calibrate, CallChat, CallGenerate, Finish,
-                                LoadThread, SizeWindow, StoreReply, StoreRequest,
+                                LoadThread, ShrinkContext, SizeWindow, StoreReply, StoreRequest,
                                 SummarizeDropped, TakePrompt)
 
 
@@ -17,8 +17,12 @@ def create_chat_flow():
     load, build, store_chat, finish_chat = LoadThread(), BuildContext(), StoreRequest(), Finish()
     size, retrieve = SizeWindow(), Retrieve()
     # Calibration goes with the request's metrics, sent in the ending's round trip.
-    begin - "chat" >> load >> size >> retrieve >> build >> store_chat >> CallChat() \
-        >> StoreReply() >> Calibrate() >> finish_chat
+    call_chat, store_reply, shrink = CallChat(), StoreReply(), ShrinkContext()
+    begin - "chat" >> load >> size >> retrieve >> build >> store_chat >> call_chat \
+        >> store_reply >> Calibrate() >> finish_chat
+    # The upstream refused the context as too long: leave out more history, send it again.
+    call_chat - "too_long" >> shrink >> call_chat
+    shrink - "give_up" >> store_reply
     size - "unsupported" >> finish_chat  # an embedding model: a 400, as from Ollama
     store_chat - "conflict" >> load  # another turn took the thread's next place: start over
     build - "too_long" >> finish_chat  # nothing stored, nothing sent: the client gets a 400

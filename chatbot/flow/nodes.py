@@ -30,22 +30,24 @@ Shared store (built by chatbot.tasks):
   retrieved  the session's document chunks nearest the question (Retrieve, flow/documents.py)
   new, context, sent_tokens, dropped, pure_text, sources   (BuildContext, TakePrompt); sources:
              the chunks the context quotes, named in the reply's final chunk
-  reply      {content, thinking, tool_calls, final, status, error, chunks} (Call*)
+  reply      {content, thinking, tool_calls, logprobs, final, status, error, chunks} (Call*)
 """
 import logging
 
 from pocketflow import Node
 
 from chatbot import store
-from chatbot.flow.context import (TooLong, cost, fit, fit_summarized, new_messages,
-                                  reserve_sources, summary_message, summary_request,
-                                  summary_room, with_sources)
+from chatbot.flow.context import (PROMPT_TOO_LONG, SHRINK, TooLong, cost, fit, fit_summarized,
+                                  new_messages, refused_as_too_long, reserve_sources, shrink,
+                                  summary_message, summary_request, summary_room,
+                                  with_sources)
 from chatbot.flow.window import learn, reply_reserve
 from chatbot.tokens import count_tokens
-from chatbot.upstream import UpstreamError, fold
+from chatbot.upstream import UpstreamError, empty_reply, fold
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
+MAX_SHRINKS = 2  # times a context the upstream refused as too long is sent again, smaller
 
 
 class Begin(Node):
@@ -134,6 +136,9 @@ class BuildContext(Node):
                 f"the request's messages need about {used} tokens but model '{job['model']}' "
                 f"has room for about {budget} (context window less the reply's reserve); "
                 "send fewer or shorter messages, or raise options.num_ctx")}}
+        if dropped and job["upstream"].get("truncate") is False:
+            # The client asked for an error rather than a shortened history, as from Ollama.
+            return {"error": {"status": 400, "error": PROMPT_TOO_LONG}}
         if sources:  # the chunks go just before the new messages, their tokens counted
             context, used = with_sources(context, sources, new), used + cost(sources)
         pure = not job["upstream"].get("tools") and not any(
@@ -266,8 +271,7 @@ class CallUpstream(Node):
 
     def exec(self, prep_res):
         upstream, path, body, emit, stop = prep_res
-        reply = {"content": "", "thinking": "", "tool_calls": [], "final": None,
-                 "status": "ok", "error": None, "chunks": 0}
+        reply = {**empty_reply(), "final": None, "status": "ok", "error": None, "chunks": 0}
         try:
             for raw, chunk in upstream.stream(path, body):
                 if "error" in chunk:
@@ -300,13 +304,39 @@ class CallUpstream(Node):
 
 class CallChat(CallUpstream):
     def request(self, shared):
-        return "/api/chat", {**shared["job"]["upstream"],
+        # chatbot sizes the window itself: the upstream must refuse, never silently drop.
+        return "/api/chat", {**shared["job"]["upstream"], "truncate": False,
                              "messages": [_wire(m) for m in shared["context"]]}
 
     def post(self, shared, prep_res, exec_res):
         super().post(shared, prep_res, exec_res)
         if exec_res["final"] and shared.get("sources"):  # Ollama's clients ignore the field
             exec_res["final"]["sources"] = shared["sources"]
+        if (refused_as_too_long(exec_res["error"]) and not exec_res["chunks"]
+                and shared["job"]["upstream"].get("truncate") is not False
+                and shared.get("shrinks", 0) < MAX_SHRINKS):
+            shared["shrinks"] = shared.get("shrinks", 0) + 1
+            return "too_long"
+
+
+class ShrinkContext(Node):
+    """The upstream refused the context as too long (its tokenizer counts more than our
+    calibration said): leave out more of the oldest history and send it again."""
+
+    def prep(self, shared):
+        return (shared["context"], shared["system"], shared["dropped"],
+                int(shared["sent_tokens"] * SHRINK))
+
+    def exec(self, prep_res):
+        return shrink(*prep_res)
+
+    def post(self, shared, prep_res, exec_res):
+        if exec_res is None:  # nothing left to leave out: the client gets the upstream's 400
+            return "give_up"
+        shared["context"], shared["sent_tokens"], shared["dropped"] = exec_res
+        log.info("upstream refused the context as too long; sending it again with %d "
+                 "messages left out", shared["dropped"])
+        shared["metrics"].inc("chatbot_context_truncations_total", model=shared["job"]["model"])
 
 
 class CallGenerate(CallUpstream):
@@ -380,4 +410,4 @@ class Calibrate(Node):
 
 def _wire(message):
     """A message as sent upstream: our bookkeeping fields stripped."""
-    return {k: v for k, v in message.items() if k not in ("tokens", "seq")}
+    return {k: v for k, v in message.items() if k not in ("tokens", "seq", "logprobs")}

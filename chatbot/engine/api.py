@@ -63,7 +63,8 @@ def ps():
         finally:
             eng.lock.release()
     models = []
-    for loaded in eng.registry.running():
+    # Ollama lists the longest time left first.
+    for loaded in sorted(eng.registry.running(), key=lambda m: m.expires_at, reverse=True):
         entry = _summary(loaded.model)
         del entry["modified_at"]
         entry.update(expires_at=rfc3339(loaded.expires_at), size_vram=0,

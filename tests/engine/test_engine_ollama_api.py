@@ -233,8 +233,11 @@ def test_show_and_ps_keep_their_shapes(engine):
     assert "context_length" not in show["details"] and "remote_host" not in show
     post(engine, "/api/generate", {"model": MODEL, "prompt": "hi", "stream": False,
                                    "options": {**GREEDY, "num_predict": 1}})
+    post(engine, "/api/embed", {"model": EMBED_MODEL, "input": "hi", "keep_alive": "1h"})
     running = requests.get(engine + "/api/ps").json()["models"]
-    assert running and all(
+    # Longest time left first, as Ollama sorts: the chat model is kept forever here.
+    assert [m["name"] for m in running][:2] == [MODEL, EMBED_MODEL]
+    assert all(
         set(m) == {"name", "model", "size", "digest", "details", "expires_at", "size_vram",
                    "context_length"} for m in running)
 

@@ -82,9 +82,10 @@ class Run:
             info = registry.info(self.model)
             n_ctx = generation.capacity(self.llm)
             opts.num_predict = registry.limits.predict(opts.num_predict)
-            # Ollama's boundedNumPredict: open-ended generation, shifting, stops somewhere.
+            # Ollama's boundedNumPredict: open-ended generation, shifting, stops somewhere
+            # (0 too: without a bound it would never end).
             bound = generation.OPEN_ENDED_WINDOWS * n_ctx
-            if opts.num_predict < 0 or opts.num_predict > bound:
+            if opts.num_predict <= 0 or opts.num_predict > bound:
                 opts.num_predict = bound
             opts.bos = bool(info.metadata.get("tokenizer.ggml.add_bos_token"))
             prompt = self.build_prompt(self.llm, info, self.flags.truncate)

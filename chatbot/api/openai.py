@@ -1,5 +1,7 @@
 """OpenAI-compatible API over the same queue and sessions (session via X-Session-ID)."""
+import base64
 import json
+import struct
 from datetime import datetime
 
 from flask import Blueprint, Response
@@ -51,11 +53,16 @@ def model(model):
 def chat_completions():
     body = validate.json_body("ChatCompletionRequest")
     model = validate.model_name(body)
-    messages = [_message(m) for m in _list(body, "messages")]
+    raw = _list(body, "messages")
+    messages = [_message(m, raw) for m in raw]
     validate.chat_messages({"messages": messages})
-    upstream_body = {"options": _options(body), **_format(body)}
+    upstream_body = {"options": _options(body), **_format(body), **_think(body)}
     if body.get("tools"):
         upstream_body["tools"] = body["tools"]
+    if body.get("logprobs") is not None:
+        upstream_body["logprobs"] = body["logprobs"]
+    if body.get("top_logprobs"):
+        upstream_body["top_logprobs"] = body["top_logprobs"]
     return _turn("chat", body, model, messages, upstream_body, openai_wire.OpenAIChat)
 
 
@@ -66,9 +73,13 @@ def completions():
     prompt = body.get("prompt") or ""
     if isinstance(prompt, list):  # OpenAI allows a list; one prompt per request, as Ollama
         prompt = prompt[0] if prompt else ""
-    upstream_body = {"prompt": prompt, "options": _options(body), "raw": False}
+    # Ollama's FromCompleteRequest always sets both penalties (0 when not given).
+    options = {"frequency_penalty": 0.0, "presence_penalty": 0.0, **_options(body)}
+    upstream_body = {"prompt": prompt, "options": options, "raw": False}
     if body.get("suffix"):
         upstream_body["suffix"] = body["suffix"]
+    if _go_int(body.get("logprobs")) > 0:  # OpenAI's count of top logprobs per token
+        upstream_body.update(logprobs=True, top_logprobs=body["logprobs"])
     messages = validate.prompt_messages({"prompt": prompt})
     return _turn("generate", body, model, messages, upstream_body, openai_wire.OpenAICompletion)
 
@@ -77,21 +88,35 @@ def completions():
 def embeddings():
     body = validate.json_body("EmbedRequest")
     model = validate.model_name(body)
+    encoding = body.get("encoding_format") or "float"
+    if not isinstance(encoding, str) or encoding.lower() not in ("float", "base64"):
+        raise ApiError(400, f"Invalid value for 'encoding_format' = {encoding}. Supported "
+                            "values: ['float', 'base64'].")
     if not body.get("input"):
         raise ApiError(400, "invalid input")
     router = routing.get()
     upstream = router.upstream(router.candidates(model)[0])
-    result = upstream.post_json("/api/embed", {"model": model, "input": body["input"]})
-    data = [{"object": "embedding", "embedding": e, "index": i}
+    request = {"model": model, "input": body["input"]}
+    if body.get("dimensions"):
+        request["dimensions"] = body["dimensions"]
+    result = upstream.post_json("/api/embed", request)
+    as_base64 = encoding.lower() == "base64"
+    data = [{"object": "embedding", "embedding": _base64(e) if as_base64 else e, "index": i}
             for i, e in enumerate(result["embeddings"])]
     tokens = result.get("prompt_eval_count", 0)
     return _json({"object": "list", "data": data, "model": model,
                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
+def _base64(vector):
+    """float32s, little-endian, in base64 (openai.floatsToBase64)."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
 def _turn(kind, body, model, messages, upstream_body, wire_class):
     stream = validate.stream_flag({"stream": body.get("stream", False)})  # OpenAI: not streamed
     validate.options(upstream_body, "ChatCompletionRequest")
+    validate.turn_fields(upstream_body, "ChatRequest" if kind == "chat" else "GenerateRequest")
     session_id = validate.session_id({})
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     resumable, wire = validate.resumable(body), wire_class(model, include_usage)
@@ -107,8 +132,10 @@ def _list(body, name):
     return value
 
 
-def _message(message):
-    """An OpenAI message as Ollama's: text parts joined, data-URL images, tool arguments parsed."""
+def _message(message, messages):
+    """An OpenAI message as Ollama's (openai.FromChatRequest): text parts joined, data-URL
+    images, `reasoning` as thinking, tool calls with their ids and arguments parsed, and a
+    tool result's tool_name from `name` or else from the call its tool_call_id answers."""
     if not isinstance(message, dict):
         raise ApiError(400, "invalid message: must be an object")
     out = {"role": message.get("role"), "content": ""}
@@ -130,15 +157,33 @@ def _message(message):
             out["images"] = images
     elif content is not None:
         out["content"] = content
+    if message.get("reasoning"):
+        out["thinking"] = message["reasoning"]
     if message.get("tool_calls"):
         out["tool_calls"] = [_tool_call(call) for call in _list(message, "tool_calls")]
-    if message.get("name") and out["role"] == "tool":
-        out["tool_name"] = message["name"]
+    call_id = message.get("tool_call_id")
+    if isinstance(out["role"], str) and out["role"].lower() == "tool":
+        name = message.get("name") or (call_id and _tool_name(messages, call_id))
+        if name:
+            out["tool_name"] = name
+    if call_id:
+        out["tool_call_id"] = call_id
     return out
 
 
+def _tool_name(messages, call_id):
+    """The name of the function the call `call_id` named (the last one, if ids repeat)."""
+    for message in reversed(messages):
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        for call in calls if isinstance(calls, list) else ():
+            if isinstance(call, dict) and call.get("id") == call_id:
+                return (call.get("function") or {}).get("name")
+    return None
+
+
 def _tool_call(call):
-    """An OpenAI tool call ({function: {name, arguments: JSON text}}) as Ollama's."""
+    """An OpenAI tool call ({id, function: {name, arguments: JSON text}}) as Ollama's; the
+    arguments keep their key order."""
     function = call.get("function") if isinstance(call, dict) else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
         raise ApiError(400, "invalid tool_calls: each needs a function with a name")
@@ -148,15 +193,43 @@ def _tool_call(call):
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict):
-        raise ApiError(400, "invalid tool_calls: function.arguments must be a JSON object text")
-    return {"function": {"name": function["name"], "arguments": parsed}}
+        raise ApiError(400, "invalid tool call arguments")
+    out = {"function": {"name": function["name"], "arguments": parsed}}
+    return {"id": call["id"], **out} if call.get("id") else out
 
 
 def _options(body):
-    options = {ours: body[theirs] for theirs, ours in OPTION_NAMES.items() if body.get(theirs) is not None}
-    if isinstance(options.get("stop"), str):
-        options["stop"] = [options["stop"]]
-    return options
+    """OpenAI's sampling fields as Ollama's options; Ollama's /v1 defaults temperature and
+    top_p to 1.0 (OpenAI's), not to its native 0.8 and 0.9."""
+    options = {ours: body[theirs] for theirs, ours in OPTION_NAMES.items()
+               if body.get(theirs) is not None}
+    stop = options.get("stop")
+    if isinstance(stop, str):
+        options["stop"] = [stop]
+    elif isinstance(stop, list):
+        options["stop"] = [s for s in stop if isinstance(s, str)]
+    return {"temperature": 1.0, "top_p": 1.0, **options}
+
+
+# reasoning_effort (or reasoning.effort) -> think (openai.thinkFromReasoningEffort)
+EFFORTS = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
+           "max": "max", "xhigh": "max", "ultra": "max"}
+
+
+def _think(body):
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else body.get("reasoning_effort")
+    if effort in (None, ""):
+        return {}
+    if not isinstance(effort, str) or effort not in EFFORTS:
+        raise ApiError(400, f"invalid reasoning value: {json.dumps(effort)} (must be "
+                            '"minimal", "low", "medium", "high", "xhigh", "ultra", "max", or '
+                            '"none")')
+    return {"think": EFFORTS[effort]}
+
+
+def _go_int(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _format(body):

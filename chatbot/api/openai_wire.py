@@ -1,12 +1,21 @@
-"""OpenAI's response shapes for a queued turn: chat.completion(.chunk) and text_completion,
-streamed as Server-Sent Events ending with `data: [DONE]`."""
+"""OpenAI's response shapes for a queued turn, as Ollama's compatibility layer writes them
+(openai/openai.go and middleware/openai.go, v0.33): chat.completion(.chunk) and
+text_completion, streamed as Server-Sent Events ending with `data: [DONE]`.
+
+A chat stream: the role only in the first chunk; thinking as `reasoning` (apart from content
+in the same upstream chunk); `finish_reason` in a chunk of its own with an empty delta; with
+`stream_options.include_usage`, then a usage chunk with `choices: []`; one `created` for the
+whole stream, the first upstream chunk's."""
 import json
 import random
 import time
+from datetime import datetime
 
 from flask import Response
 
-ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 503: "server_error"}
+from chatbot.api.wire import dumps
+
+ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
 
 
 def error_body(status, message):
@@ -15,13 +24,8 @@ def error_body(status, message):
 
 
 def failure(status, message):
-    return Response(json.dumps(error_body(status, message)), status=status,
+    return Response(dumps(error_body(status, message)) + "\n", status=status,
                     mimetype="application/json")
-
-
-def finish_reason(final):
-    reason = (final or {}).get("done_reason")
-    return "length" if reason == "length" else "stop"
 
 
 def usage(final):
@@ -31,89 +35,152 @@ def usage(final):
 
 
 def sse(obj):
-    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    return f"data: {dumps(obj)}\n\n"
+
+
+def unix(created_at):
+    """Ollama's RFC 3339 created_at as Unix seconds (now when there is none)."""
+    try:
+        return int(datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp())
+    except (AttributeError, ValueError):
+        return int(time.time())
+
+
+def tool_calls(calls):
+    """Ollama's tool calls (arguments as an object, key order kept) in OpenAI's shape."""
+    return [{"id": c.get("id") or "", "index": (c.get("function") or {}).get("index") or 0,
+             "type": "function",
+             "function": {"name": c["function"]["name"],
+                          "arguments": dumps(c["function"].get("arguments") or {})}}
+            for c in calls]
 
 
 class OpenAIChat:
     mimetype = "text/event-stream"
-    object, chunk_object, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
+    id_prefix = "chatcmpl"
 
     def __init__(self, model, include_usage=False):
         self.model, self.include_usage = model, include_usage
-        self.id = f"{self.id_prefix}-{random.randint(0, 999)}"
-        self.created = int(time.time())
+        self.id = f"{self.id_prefix}-{random.randrange(999)}"
+        self.created = None  # the stream's one timestamp, from its first chunk
+        self.role_sent = self.tool_call_sent = False
 
     def recipe(self):
         return [type(self).__name__, [self.model, self.include_usage]]
 
-    def envelope(self, object_name, choices):
-        return {"id": self.id, "object": object_name, "created": self.created,
-                "model": self.model, "system_fingerprint": "fp_ollama", "choices": choices}
+    def envelope(self, choices, created, obj="chat.completion.chunk"):
+        return {"id": self.id, "object": obj, "created": created, "model": self.model,
+                "system_fingerprint": "fp_ollama", "choices": choices}
 
-    def delta_choice(self, message, reason):
-        delta = {"role": "assistant", "content": message.get("content") or ""}
-        if message.get("tool_calls"):
-            delta["tool_calls"] = tool_calls(message["tool_calls"])
-        return {"index": 0, "delta": delta, "finish_reason": reason}
+    def _stamp(self, response):
+        if self.created is None:
+            self.created = unix(response.get("created_at"))
+        return self.created
+
+    def _chunk(self, response, content, reasoning, calls, logprobs):
+        delta = {}
+        if not self.role_sent:
+            delta["role"] = "assistant"
+        if content is not None:
+            delta["content"] = content
+        if reasoning:
+            delta["reasoning"] = reasoning
+        if calls:
+            delta["tool_calls"] = tool_calls(calls)
+            self.tool_call_sent = True
+        self.role_sent = True
+        choice = {"index": 0, "delta": delta, "finish_reason": None}
+        if logprobs:
+            choice["logprobs"] = {"content": logprobs}
+        return sse(self.envelope([choice], self._stamp(response)))
+
+    def _chunks(self, response):
+        """openai.ToStreamChunks: thinking and content of one upstream chunk go apart."""
+        message = response.get("message") or {}
+        content, thinking = message.get("content") or "", message.get("thinking") or ""
+        calls, logprobs = message.get("tool_calls"), response.get("logprobs")
+        if thinking and (content or calls):
+            return (self._chunk(response, None, thinking, None, logprobs)
+                    + self._chunk(response, content, "", calls, None))
+        return self._chunk(response, content, thinking, calls, logprobs)
 
     def chunk(self, raw):
-        message = json.loads(raw).get("message") or {}
-        return sse(self.envelope(self.chunk_object, [self.delta_choice(message, None)]))
+        return self._chunks(json.loads(raw))
 
     def final(self, event):
         final = event["d"]
-        last = self.envelope(self.chunk_object, [self.delta_choice(final.get("message") or {},
-                                                                   finish_reason(final))])
-        out = sse(last)
+        message = final.get("message") or {}
+        out = ""
+        # A final chunk with nothing in it is the metrics trailer: no content chunk for it,
+        # unless nothing was sent at all (a wholly empty completion still opens with a role).
+        if not self.role_sent or message.get("content") or message.get("thinking") or \
+                message.get("tool_calls") or final.get("logprobs"):
+            out += self._chunks(final)
+        reason = final.get("done_reason") or "stop"
+        if reason == "stop" and self.tool_call_sent:
+            reason = "tool_calls"
+        created = self._stamp(final)
+        out += sse(self.envelope([{"index": 0, "delta": {}, "finish_reason": reason}], created))
         if self.include_usage:
-            out += sse({**self.envelope(self.chunk_object, []), "usage": usage(final)})
+            out += sse({**self.envelope([], created), "usage": usage(final)})
         return out + "data: [DONE]\n\n"
 
     def error_line(self, error):
         return sse(error_body(500, error)) + "data: [DONE]\n\n"
 
     def whole(self, event):
+        """openai.ToChatCompletion."""
         final, reply = event["d"], event["reply"]
         message = {"role": "assistant", "content": reply["content"]}
+        if reply.get("thinking"):
+            message["reasoning"] = reply["thinking"]
         if reply.get("tool_calls"):
             message["tool_calls"] = tool_calls(reply["tool_calls"])
-        reason = "tool_calls" if reply.get("tool_calls") else finish_reason(final)
-        body = self.envelope(self.object, [{"index": 0, "message": message,
-                                            "finish_reason": reason}])
+        reason = final.get("done_reason") or None
+        if reason == "stop" and reply.get("tool_calls"):
+            reason = "tool_calls"
+        choice = {"index": 0, "message": message, "finish_reason": reason}
+        if reply.get("logprobs"):
+            choice["logprobs"] = {"content": reply["logprobs"]}
+        body = self.envelope([choice], unix(final.get("created_at")), "chat.completion")
         body["usage"] = usage(final)
-        return Response(json.dumps(body, ensure_ascii=False), mimetype="application/json")
+        return Response(dumps(body) + "\n", mimetype="application/json")
 
     def failure(self, status, error):
         return failure(status, error)
 
 
 class OpenAICompletion(OpenAIChat):
-    object = chunk_object = "text_completion"
+    """text_completion: every chunk stamped when written; with include_usage, each carries
+    a zero usage until the last, which has the counts (middleware CompleteWriter)."""
     id_prefix = "cmpl"
 
+    def envelope(self, choices, created=None, obj="text_completion"):
+        return {"id": self.id, "object": obj, "created": int(time.time()), "choices": choices,
+                "model": self.model, "system_fingerprint": "fp_ollama"}
+
+    def _completion_chunk(self, response):
+        choice = {"text": response.get("response") or "", "index": 0,
+                  "finish_reason": response.get("done_reason") or None}
+        body = self.envelope([choice])
+        if self.include_usage:
+            body["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        return body
+
     def chunk(self, raw):
-        text = json.loads(raw).get("response") or ""
-        return sse(self.envelope(self.object, [{"text": text, "index": 0, "finish_reason": None}]))
+        return sse(self._completion_chunk(json.loads(raw)))
 
     def final(self, event):
-        final = event["d"]
-        out = sse(self.envelope(self.object, [{"text": "", "index": 0,
-                                               "finish_reason": finish_reason(final)}]))
+        body = self._completion_chunk(event["d"])
+        out = sse(body)
         if self.include_usage:
-            out += sse({**self.envelope(self.object, []), "usage": usage(final)})
+            out += sse({**body, "choices": [], "usage": usage(event["d"])})
         return out + "data: [DONE]\n\n"
 
     def whole(self, event):
         final = event["d"]
-        body = self.envelope(self.object, [{"text": event["reply"]["content"], "index": 0,
-                                            "finish_reason": finish_reason(final)}])
+        body = self.envelope([{"text": event["reply"]["content"], "index": 0,
+                               "finish_reason": final.get("done_reason") or None}])
+        body["created"] = unix(final.get("created_at"))
         body["usage"] = usage(final)
-        return Response(json.dumps(body, ensure_ascii=False), mimetype="application/json")
-
-
-def tool_calls(calls):
-    """Ollama's tool calls (arguments as an object) in OpenAI's shape (arguments as JSON text)."""
-    return [{"id": f"call_{random.randint(0, 10**8)}", "index": i, "type": "function",
-             "function": {"name": c["function"]["name"],
-                          "arguments": json.dumps(c["function"].get("arguments") or {})}}
-            for i, c in enumerate(calls)]
+        return Response(dumps(body) + "\n", mimetype="application/json")

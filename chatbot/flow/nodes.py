@@ -47,7 +47,7 @@ from chatbot.upstream import UpstreamError, empty_reply, fold
 
 log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
-MAX_SHRINKS = 2  # times a context the upstream refused as too long is sent again, smaller
+MAX_SHRINKS = 3  # times a context the upstream refused as too long is sent again, smaller
 
 
 class Begin(Node):

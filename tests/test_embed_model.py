@@ -70,7 +70,7 @@ def test_paraphrases_rank_above_unrelated_sentences(engine_url):
 def test_truncation_follows_the_context_of_512(engine_url):
     long = "word " * 600
     assert embed(engine_url, {"input": long, "truncate": False}, status=400) == \
-        {"error": "input exceeds maximum context length"}
+        {"error": "the input length exceeds the context length"}
     body = embed(engine_url, {"input": [long, "short"]})
     assert body["prompt_eval_count"] == 512 + 3 and len(body["embeddings"][0]) == 384
 

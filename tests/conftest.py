@@ -136,3 +136,25 @@ def stack(redis_url, engine_url, tmp_path_factory, logs):
     yield stack
     server.shutdown()
     procs.stop(stack.worker)  # a test may have replaced it
+
+
+# The client matrix (tests/test_clients.py): the versions this run tests, in its header.
+CLIENTS = ["ollama", "openai", "langchain-ollama", "llama-index-llms-ollama",
+           "llama-index-embeddings-ollama", "ollama-haystack"]
+
+
+def pytest_report_header(config):
+    import json
+    from importlib import metadata
+    from pathlib import Path
+
+    def version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    npm = Path(__file__).parent / "js" / "node_modules" / "ollama" / "package.json"
+    js = json.loads(npm.read_text())["version"] if npm.exists() else "not installed"
+    return "clients: " + ", ".join([f"{name} {version(name)}" for name in CLIENTS]
+                                   + [f"ollama (npm) {js}"])

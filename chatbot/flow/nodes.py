@@ -320,12 +320,21 @@ class CallChat(CallUpstream):
 
 
 class ShrinkContext(Node):
-    """The upstream refused the context as too long (its tokenizer counts more than our
-    calibration said): leave out more of the oldest history and send it again."""
+    """The upstream refused the context as too long: it is loaded with a smaller window than
+    the model's trained one (Ollama's default context length), or its tokenizer counts more
+    than our calibration said. Leave out more of the oldest history and send it again."""
 
     def prep(self, shared):
-        return (shared["context"], shared["system"], shared["dropped"],
-                int(shared["sent_tokens"] * SHRINK))
+        job, upstream = shared["job"], shared["upstream"]
+        options = job["upstream"].get("options") or {}
+        target = int(shared["sent_tokens"] * SHRINK)
+        loaded = None if options.get("num_ctx") else \
+            shared["windows"].learn_default(upstream, job["model"])
+        if loaded:  # the window it really has, sized as SizeWindow sizes one
+            ratio, overhead = shared["figures"]
+            reserve = reply_reserve(options, shared["reserve"])
+            target = min(target, int((loaded - reserve - overhead) / ratio))
+        return shared["context"], shared["system"], shared["dropped"], target
 
     def exec(self, prep_res):
         return shrink(*prep_res)

@@ -19,6 +19,10 @@ class Windows:
 
     def __init__(self):
         self.cache = {}
+        # The window a model is loaded with when a request names no num_ctx, as /api/ps told
+        # it after the upstream refused a context sized to the model's trained length (Ollama
+        # loads models with OLLAMA_CONTEXT_LENGTH, 4k to 256k by VRAM, not the trained one).
+        self.default = {}
 
     def _about(self, upstream, model):
         key = (upstream.host, model)
@@ -37,7 +41,21 @@ class Windows:
         return about
 
     def length(self, upstream, model):
-        return self._about(upstream, model)[0]
+        return self.default.get((upstream.host, model)) or self._about(upstream, model)[0]
+
+    def learn_default(self, upstream, model):
+        """The window the upstream has loaded `model` with (its /api/ps context_length),
+        kept as the model's window from now on; None when it does not say."""
+        try:
+            loaded = upstream.get_json("/api/ps").get("models") or []
+        except (UpstreamError, ValueError, AttributeError):
+            return None
+        length = next((m.get("context_length") for m in loaded if isinstance(m, dict)
+                       and model in (m.get("model"), m.get("name"))), None)
+        if isinstance(length, int) and length > 0:
+            self.default[(upstream.host, model)] = length
+            return length
+        return None
 
     def completes(self, upstream, model):
         """False only when the upstream lists the model's capabilities without "completion"

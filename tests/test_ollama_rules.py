@@ -107,6 +107,8 @@ def test_a_bad_option_is_refused_before_it_is_queued(stack):
                    "type bool"),
     ({"logprobs": "yes"}, "json: cannot unmarshal string into Go struct field "
                           "ChatRequest.logprobs of type bool"),
+    ({"_debug_render_only": True}, "_debug_render_only is not supported through chatbot: ask "
+                                   "the Ollama host itself"),
 ])
 def test_turn_fields_get_ollamas_text(stack, fields, text):
     reply = chat(stack.url, OPTIONS, **fields)
@@ -147,3 +149,10 @@ def test_status_says_cloud_is_disabled_and_cloud_routes_are_404(stack):
                          ("POST", "/api/experimental/web_fetch")):
         reply = requests.request(method, stack.url + path, json={}, timeout=10)
         assert (reply.status_code, reply.json()) == (404, {"error": "404 page not found"})
+
+
+def test_fields_of_removed_or_unknown_features_are_tolerated(stack):
+    """Image generation's width/height/steps (Ollama 0.14.3, removed in 0.32.6) and fields
+    nobody knows are ignored, as Go's decoder ignores them."""
+    reply = chat(stack.url, OPTIONS, width=512, height=512, steps=4, no_such_field={"a": 1})
+    assert reply.status_code == 200 and reply.json()["done"]

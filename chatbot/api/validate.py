@@ -95,6 +95,9 @@ def turn_fields(body, struct):
         if value is not None and not isinstance(value, bool):
             raise ApiError(400, f"json: cannot unmarshal {_go_type(value)} into Go struct field "
                                 f"{struct}.{field} of type bool")
+    if body.get("_debug_render_only"):  # Ollama answers the prompt, not a turn to store
+        raise ApiError(400, "_debug_render_only is not supported through chatbot: ask the "
+                            "Ollama host itself")
     top = body.get("top_logprobs")
     if top is not None and not (_go_type(top) == "number" and top == int(top)):
         what = f"number {json.dumps(top)}" if _go_type(top) == "number" else _go_type(top)

@@ -17,6 +17,7 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from . import tools as library_tools
 from .gguf import token_text
 from .limits import check_options
 from .ollama_format import ApiError
@@ -56,7 +57,10 @@ def _raise(message):
 
 
 def render_chat(info, messages, tools=None):
-    """The prompt string for `messages` using the model's own (GGUF) chat template."""
+    """The prompt string for `messages` using the model's own (GGUF) chat template, or
+    Ollama's library template where that one renders tools the GGUF's cannot (tools.py)."""
+    if library_tools.uses_library_template(info, messages, tools):
+        return library_tools.render(messages, tools)
     try:
         return _compiled(info.chat_template or FALLBACK_TEMPLATE).render(
             messages=messages, tools=tools or None, add_generation_prompt=True,

@@ -6,11 +6,12 @@ from functools import lru_cache
 
 from flask import Blueprint, Response, jsonify
 
-from . import generation
+from . import generation, tools as library_tools
 from .ollama_format import (ApiError, final_chunk, json_line, keep_alive_seconds, piece_chunk)
 from .limits import check_options
 from .parsing import (chat_messages, context_ids, engine, images, integer, read_body,
                       require_model, stream_flag, typed)
+from .toolcalls import Parser, call_id
 
 bp = Blueprint("engine_completions", __name__)
 NDJSON = "application/x-ndjson"
@@ -38,8 +39,8 @@ def grammar_for(fmt):
 
 
 def supports_tools(info):
-    """Ollama's test: the template can render tool definitions."""
-    return "tools" in info.chat_template
+    """Ollama's test: the template can render tool definitions (ours for SmolLM2's)."""
+    return "tools" in info.chat_template or library_tools.library_template_applies(info)
 
 
 def capabilities(info):
@@ -59,6 +60,7 @@ class Run:
         self.options, self.keep_alive = options, keep_alive
         self.build_prompt, self.grammar = build_prompt, grammar
         self.flags = flags or Flags()
+        self.parser = None  # a toolcalls.Parser when the chat offers tools
         self.received = time.perf_counter_ns()
         self.engine = engine()
         self.stats = generation.Stats()
@@ -105,6 +107,22 @@ class Run:
         finally:
             self.finish()
 
+    def replies(self):
+        """(content, tool_calls) for each piece: the reply as the tools parser reads it, when
+        there is one (it may hold text back, so a piece can be empty)."""
+        pieces = self.pieces()
+        try:
+            for piece in pieces:
+                if self.parser is None:
+                    yield piece, []
+                    continue
+                calls, content = self.parser.add(piece)
+                yield content, [{"id": call_id(), **call} for call in calls]
+            if self.parser is not None:
+                yield self.parser.finish(), []
+        finally:
+            pieces.close()
+
     def finish(self):
         if self._locked:
             self._locked = False
@@ -113,11 +131,11 @@ class Run:
             finally:
                 self.engine.lock.release()
 
-    def final(self, text, logprobs=None):
+    def final(self, text, logprobs=None, tool_calls=None):
         stats = dict(vars(self.stats), total_duration=time.perf_counter_ns() - self.received,
                      load_duration=self.load_duration)
         context = self.tokens + self.stats.tokens if self.kind == "generate" else None
-        return final_chunk(self.kind, self.name, text, stats, context, logprobs)
+        return final_chunk(self.kind, self.name, text, stats, context, logprobs, tool_calls)
 
 
 class StreamBody:
@@ -126,7 +144,7 @@ class StreamBody:
 
     def __init__(self, run):
         self.run = run
-        self._pieces = run.pieces()
+        self._pieces = run.replies()
         self._lines = self._generate()
 
     def __iter__(self):
@@ -136,9 +154,12 @@ class StreamBody:
         logprobs = self.run.stats.logprobs
         try:
             sent = 0
-            for piece in self._pieces:  # each piece with the logprobs of its tokens
-                yield json_line(piece_chunk(self.run.kind, self.run.name, piece,
-                                            logprobs[sent:]))
+            # Each piece with the logprobs of its tokens; while the tools parser holds text
+            # back, the logprobs go alone, as Ollama sends them.
+            for piece, calls in self._pieces:
+                if piece or calls or logprobs[sent:]:
+                    yield json_line(piece_chunk(self.run.kind, self.run.name, piece,
+                                                logprobs[sent:], calls))
                 sent = len(logprobs)
             yield json_line(self.run.final(""))
         except Exception as exc:  # the status line is gone: report in-band, as Ollama does
@@ -172,8 +193,11 @@ def _respond(run, stream):
     run.start()
     if stream:
         return Response(StreamBody(run), mimetype=NDJSON)
-    text = "".join(run.pieces())
-    return jsonify(run.final(text, run.stats.logprobs))
+    text, calls = "", []
+    for piece, found in run.replies():
+        text += piece
+        calls += found
+    return jsonify(run.final(text, run.stats.logprobs, calls))
 
 
 @dataclass
@@ -244,8 +268,11 @@ def chat():
     def build_prompt(llm, info, truncate):
         return generation.chat_prompt(llm, info, messages, tools, truncate)
 
-    return _respond(Run("chat", name, model, options, keep_alive, build_prompt, grammar, flags),
-                    stream)
+    run = Run("chat", name, model, options, keep_alive, build_prompt, grammar, flags)
+    tag = library_tools.tag_for(engine().registry.info(model)) if tools else None
+    if tag:  # Ollama's tools parser, for any request offering tools
+        run.parser = Parser(tools, tag)
+    return _respond(run, stream)
 
 
 @bp.post("/api/generate")

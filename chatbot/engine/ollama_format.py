@@ -134,12 +134,15 @@ def modelfile_text(name, path, info):
     return "\n".join(lines) + "\n"
 
 
-def piece_chunk(kind, model, text, logprobs=None):
+def piece_chunk(kind, model, text, logprobs=None, tool_calls=None):
     """One streamed token piece of /api/chat (kind "chat") or /api/generate, with the
-    logprobs of its tokens when asked for (omitted when empty, as Ollama's omitempty)."""
+    logprobs of its tokens when asked for, and a chat's tool calls (each omitted when
+    empty, as Ollama's omitempty)."""
     chunk = {"model": model, "created_at": rfc3339()}
     if kind == "chat":
         chunk["message"] = {"role": "assistant", "content": text}
+        if tool_calls:
+            chunk["message"]["tool_calls"] = tool_calls
     else:
         chunk["response"] = text
     chunk["done"] = False
@@ -148,10 +151,10 @@ def piece_chunk(kind, model, text, logprobs=None):
     return chunk
 
 
-def final_chunk(kind, model, text, stats, context=None, logprobs=None):
-    """The closing object: the whole reply when not streamed, "" after a stream. Fields in
-    the order of Ollama's ChatResponse and GenerateResponse."""
-    chunk = piece_chunk(kind, model, text)
+def final_chunk(kind, model, text, stats, context=None, logprobs=None, tool_calls=None):
+    """The closing object: the whole reply (and its tool calls) when not streamed, "" after
+    a stream. Fields in the order of Ollama's ChatResponse and GenerateResponse."""
+    chunk = piece_chunk(kind, model, text, tool_calls=tool_calls)
     chunk["done"] = True
     chunk["done_reason"] = stats["done_reason"]
     if kind == "chat" and logprobs:

@@ -66,12 +66,7 @@ def test_unknown_routes_and_methods_answer_json(engine):
 
 
 def test_unsupported_features_are_400(client):
-    hi = [{"role": "user", "content": "hi"}]
-    tool = {"type": "function", "function": {"name": "add", "description": "Add numbers",
-                                             "parameters": {"type": "object", "properties": {}}}}
-    with pytest.raises(ollama.ResponseError) as exc:
-        client.chat(model=MODEL, messages=hi, tools=[tool])
-    assert (exc.value.status_code, exc.value.error) == (400, f'"{MODEL}" does not support tools')
+    hi = [{"role": "user", "content": "hi"}]  # tools are served: test_engine_tools.py
     with pytest.raises(ollama.ResponseError) as exc:
         client.chat(model=MODEL, messages=hi, think=True)
     assert exc.value.status_code == 400 and "does not support thinking" in exc.value.error

@@ -48,7 +48,7 @@ def test_show_carries_model_info_and_template(client, tokenizer):
     assert info["llama.embedding_length"] == 576
     assert info["tokenizer.ggml.tokens"] is None  # arrays only with verbose, as Ollama
     assert shown.template == tokenizer.llm.metadata["tokenizer.chat_template"]
-    assert shown.capabilities == ["completion"]
+    assert shown.capabilities == ["completion", "tools"]
     assert shown.license == "apache-2.0"
     assert "FROM " in shown.modelfile and "<|im_end|>" in shown.parameters
     assert shown.details.family == "llama" and shown.modified_at is not None

@@ -218,7 +218,7 @@ def test_status_says_cloud_is_disabled(engine):
 def test_tags_carry_capabilities_and_lengths(engine):
     models = {m["name"]: m for m in requests.get(engine + "/api/tags").json()["models"]}
     smol, minilm = models[MODEL], models[EMBED_MODEL]
-    assert smol["capabilities"] == ["completion"] and minilm["capabilities"] == ["embedding"]
+    assert smol["capabilities"] == ["completion", "tools"] and minilm["capabilities"] == ["embedding"]
     assert (smol["details"]["context_length"], smol["details"]["embedding_length"]) == \
         (8192, 576)
     assert (minilm["details"]["context_length"], minilm["details"]["embedding_length"]) == \
@@ -229,7 +229,7 @@ def test_tags_carry_capabilities_and_lengths(engine):
 
 def test_show_and_ps_keep_their_shapes(engine):
     show = post(engine, "/api/show", {"model": MODEL})
-    assert show["capabilities"] == ["completion"] and isinstance(show["model_info"], dict)
+    assert show["capabilities"] == ["completion", "tools"] and isinstance(show["model_info"], dict)
     assert "context_length" not in show["details"] and "remote_host" not in show
     post(engine, "/api/generate", {"model": MODEL, "prompt": "hi", "stream": False,
                                    "options": {**GREEDY, "num_predict": 1}})

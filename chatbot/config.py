@@ -4,6 +4,8 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
+from chatbot.engine import schema_limits
+
 
 def _int(name, default):
     return int(os.environ.get(name, default))
@@ -63,6 +65,8 @@ def load(instance_path):
         "MAX_IMAGE_BYTES": _int("MAX_IMAGE_BYTES", 10 * 1024 * 1024),
         "MAX_NUM_CTX": _int("MAX_NUM_CTX", 131072),
         "MAX_NUM_PREDICT": _int("MAX_NUM_PREDICT", 32768),
+        # FORMAT_MAX_REPEAT, _ENUM, _DEPTH, _NODES: bounds on a `format` schema
+        "FORMAT_BOUNDS": schema_limits.Bounds.from_env(),
         "RATE_LIMIT": os.environ.get("RATE_LIMIT", ""),
         "TOKENS_PER_HOUR": _int("TOKENS_PER_HOUR", 0),
         "CORS_ORIGINS": os.environ.get("CORS_ORIGINS", ""),

@@ -156,3 +156,45 @@ def test_fields_of_removed_or_unknown_features_are_tolerated(stack):
     nobody knows are ignored, as Go's decoder ignores them."""
     reply = chat(stack.url, OPTIONS, width=512, height=512, steps=4, no_such_field={"a": 1})
     assert reply.status_code == 200 and reply.json()["done"]
+
+
+def nested(depth):
+    schema = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+DEEP = nested(40)
+
+
+@pytest.mark.parametrize("schema, text", [
+    ({"type": "string", "maxLength": 100000},
+     "invalid format: maxLength 100000 is above 1000 (FORMAT_MAX_REPEAT)"),
+    ({"type": "array", "items": {"type": "integer"}, "minItems": 5000},
+     "invalid format: minItems 5000 is above 1000 (FORMAT_MAX_REPEAT)"),
+    ({"type": "string", "pattern": "^a{1,50000}$"},
+     "invalid format: pattern repeats {1,50000}, above 1000 (FORMAT_MAX_REPEAT)"),
+    ({"enum": list(range(2000))}, "invalid format: enum has 2000 values, above 1000 "
+                                  "(FORMAT_MAX_ENUM)"),
+    (DEEP,
+     "invalid format: the schema nests deeper than 32 levels (FORMAT_MAX_DEPTH)"),
+])
+def test_unbounded_format_schemas_are_refused_before_they_are_queued(stack, schema, text):
+    sid = str(uuid.uuid4())
+    reply = chat(stack.url, OPTIONS, format=schema, session_id=sid)
+    assert (reply.status_code, reply.json()) == (400, {"error": text})
+    assert stack.rows(sid) == []
+    openai_door = requests.post(stack.url + "/v1/chat/completions", timeout=30, json={
+        "model": MODEL, "messages": HI, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "x", "schema": schema}}})
+    assert openai_door.status_code == 400
+    assert openai_door.json()["error"]["message"] == text
+
+
+def test_a_bounded_schema_still_shapes_the_answer(stack):
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 5}},
+              "required": ["answer"]}
+    reply = chat(stack.url, {**OPTIONS, "num_predict": 30}, format=schema)
+    assert reply.status_code == 200
+    assert len(json.loads(reply.json()["message"]["content"])["answer"]) <= 5

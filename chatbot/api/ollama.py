@@ -138,6 +138,7 @@ def _turn(kind, body, model, messages, wire_class):
     struct = "ChatRequest" if kind == "chat" else "GenerateRequest"
     validate.options(body, struct)
     validate.turn_fields(body, struct)
+    validate.format_(body.get("format"))
     session_id = validate.session_id(body)
     # Every field Ollama knows goes upstream untouched; the session and messages are ours.
     resumable = validate.resumable(body)

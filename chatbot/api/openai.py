@@ -117,6 +117,7 @@ def _turn(kind, body, model, messages, upstream_body, wire_class):
     stream = validate.stream_flag({"stream": body.get("stream", False)})  # OpenAI: not streamed
     validate.options(upstream_body, "ChatCompletionRequest")
     validate.turn_fields(upstream_body, "ChatRequest" if kind == "chat" else "GenerateRequest")
+    validate.format_(upstream_body.get("format"))
     session_id = validate.session_id({})
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     resumable, wire = validate.resumable(body), wire_class(model, include_usage)

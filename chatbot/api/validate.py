@@ -8,7 +8,7 @@ import uuid
 from flask import current_app, g, request
 
 from chatbot.api import ApiError
-from chatbot.engine import options as ollama_options
+from chatbot.engine import options as ollama_options, schema_limits
 
 ROLES = ("system", "user", "assistant", "tool")
 CEILINGS = {"num_ctx": "MAX_NUM_CTX", "num_predict": "MAX_NUM_PREDICT"}
@@ -105,6 +105,17 @@ def turn_fields(body, struct):
                             f"{struct}.top_logprobs of type int")
     if top is not None and not 0 <= top <= 20:
         raise ApiError(400, "top_logprobs must be between 0 and 20")
+
+
+def format_(value):
+    """Ollama's `format`: "json" or a JSON schema, within this server's bounds (a grammar
+    built from an unbounded schema crashes llama.cpp)."""
+    if not isinstance(value, dict):  # "json", or what the upstream answers for itself
+        return
+    try:
+        current_app.config["FORMAT_BOUNDS"].check(value)
+    except schema_limits.SchemaError as exc:
+        raise ApiError(400, str(exc))
 
 
 def model_name(body):

@@ -252,10 +252,6 @@ def test_open_webui_start_and_model_picker(stack):
     assert tuple(map(int, re.sub(r"^v|-.*", "", version).split(".")))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'the bundled engine answers 400 "smollm2:135m" does not support tools: it reads the '
-    "capability from the GGUF's own chat template, which has no tools, where Ollama's smollm2 "
-    "library template renders them"))
 def test_open_webui_default_chat_sends_builtin_tools(stack):
     """By default every chat from the UI carries Open WebUI's builtin tools (main.py
     chat_completion: function_calling defaults to "native"). Ollama's smollm2:135m takes them:

@@ -77,6 +77,14 @@ def load(instance_path):
         "RAG_CHUNK_OVERLAP": _int("RAG_CHUNK_OVERLAP", 40),
         "MAX_DOCUMENT_BYTES": _int("MAX_DOCUMENT_BYTES", 10 * 1024 * 1024),
         "MAX_DOCUMENT_CHUNKS": _int("MAX_DOCUMENT_CHUNKS", 1000),
+        # Hostile input: budgets that keep the web's event loop answering (README).
+        "MAX_SESSION_BODY_BYTES": _int("MAX_SESSION_BODY_BYTES", 8 * 1024 * 1024),
+        "MAX_JSON_VALUES": _int("MAX_JSON_VALUES", 200_000),
+        "MAX_IMPORT_MESSAGES": _int("MAX_IMPORT_MESSAGES", 10_000),
+        "MAX_PDF_PAGES": _int("MAX_PDF_PAGES", 500),
+        "MAX_PDF_SECONDS": _float("MAX_PDF_SECONDS", 10),
+        "MAX_DOCUMENT_TEXT_CHARS": _int("MAX_DOCUMENT_TEXT_CHARS", 2_000_000),
+        "WEB_LOOP_LAG_MAX_SECONDS": _float("WEB_LOOP_LAG_MAX_SECONDS", 1.0),
     }
 
 

@@ -53,15 +53,6 @@ ADD_TOOL = {"type": "function", "function": {
                    "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}
 
 
-# Ollama's smollm2:135m renders tools (its library template has .Tools); the bundled engine
-# takes the capability from the GGUF's own chat template, which has none.
-NO_TOOLS = pytest.mark.xfail(strict=True, raises=(
-    ollama.ResponseError, openai.BadRequestError, AssertionError), reason=(
-    'the bundled engine answers 400 "smollm2:135m" does not support tools: it reads the '
-    "capability from the GGUF's own chat template, which has no tools, where Ollama's smollm2 "
-    "library template renders them"))
-
-
 def tool_calls_named_add(calls):
     """A model may or may not call the tool; a call it makes names the one it was given."""
     assert all(name == "add" for name in calls), calls
@@ -79,7 +70,6 @@ def test_ollama_python_chat_and_stream(stack):
     assert parts[-1].eval_count == whole.eval_count
 
 
-@NO_TOOLS
 def test_ollama_python_tools(stack):
     client = ollama.Client(host=stack.url)
     reply = client.chat(MODEL, messages=TOOL_QUESTION, tools=[add], options=OPTIONS)
@@ -123,7 +113,6 @@ def test_ollama_npm_client(npm_run):
     assert result["embed"] == [2, 384]
 
 
-@NO_TOOLS
 def test_ollama_npm_tools(npm_run):
     tools = npm_run["tools"]
     assert "error" not in tools, tools["error"]
@@ -154,7 +143,6 @@ def test_openai_chat_and_stream(stack, openai_client):
     assert parts[-1].choices[0].finish_reason in ("stop", "length")
 
 
-@NO_TOOLS
 def test_openai_tools(openai_client):
     reply = openai_client.chat.completions.create(model=MODEL, messages=TOOL_QUESTION,
                                                   tools=[ADD_TOOL], **SAMPLING)
@@ -198,7 +186,6 @@ def test_langchain_chat_and_stream(stack):
     assert whole.usage_metadata["output_tokens"] > 0
 
 
-@NO_TOOLS
 def test_langchain_tools(stack):
     llm = chat_ollama(stack)
     reply = llm.bind_tools([add]).invoke(TOOL_QUESTION[0]["content"])
@@ -253,7 +240,6 @@ def test_llama_index_defaults_chat(stack):
     assert llm.chat([ChatMessage(role="user", content="Hi")]).message.content
 
 
-@NO_TOOLS
 def test_llama_index_tools(stack):
     from llama_index.core.llms import ChatMessage
     from llama_index.core.tools import FunctionTool
@@ -306,7 +292,6 @@ def test_haystack_chat_and_stream(stack):
     assert streamed["replies"][0].text == whole.text
 
 
-@NO_TOOLS
 def test_haystack_tools(stack):
     from haystack.dataclasses import ChatMessage
     from haystack.tools import create_tool_from_function

@@ -293,7 +293,8 @@ def test_open_webui_chat_history_resend_tasks_and_regenerate(stack):
 @pytest.mark.xfail(strict=True, reason=(
     "with X-Session-ID set to the chat id, Open WebUI's title/tags/follow-up prompts land in "
     "the chat's thread, so the next turn's resend no longer starts with the stored thread: "
-    "chatbot appends the whole history again and the model reads the task turns and duplicates"))
+    "chatbot appends the whole history again and the model reads the task turns and duplicates "
+    "(a resend that diverges from the stored thread should start a branch: issue #27)"))
 def test_open_webui_with_chat_id_header_keeps_one_session_per_chat(stack):
     """An admin who wants chatbot's sessions to follow Open WebUI's chats adds the header
     `X-Session-ID: {{CHAT_ID}}` to the Ollama connection (utils/headers.py parse_custom_headers;

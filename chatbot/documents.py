@@ -5,6 +5,7 @@ the REST API and `flask docs` share `add`."""
 import io
 import logging
 import os
+import time
 
 import numpy as np
 
@@ -39,13 +40,14 @@ def content_type(name, declared):
     return kind
 
 
-def read_text(data, kind, max_bytes):
+def read_text(data, kind, max_bytes, max_chars=None, max_pages=None, max_seconds=None):
     """The document's text; a 413 past max_bytes, a 400 for an unreadable PDF, text that is
-    not UTF-8, or no text at all."""
+    not UTF-8, no text at all, or more than max_chars of it (a PDF: more than max_pages, or
+    read for longer than max_seconds)."""
     if len(data) > max_bytes:
         raise TooLarge(f"document too large: {len(data)} bytes, at most {max_bytes}")
     if kind == "application/pdf":
-        text = _pdf_text(data)
+        text = _pdf_text(data, max_chars, max_pages, max_seconds)
     else:
         try:
             text = data.decode("utf-8-sig")
@@ -54,17 +56,43 @@ def read_text(data, kind, max_bytes):
     text = text.replace("\x00", "")  # PostgreSQL's text cannot hold NUL
     if not text.strip():
         raise AdminError("document has no text")
+    if max_chars and len(text) > max_chars:
+        raise _too_long(len(text), max_chars)
     return text
 
 
-def _pdf_text(data):
+def _too_long(chars, max_chars):
+    return AdminError(f"document too long: {chars} characters of text, at most {max_chars} "
+                      "(MAX_DOCUMENT_TEXT_CHARS)")
+
+
+def _pdf_text(data, max_chars=None, max_pages=None, max_seconds=None):
+    """A PDF's text, page by page. A few compressed bytes can inflate to megabytes of text
+    operators: the reading stops (400) past max_pages, max_chars of text or max_seconds,
+    checked at every operator pypdf reads, so a single page cannot run on."""
     from pypdf import PdfReader
+
+    deadline = time.monotonic() + max_seconds if max_seconds else None
+    texts, size = [], 0
+
+    def budget(*_):  # pypdf calls it before each operator of a page's content
+        if deadline and time.monotonic() > deadline:
+            raise AdminError(f"PDF takes too long to read: more than {max_seconds:g} s "
+                             "(MAX_PDF_SECONDS)")
 
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise AdminError("PDF is encrypted")
-        return "\n\n".join(page.extract_text() or "" for page in reader.pages)
+        if max_pages and len(reader.pages) > max_pages:
+            raise AdminError(f"PDF too long: {len(reader.pages)} pages, at most {max_pages} "
+                             "(MAX_PDF_PAGES)")
+        for page in reader.pages:
+            texts.append(page.extract_text(visitor_operand_before=budget) or "")
+            size += len(texts[-1])
+            if max_chars and size > max_chars:
+                raise _too_long(size, max_chars)
+        return "\n\n".join(texts)
     except AdminError:
         raise
     except Exception as exc:  # pypdf raises many kinds on a damaged file: all mean "bad PDF"
@@ -140,7 +168,10 @@ def add(session_id, name, data, declared_type, owner=None):
                          "type": content_type(name, declared_type)},
               "limits": {"size": config["RAG_CHUNK_TOKENS"], "overlap": config["RAG_CHUNK_OVERLAP"],
                          "max_bytes": config["MAX_DOCUMENT_BYTES"],
-                         "max_chunks": config["MAX_DOCUMENT_CHUNKS"]},
+                         "max_chunks": config["MAX_DOCUMENT_CHUNKS"],
+                         "max_chars": config["MAX_DOCUMENT_TEXT_CHARS"],
+                         "max_pages": config["MAX_PDF_PAGES"],
+                         "max_seconds": config["MAX_PDF_SECONDS"]},
               "model": model, "upstream": router.upstream(router.candidates(model)[0])}
     create_index_flow().run(shared)
     log.info("document %s added to session %s: %s chunks", shared["document"]["id"],

@@ -6,9 +6,11 @@ and, for histograms, the bucket. Gauges that are facts elsewhere (queue depth, a
 sessions) are read when scraped rather than kept here.
 """
 import atexit
+import collections
 import json
 import logging
 import os
+import socket
 import threading
 import time
 
@@ -78,6 +80,8 @@ class Metrics:
         with self.held_lock:
             held, other, self.held, self.held_other = self.held, self.held_other, {}, []
         batch = self.batch()
+        if LOOP.running():  # this web process's loop lag, stamped (render drops stale ones)
+            batch.pipe.hset(LAG_KEY, LOOP.name, json.dumps([round(LOOP.lag(), 4), time.time()]))
         for (key, field), amount in held.items():
             batch.pipe.hincrbyfloat(key, field, amount)
         batch.pipe.command_stack.extend(other)
@@ -143,8 +147,69 @@ class Batch:
             log.warning("metrics write failed", exc_info=True)
 
 
+LAG_EVERY = 0.1  # seconds the loop-lag sampler sleeps
+LAG_WINDOW = 5.0  # seconds over which the worst lag is reported
+LAG_KEY = PREFIX + "chatbot_web_loop_lag_seconds"
+LAG_STALE = 30  # seconds after which a process's lag is no longer shown (it has gone)
+
+
+class LoopLag:
+    """How late a sleeper wakes in this process: a greenlet under gevent (how long the web's
+    event loop was held by something that did not yield), a thread elsewhere. One per process,
+    started by its first request."""
+
+    def __init__(self):
+        self.pid, self.samples, self.woke = None, collections.deque(maxlen=100), time.monotonic()
+        self.name = ""
+
+    def running(self):
+        return self.pid == os.getpid()
+
+    def start(self):
+        if self.running():
+            return
+        self.pid, self.name = os.getpid(), f"{socket.gethostname()}:{os.getpid()}"
+        self.samples.clear()
+        self.woke = time.monotonic()
+        threading.Thread(target=self._sample_forever, daemon=True, name="loop-lag").start()
+
+    def _sample_forever(self):
+        while True:
+            before = time.monotonic()
+            time.sleep(LAG_EVERY)
+            self.woke = time.monotonic()
+            self.samples.append((self.woke, max(0.0, self.woke - before - LAG_EVERY)))
+
+    def lag(self):
+        """The worst lag in the last LAG_WINDOW s, counting a wake overdue right now."""
+        now = time.monotonic()
+        recent = [lag for at, lag in list(self.samples) if now - at <= LAG_WINDOW]
+        return max(recent + [max(0.0, now - self.woke - LAG_EVERY)])
+
+
+LOOP = LoopLag()
+
+
+def loop_lag():
+    """This process's loop lag (seconds), None before it serves its first request."""
+    return LOOP.lag() if LOOP.running() else None
+
+
 def init_app(app):
     app.extensions["metrics"] = Metrics(app.extensions["redis"])
+    app.before_request(LOOP.start)
+
+
+def _loop_lags(metrics):
+    """[(labels, lag)] of every web process that wrote one lately; gone ones are dropped."""
+    samples, now = [], time.time()
+    for process, value in metrics.redis.hgetall(LAG_KEY).items():
+        lag, at = json.loads(value)
+        if now - at > LAG_STALE:
+            metrics.redis.hdel(LAG_KEY, process)
+        else:
+            samples.append(({"process": process.decode()}, lag))
+    return samples
 
 
 def _labels(labels):
@@ -181,6 +246,9 @@ def render(metrics, gauges):
                 lines.append(f"{name}_bucket{_labels({**labels, 'le': bound})} {_number(running)}")
             lines.append(f"{name}_sum{_labels(labels)} {_number(fields.get(field + '|sum', 0))}")
             lines.append(f"{name}_count{_labels(labels)} {_number(running)}")
+    gauges = {**gauges, "chatbot_web_loop_lag_seconds": (
+        f"Worst delay of a web process's event loop in the last {LAG_WINDOW:g} s.",
+        _loop_lags(metrics))}
     for name, (help_text, samples) in gauges.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
         lines += [f"{name}{_labels(labels)} {_number(value)}" for labels, value in samples]

@@ -1,5 +1,5 @@
 """For operators: /metrics (Prometheus), /healthz (the process is up), /readyz (it can serve:
-Redis, the database, an upstream and a worker answer)."""
+Redis, the database, an upstream and a worker answer, and its event loop is not held up)."""
 import time
 from datetime import timedelta
 
@@ -40,7 +40,8 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    checks = {"redis": _redis, "database": _database, "upstream": _upstream, "worker": _worker}
+    checks = {"redis": _redis, "database": _database, "upstream": _upstream, "worker": _worker,
+              "loop": _loop}
     results = {}
     for name, check in checks.items():
         started = time.perf_counter()
@@ -76,6 +77,13 @@ def _upstream():
         except UpstreamError as exc:
             errors.append(exc.error)
     return "; ".join(errors)
+
+
+def _loop():
+    lag, ceiling = metrics.loop_lag(), current_app.config["WEB_LOOP_LAG_MAX_SECONDS"]
+    if lag is not None and lag > ceiling:
+        return (f"the event loop was held {lag:.2f} s in the last {metrics.LAG_WINDOW:g} s "
+                f"(WEB_LOOP_LAG_MAX_SECONDS={ceiling:g})")
 
 
 def _worker():

@@ -1,8 +1,10 @@
 """Session administration over HTTP: /api/sessions... . The views only read the request and
 shape the response; the logic is chatbot/store/admin.py, shared with `flask sessions`."""
-from flask import Blueprint, Response, jsonify, request
+import json
 
-from chatbot import documents
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from chatbot import documents, offload
 from chatbot.api import auth, error_response, validate
 from chatbot.store import admin, documents as stored, session_owner, transfer
 
@@ -19,12 +21,47 @@ def _mine(sid):
     return admin.get(sid, visible_to=auth.restriction()).id
 
 
+@bp.before_request
+def _body_cap():
+    """Session routes carry no images: a body cap of their own, below MAX_CONTENT_LENGTH (a
+    document's: MAX_DOCUMENT_BYTES and its form around it)."""
+    config = current_app.config
+    cap = (config["MAX_DOCUMENT_BYTES"] + FORM_SLACK if request.path.endswith("/documents")
+           else config["MAX_SESSION_BODY_BYTES"])
+    cap = min(cap, config["MAX_CONTENT_LENGTH"] or cap)
+    if (request.content_length or 0) > cap:
+        raise admin.TooLarge(f"request body too large: at most {cap} bytes")
+    request.max_content_length = cap  # a body without a length is cut there (413)
+
+
+FORM_SLACK = 64 * 1024  # a multipart form's bytes around the document
+
+
 def _body():
+    # Read on the loop (the socket yields), parsed off it when big. Any JSON, as get_json's
     # force: curl -d sends form encoding by default, and Ollama clients omit the header too.
-    body = request.get_json(force=True, silent=True)
+    raw = offload.body()
+    body = offload.run(_parsed, raw) if len(raw) > validate.BIG_BODY else _parsed(raw)
     if not isinstance(body, dict):
         raise admin.AdminError("request body must be a JSON object")
     return body
+
+
+def _parsed(raw):
+    limit = current_app.config["MAX_JSON_VALUES"]
+    if validate.json_values(raw, limit) > limit:
+        raise admin.TooLarge(f"request body too large: more than {limit} JSON values "
+                             "(MAX_JSON_VALUES)")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _json(fn, *args, status=200):
+    """fn(*args) as a JSON response, made and serialized off the web's loop."""
+    body = offload.run(lambda: current_app.json.dumps(fn(*args)))
+    return Response(body + "\n", status=status, mimetype="application/json")
 
 
 @bp.get("")
@@ -58,7 +95,7 @@ def update(sid):
 @bp.delete("/<sid>")
 def delete(sid):
     sid = _mine(sid)
-    return jsonify(id=sid, deleted=True, messages=admin.delete(sid))
+    return jsonify(id=sid, deleted=True, messages=offload.run(admin.delete, sid))
 
 
 @bp.post("/<sid>/archive")
@@ -75,15 +112,15 @@ def restore(sid):
 def export(sid):
     fmt, sid = request.args.get("format", "json"), _mine(sid)
     if fmt == "json":
-        return jsonify(transfer.export(sid))
+        return _json(transfer.export, sid)
     if fmt in ("markdown", "md"):
-        return Response(transfer.export_markdown(sid), mimetype="text/markdown")
+        return Response(offload.run(transfer.export_markdown, sid), mimetype="text/markdown")
     raise admin.AdminError(f"unknown format {fmt!r}: use json or markdown")
 
 
 @bp.post("/import")
 def import_():
-    return jsonify(transfer.import_session(_body(), owner=auth.key_name())), 201
+    return _json(transfer.import_session, _body(), None, auth.key_name(), status=201)
 
 
 @bp.post("/<sid>/documents")
@@ -94,7 +131,8 @@ def add_document(sid):
     exists, owner = session_owner(sid)
     if exists and not auth.owns(owner):
         raise admin.NotFound(f"session '{sid}' not found")
-    if request.files:
+    offload.body()  # read on the loop; a form is parsed from it off the loop
+    if offload.run(lambda: request.files):
         upload = request.files.get("file") or next(iter(request.files.values()))
         name = request.form.get("name") or upload.filename
         data, declared = upload.read(), upload.mimetype

@@ -1,9 +1,11 @@
 """The nodes of retrieval (RAG), in the style of chatbot.flow.nodes: reads in `prep`, a pure
 `exec` or one upstream call, writes in `post`.
 
-Indexing (the index flow, run in the web request that uploads a document), shared store:
+Indexing (the index flow, run in the web request that uploads a document; reading, chunking
+and storing off the web's loop, chatbot.offload), shared store:
   upload   {session_id, owner, name, data: bytes, type}   limits {size, overlap, max_bytes,
-           max_chunks}   model: EMBED_MODEL   upstream: a host that has it
+           max_chunks, max_chars, max_pages, max_seconds}   model: EMBED_MODEL   upstream: a
+           host that has it
   chunks   [(text, tokens)] (ReadDocument)   vectors (EmbedChunks)   document (StoreDocument)
 
 Retrieve (the chat flow, before BuildContext) writes `retrieved`: the session's chunks
@@ -14,7 +16,7 @@ import numpy as np
 from flask import current_app
 from pocketflow import BatchNode, Node
 
-from chatbot import documents
+from chatbot import documents, offload
 from chatbot.store import documents as stored
 from chatbot.upstream import UpstreamError
 
@@ -24,8 +26,12 @@ class ReadDocument(Node):
         return shared["upload"], shared["limits"]
 
     def exec(self, prep_res):
-        upload, limits = prep_res
-        text = documents.read_text(upload["data"], upload["type"], limits["max_bytes"])
+        return offload.run(self.read, *prep_res)  # seconds of CPU for a big PDF or text
+
+    @staticmethod
+    def read(upload, limits):
+        text = documents.read_text(upload["data"], upload["type"], limits["max_bytes"],
+                                   limits["max_chars"], limits["max_pages"], limits["max_seconds"])
         return documents.chunk(text, limits["size"], limits["overlap"], limits["max_chunks"])
 
     def post(self, shared, prep_res, exec_res):
@@ -58,7 +64,7 @@ class StoreDocument(Node):
         return prep_res
 
     def post(self, shared, prep_res, exec_res):
-        shared["document"] = stored.add_document(*exec_res)
+        shared["document"] = offload.run(stored.add_document, *exec_res)  # rows and vectors
 
 
 class Retrieve(Node):

@@ -3,7 +3,8 @@
 chatbot/store/transfer.py.
 
 Messages are only ever added through `append_messages`, which keeps the per-thread
-bookkeeping; this module reads rows directly and never inserts them.
+bookkeeping (an import writes the same rows itself, in one transaction: transfer.py); this
+module reads rows directly and never inserts them.
 """
 import uuid
 from datetime import datetime, timezone
@@ -30,6 +31,10 @@ class NotFound(AdminError):
 
 class Conflict(AdminError):
     status = 409
+
+
+class TooLarge(AdminError):
+    status = 413
 
 
 def iso(value):

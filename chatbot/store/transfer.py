@@ -1,15 +1,19 @@
 """Sessions in and out as documents: the versioned JSON export, a Markdown transcript, and
-import (checked whole before anything is written). Shared by the REST views and the CLI."""
+import (checked whole before anything is written, then written in one transaction). Shared by
+the REST views and the CLI; the REST views run them off the web's loop (chatbot.offload)."""
 import uuid
 
+from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
-from chatbot import store
 from chatbot.tokens import count_tokens
 from chatbot.store.admin import (EXPORT_VERSION, EXTRA_FIELDS, MAX_TITLE, ROLES, STATUSES,
-                                 AdminError, Conflict, get, iso, message_dict, parse_time,
-                                 session_id, summaries)
+                                 AdminError, Conflict, TooLarge, get, iso, message_dict,
+                                 parse_time, session_id, summaries)
+from chatbot.store.sessions import chain
 from chatbot.store.models import ChatSession, Message, db, utcnow
+
+IMPORT_BATCH = 1000  # rows an INSERT (executemany)
 
 
 def export(sid):
@@ -64,34 +68,64 @@ def _markdown_message(m):
 
 def import_session(doc, progress=None, owner=None):
     """Create a session from an export (its own id if given and unused), owned by `owner` (a
-    key's name). Everything is checked before anything is written, so a refused import leaves
-    nothing behind."""
-    session, runs = _checked_export(doc)
+    key's name). Everything is checked before anything is written, and then written in one
+    transaction (IMPORT_BATCH rows an INSERT): a refused or failed import leaves nothing."""
+    session, runs = _checked_export(doc, current_app.config["MAX_IMPORT_MESSAGES"])
     session.owner = owner
     if db.session.get(ChatSession, session.id) is not None:
         raise Conflict(f"session '{session.id}' already exists")
-    db.session.add(session)
+    rows = _rows(session.id, runs)
     try:
-        db.session.commit()
+        db.session.add(session)
+        db.session.flush()
     except IntegrityError:  # created by someone else since the check above
         db.session.rollback()
         raise Conflict(f"session '{session.id}' already exists")
-    total, parts = 0, {}
+    try:
+        for start in range(0, len(rows), IMPORT_BATCH):
+            batch = rows[start:start + IMPORT_BATCH]
+            db.session.execute(Message.__table__.insert(), batch)
+            if progress:
+                progress(len(batch))
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        raise
+    return {"id": session.id, "messages": len(rows)}
+
+
+def _rows(sid, runs):
+    """The messages' rows as append_messages writes them, for a new session: ok messages
+    numbered and chained in their thread, the others kept aside; a request's rows numbered
+    on across runs (its reply may differ in status)."""
+    rows, tails, parts, now = [], {}, {}, utcnow()
     for model, status, request_id, messages in runs:
-        # A request's rows are numbered on across runs (its reply may differ in status).
-        first = parts.get(request_id, 0)
-        store.append_messages(session.id, model, messages, request_id, status=status,
-                              first_part=first)
-        parts[request_id] = first + len(messages)
-        total += len(messages)
-        if progress:
-            progress(len(messages))
-    return {"id": session.id, "messages": total}
+        for message in messages:
+            seq, last = tails.get(model, (0, ""))
+            if status == "ok":
+                seq, last = seq + 1, chain(last, message["role"], message.get("content"))
+                tails[model] = seq, last
+            part = parts.get(request_id, 0)
+            parts[request_id] = part + 1
+            extra = {k: message[k] for k in EXTRA_FIELDS if message.get(k)}
+            rows.append(dict(
+                session_id=sid, model=model, role=message["role"],
+                content=message.get("content") or "", extra=extra or None,
+                tokens=message.get("tokens", 0), status=status, request_id=request_id,
+                started_at=None, seq=seq if status == "ok" else None,
+                chain=last if status == "ok" else None, part=part, created_at=now))
+    return rows
 
 
-def _checked_export(doc):
+def _checked_export(doc, max_messages):
     if not isinstance(doc, dict):
         raise AdminError("body must be a JSON object: a session export")
+    threads = doc.get("threads", {})
+    count = sum(len(m) for m in threads.values() if isinstance(m, list)) \
+        if isinstance(threads, dict) else 0
+    if count > max_messages:
+        raise TooLarge(f"export too large: {count} messages, at most {max_messages} "
+                       "(MAX_IMPORT_MESSAGES)")
     if doc.get("version", EXPORT_VERSION) != EXPORT_VERSION:
         raise AdminError(f"unsupported export version {doc['version']!r} "
                          f"(expected {EXPORT_VERSION})")

@@ -170,11 +170,11 @@ DEEP = nested(40)
 
 @pytest.mark.parametrize("schema, text", [
     ({"type": "string", "maxLength": 100000},
-     "invalid format: maxLength 100000 is above 1000 (FORMAT_MAX_REPEAT)"),
+     "invalid format: maxLength 100000 is above 500 (FORMAT_MAX_REPEAT)"),
     ({"type": "array", "items": {"type": "integer"}, "minItems": 5000},
-     "invalid format: minItems 5000 is above 1000 (FORMAT_MAX_REPEAT)"),
+     "invalid format: minItems 5000 is above 500 (FORMAT_MAX_REPEAT)"),
     ({"type": "string", "pattern": "^a{1,50000}$"},
-     "invalid format: pattern repeats {1,50000}, above 1000 (FORMAT_MAX_REPEAT)"),
+     "invalid format: pattern repeats {1,50000}, above 500 (FORMAT_MAX_REPEAT)"),
     ({"enum": list(range(2000))}, "invalid format: enum has 2000 values, above 1000 "
                                   "(FORMAT_MAX_ENUM)"),
     (DEEP,

@@ -2,11 +2,11 @@
 import json
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 
 from flask import Blueprint, Response, jsonify
 
 from . import generation, tools as library_tools
+from .grammar import check_builds, grammar_for
 from .ollama_format import (ApiError, final_chunk, json_line, keep_alive_seconds, piece_chunk)
 from .limits import check_options
 from .parsing import (chat_messages, context_ids, engine, images, integer, read_body,
@@ -15,27 +15,6 @@ from .toolcalls import Parser, call_id
 
 bp = Blueprint("engine_completions", __name__)
 NDJSON = "application/x-ndjson"
-
-
-@lru_cache(maxsize=8)
-def _grammar(spec):
-    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-
-    if spec == '"json"':
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    return LlamaGrammar.from_json_schema(spec, verbose=False)
-
-
-def grammar_for(fmt):
-    """Ollama's `format`: "json" or a JSON schema, enforced with a llama.cpp grammar."""
-    if fmt in (None, ""):
-        return None
-    if fmt != "json" and not isinstance(fmt, dict):
-        raise ApiError(400, f"invalid format: {json.dumps(fmt)}")
-    try:
-        return _grammar(json.dumps(fmt, sort_keys=True))
-    except Exception as exc:  # llama.cpp rejects some schemas; that is the client's input
-        raise ApiError(400, f"invalid JSON schema in format: {exc}") from None
 
 
 def supports_tools(info):
@@ -81,6 +60,7 @@ class Run:
             registry.sweep()
             self.llm, self.load_duration = registry.load_chat(self.model, num_ctx, num_thread,
                                                               num_batch)
+            check_builds(self.llm, self.grammar)
             info = registry.info(self.model)
             n_ctx = generation.capacity(self.llm)
             opts.num_predict = registry.limits.predict(opts.num_predict)

@@ -74,13 +74,13 @@ class Metrics:
                 self.writer_pid = os.getpid()
                 threading.Thread(target=self._write_held_forever, daemon=True,
                                  name="metrics").start()
-                atexit.register(self.write_held)
+                atexit.register(self.write_held, False)  # no lag: Redis may be gone
 
-    def write_held(self):
+    def write_held(self, lag=True):
         with self.held_lock:
             held, other, self.held, self.held_other = self.held, self.held_other, {}, []
         batch = self.batch()
-        if LOOP.running():  # this web process's loop lag, stamped (render drops stale ones)
+        if lag and LOOP.running():  # this web process's loop lag, stamped (render drops stale ones)
             batch.pipe.hset(LAG_KEY, LOOP.name, json.dumps([round(LOOP.lag(), 4), time.time()]))
         for (key, field), amount in held.items():
             batch.pipe.hincrbyfloat(key, field, amount)

@@ -8,6 +8,7 @@ import sys
 from datetime import timedelta
 
 import click
+from flask import current_app
 from flask.cli import AppGroup
 
 from chatbot import documents, keys as api_keys, lifecycle, store
@@ -65,16 +66,34 @@ def list_keys(as_json):
     """Key names (never the keys)."""
     data = api_keys.listing()
     rows = [(k["name"], "admin" if k["admin"] else "", when(k["created_at"])) for k in data]
-    out(data, table(("NAME", "SCOPE", "CREATED"), rows), as_json)
+    out(data, table(("NAME", "SCOPE", "CREATED"), rows) + _locked(), as_json)
 
 
 @keys.command("revoke")
 @click.argument("name")
 @as_json
 def revoke_key(name, as_json):
-    """Remove a key: requests with it are refused from then on (within a few seconds)."""
+    """Remove a key: requests with it are refused from then on (within a few seconds). The
+    last one leaves keys on: the server refuses everyone until a key exists again."""
     api_keys.revoke(name)
-    out({"revoked": name}, f"revoked {name}", as_json)
+    locked = _locked()
+    out({"revoked": name, "locked": bool(locked)}, f"revoked {name}" + locked, as_json)
+
+
+@keys.command("off")
+@as_json
+def keys_off(as_json):
+    """Turn keys off on purpose once none is left: one trusted user again, served to this
+    machine only (ALLOW_OPEN=true to open it)."""
+    api_keys.turn_off(current_app.extensions["keys"])
+    out({"keys": "off"}, "keys are off: the server answers this machine and its pages only, "
+                         "without a key", as_json)
+
+
+def _locked():
+    """A line saying the server refuses everyone, when it does (keys were on, none is left)."""
+    locked = api_keys.locked(current_app.extensions["keys"])
+    return f"\nwarning: {locked}" if locked else ""
 
 
 @docs.command("add")

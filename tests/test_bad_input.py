@@ -4,8 +4,8 @@ import time
 import pytest
 import requests
 
-from chatbot import create_app, procs
-from tests.conftest import MODEL
+from chatbot import procs
+from tests.conftest import MODEL, migrated_app
 
 GOOD = {"role": "user", "content": "hi"}
 
@@ -70,8 +70,7 @@ def test_bad_session_header_is_refused(stack):
 
 def test_unreachable_upstream_is_503_within_2s_without_naming_the_host(redis_url, tmp_path):
     host = f"http://127.0.0.1:{procs.free_port()}"  # nothing listens there
-    app = create_app({"OLLAMA_HOST": host, "REDIS_URL": redis_url,
-                      "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'x.db'}"})
+    app = migrated_app(redis_url, host, f"sqlite:///{tmp_path / 'x.db'}")[0]
     started = time.monotonic()
     resp = app.test_client().post("/api/chat", json={"model": MODEL, "messages": [GOOD]})
     assert time.monotonic() - started < 2

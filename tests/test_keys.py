@@ -170,15 +170,19 @@ def test_real_clients_chat_with_a_key(keyed):
         openai.OpenAI(base_url=url + "/v1", api_key="nope").models.list()
 
 
-def test_keys_made_with_the_cli_work_until_revoked(keyed):
+def test_keys_made_with_the_cli_work_until_revoked(keyed, stack):
     app, url = keyed
     with app.app_context():
         made = api_keys.create(f"carol-{uuid.uuid4().hex[:6]}")
         app.extensions["keys"].forget()
-        assert call(url, made, "GET", "/api/tags").status_code == 200
-        name = [k["name"] for k in api_keys.listing() if k["name"].startswith("carol-")][0]
-        api_keys.revoke(name)
-        app.extensions["keys"].forget()
+        try:
+            assert call(url, made, "GET", "/api/tags").status_code == 200
+            name = [k["name"] for k in api_keys.listing() if k["name"].startswith("carol-")][0]
+            api_keys.revoke(name)
+            app.extensions["keys"].forget()
+        finally:  # the shared database had keys on: back to keys off for the other tests
+            api_keys.turn_off(stack.app.extensions["keys"])
+            stack.app.extensions["keys"].forget()
     assert call(url, made, "GET", "/api/tags").status_code == 401
 
 

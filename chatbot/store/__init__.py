@@ -1,5 +1,9 @@
 """Sessions and messages: the SQLAlchemy models and the functions that read and write them."""
 import logging
+import re
+from pathlib import Path
+
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from chatbot.store.models import db, ChatSession, Message, Summary  # noqa: F401
 from chatbot.store.sessions import (  # noqa: F401
@@ -87,6 +91,41 @@ def migrations(app):
 
 
 def _migrations_dir():
-    from pathlib import Path
-
     return Path(__file__).resolve().parents[2] / "migrations"
+
+
+UPGRADE = "flask --app wsgi db upgrade"
+
+
+def unmigrated(app):
+    """Why the database of `app` (in context) must not be served, with the command that
+    migrates it; None when it is at the newest migration. A server checks once, at its start:
+    one query, and no alembic (migrations/versions is read as text)."""
+    newest = _heads(Path(app.config.get("MIGRATIONS_DIR", _migrations_dir())) / "versions")
+    try:
+        at = set(db.session.execute(db.text("SELECT version_num FROM alembic_version")).scalars())
+    except (OperationalError, ProgrammingError) as exc:
+        db.session.rollback()
+        if not missing_table(exc):
+            raise  # the database is away: no start either, with its own error
+        at = set()
+    if not newest or at == newest:
+        return None
+    return (f"the database is not at the newest migration ({', '.join(sorted(newest))}; it is "
+            f"at {', '.join(sorted(at)) or 'none'}): run `{UPGRADE}` first")
+
+
+def missing_table(exc):
+    """Whether a database error says a table does not exist (SQLite, PostgreSQL)."""
+    text = str(exc.orig).lower()
+    return "no such table" in text or ("relation" in text and "does not exist" in text)
+
+
+def _heads(versions):
+    """The revisions no other revision follows (the newest), from the migration files."""
+    revisions, followed = set(), set()
+    for path in versions.glob("*.py"):
+        text = path.read_text()
+        revisions.update(re.findall(r'^revision = "([^"]+)"', text, re.M))
+        followed.update(re.findall(r'^down_revision = "([^"]+)"', text, re.M))
+    return revisions - followed

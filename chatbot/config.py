@@ -57,6 +57,10 @@ def load(instance_path):
         # Many users: keys, what may pass, how much.
         "API_KEYS": os.environ.get("API_KEYS", ""),
         "ADMIN_API_KEYS": os.environ.get("ADMIN_API_KEYS", ""),
+        "REQUIRE_KEYS": _bool("REQUIRE_KEYS", False),  # no start without a key
+        # Keys off: served to this machine only (chatbot.api.local) unless opened on purpose.
+        "ALLOWED_HOSTS": os.environ.get("ALLOWED_HOSTS", ""),
+        "ALLOW_OPEN": _bool("ALLOW_OPEN", False),
         "METRICS_OPEN": _bool("METRICS_OPEN", False),
         "ALLOW_MODEL_MANAGEMENT": _bool("ALLOW_MODEL_MANAGEMENT", True),
         "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 16 * 1024 * 1024),

@@ -1,11 +1,11 @@
 """Who is asking: `Authorization: Bearer KEY` when keys are on (chatbot.keys), and what they
 may see. A session or request belongs to the key that made it; any other key is told it does
 not exist (404), exactly as for an unknown id. Admin keys, and everyone while keys are off,
-see everything."""
+see everything; keys off, only this machine and its pages may ask (chatbot.api.local)."""
 from flask import current_app, g, request
 
 from chatbot import logs
-from chatbot.api import ApiError
+from chatbot.api import ApiError, local
 
 ALL = object()  # the scope of an admin key, or of everyone while keys are off
 OPEN = {"/", "/api/version", "/api/status", "/healthz", "/readyz", "/chat"}
@@ -16,8 +16,11 @@ UNAUTHORIZED = "unauthorized"
 def authenticate():
     """Runs before every request: sets g.identity (None while keys are off)."""
     g.identity = None
+    if is_open():
+        return
     keys = current_app.extensions["keys"]
-    if is_open() or not keys.enabled():
+    if not keys.enabled():
+        local.refuse_foreign()
         return
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")

@@ -122,6 +122,7 @@ class Up:
             os.environ.update(env)
             self.checkpoint()
             app = _migrate()
+            _may_start(app, f"[{self.host}]" if ":" in self.host else self.host, self.port)
             count = len(env["OLLAMA_HOSTS"].split(",")) if "OLLAMA_HOSTS" in env else 1
             # No Celery banner: the welcome says where everything is.
             workers_env = {**env, "CELERY_QUIET": "1"}
@@ -292,6 +293,15 @@ def _migrate():
                                               lambda *args, **kwargs: None):
         store.upgrade()
     return app
+
+
+def _may_start(app, host, port):
+    """Before any worker or the web: what the web would refuse to start with (chatbot.startup)."""
+    from chatbot import startup
+
+    problem = startup.refusal(app, [f"{host}:{port}"])
+    if problem:
+        raise RuntimeError(f"cannot start: {problem}")
 
 
 def web(host, port):

@@ -3,6 +3,7 @@ streaming cost a greenlet each, not a thread. One place for its settings, used b
 (`chatbot web`) and by docker/gunicorn.conf.py."""
 import multiprocessing
 import os
+import sys
 
 
 def settings(bind=None, workers=None, graceful=30):
@@ -22,14 +23,21 @@ def settings(bind=None, workers=None, graceful=30):
         "accesslog": None,  # chatbot logs each request itself, with its request id
         "errorlog": "-",
         "post_fork": _die_with_master,
-        "post_worker_init": _settle_heap,
+        "post_worker_init": _ready,
     }
 
 
-def _settle_heap(worker):
-    """The app is loaded: what it keeps leaves the garbage collector's sight (settle_heap)."""
+def _ready(worker):
+    """The app is loaded and nothing is served yet: a server chatbot.startup refuses stops
+    here, saying why (gunicorn then stops: "Worker failed to boot"); else what the app keeps
+    leaves the garbage collector's sight (settle_heap)."""
+    from chatbot import startup
     from chatbot.worker import settle_heap
 
+    problem = startup.refusal(worker.wsgi, worker.cfg.bind)
+    if problem:
+        worker.log.error("chatbot cannot start: %s", problem)
+        sys.exit(worker.WORKER_BOOT_ERROR)
     settle_heap()
 
 

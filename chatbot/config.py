@@ -54,6 +54,10 @@ def load(instance_path):
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
         "LOG_FORMAT": os.environ.get("LOG_FORMAT", "auto"),  # see logs.resolve
         "UPSTREAM_RETRIES": _int("UPSTREAM_RETRIES", 2),
+        # Short outages waited out: a turn whose upstream cannot be reached, before its first
+        # byte (the worker's calls only); a waiting client while Redis does not answer.
+        "UPSTREAM_WAIT_SECONDS": _float("UPSTREAM_WAIT_SECONDS", 30),
+        "REDIS_WAIT_SECONDS": _float("REDIS_WAIT_SECONDS", 10),
         # Many users: keys, what may pass, how much.
         "API_KEYS": os.environ.get("API_KEYS", ""),
         "ADMIN_API_KEYS": os.environ.get("ADMIN_API_KEYS", ""),

@@ -160,6 +160,7 @@ def run_claimed(line, queue, claimed, marks, writes, calibrations=None):
         chat_flow().run({
             "job": job, "marks": marks, "started_at": utcnow(),
             "upstream": ext["router"].upstream(job.get("host")),
+            "upstream_wait": current_app.config["UPSTREAM_WAIT_SECONDS"],
             "emit": emit,
             "stop": heartbeat.stop_asked,
             "end": end, "windows": ext["windows"], "calibration": ext["calibration"],

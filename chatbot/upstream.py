@@ -7,22 +7,24 @@ import uuid
 import requests
 
 log = logging.getLogger(__name__)
+WAIT_BACKOFF = (0.1, 1.0)  # a turn waiting for its upstream tries again after 0.1 s, doubling to 1 s
 
 
 class UpstreamError(Exception):
-    """An Ollama-style error: the status to answer with and the message."""
+    """An Ollama-style error: the status to answer with and the message; `refused`: the host
+    could not be reached (refused, or dropped before answering), nothing of it began."""
 
-    def __init__(self, status, error):
+    def __init__(self, status, error, refused=False):
         super().__init__(error)
-        self.status, self.error = status, error
+        self.status, self.error, self.refused = status, error, refused
 
 
-def _unreachable(status, what, host, detail=""):
+def _unreachable(status, what, host, detail="", refused=False):
     """An error about reaching a host: the client gets what went wrong and an error id, the
     log the host and the details (a client never learns our topology)."""
     error_id = uuid.uuid4().hex[:12]
     log.warning("%s: ollama at %s %s", what, host, detail, extra={"error_id": error_id})
-    return UpstreamError(status, f"{what} (error id {error_id})")
+    return UpstreamError(status, f"{what} (error id {error_id})", refused)
 
 
 class Upstream:
@@ -53,11 +55,12 @@ class Upstream:
         prepared.prepare_body(data, None, json)
         return prepared
 
-    def request(self, method, path, json=None, data=None, stream=False):
+    def request(self, method, path, json=None, data=None, stream=False, retries=None):
         """One call; a refused or dropped connection is retried with backoff (a restarting
         Ollama), but only before any byte of the answer: never once a stream has begun.
         A connect timeout is not retried, so an unreachable host costs one timeout."""
-        for attempt in range(self.retries + 1):
+        retries = self.retries if retries is None else retries
+        for attempt in range(retries + 1):
             try:
                 resp = self.adapter.send(self._prepare(method, path, json, data), stream=stream,
                                          timeout=self.timeout, proxies=self.proxies)
@@ -67,8 +70,9 @@ class Upstream:
             except requests.ConnectTimeout:
                 raise _unreachable(503, "could not connect to ollama", self.host, "timed out")
             except requests.ConnectionError as exc:
-                if attempt == self.retries or not _replayable(data):
-                    raise _unreachable(503, "could not connect to ollama", self.host, _reason(exc))
+                if attempt == retries or not _replayable(data):
+                    raise _unreachable(503, "could not connect to ollama", self.host,
+                                       _reason(exc), refused=True)
                 time.sleep(self.backoff * 2 ** attempt)
             except requests.Timeout:
                 raise _unreachable(503, "ollama did not answer in time", self.host)
@@ -84,9 +88,35 @@ class Upstream:
     def post_json(self, path, body):
         return self.request("POST", path, json=body).json()
 
-    def stream(self, path, body):
-        """Yield (raw line, parsed chunk) as the upstream sends them; closing stops the upstream."""
-        resp = self.request("POST", path, json={**body, "stream": True}, stream=True)
+    def waiting(self, method, path, json, seconds, stop):
+        """request() for a worker's turn, which keeps its place while its upstream restarts:
+        a host that cannot be reached (refused, or dropped before answering) is tried again,
+        after 0.1 s doubling to 1 s, for up to `seconds`, then its error is raised. None if
+        `stop()` (the request cancelled, its client gone) says to give up meanwhile. The web's
+        own calls never wait: a client waiting on them would hang."""
+        deadline, delay = time.monotonic() + seconds, WAIT_BACKOFF[0]
+        while True:
+            try:
+                return self.request(method, path, json=json, stream=True, retries=0)
+            except UpstreamError as exc:
+                if not exc.refused or time.monotonic() + delay > deadline:
+                    raise
+            until = time.monotonic() + delay
+            while time.monotonic() < until:
+                if stop():
+                    return None
+                time.sleep(min(0.05, delay))
+            delay = min(delay * 2, WAIT_BACKOFF[1])
+
+    def stream(self, path, body, wait=None):
+        """Yield (raw line, parsed chunk) as the upstream sends them; closing stops the upstream.
+        `wait` (seconds, stop): a worker's turn, which waits for an unreachable upstream (see
+        waiting), and yields nothing if stopped meanwhile."""
+        body = {**body, "stream": True}
+        resp = self.waiting("POST", path, body, *wait) if wait else \
+            self.request("POST", path, json=body, stream=True)
+        if resp is None:
+            return
         try:
             lines = resp.iter_lines(chunk_size=None)
             for line in lines:

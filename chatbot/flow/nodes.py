@@ -13,6 +13,7 @@ Shared store (built by chatbot.tasks):
   stop       callable() -> bool: the request was cancelled or its client is gone
   end        callable(reply): asks the line to end the request with the reply's outcome
   upstream   chatbot.upstream.Upstream for the job's host
+  upstream_wait  seconds the upstream call waits for a host that cannot be reached
   windows, calibration, reserve   context-window helpers and settings; calibrations: every
              host's and model's figures, read with the claim (None: read them here)
   metrics    the request's batch of metric writes (chatbot.metrics.Batch), sent once it ends
@@ -260,20 +261,23 @@ class StoreRequest(Node):
 
 class CallUpstream(Node):
     """The one upstream call: streams the reply, relaying each chunk, until done or told to
-    stop."""
+    stop. An upstream that cannot be reached (restarting) is waited for, the request keeping
+    its turn, until it answers, `upstream_wait` s pass or the request is told to stop."""
 
     def request(self, shared):
         raise NotImplementedError  # (path, body)
 
     def prep(self, shared):
         path, body = self.request(shared)
-        return shared["upstream"], path, body, shared["emit"], shared["stop"]
+        wait = shared.get("upstream_wait")
+        return (shared["upstream"], path, body, shared["emit"], shared["stop"],
+                (wait, shared["stop"]) if wait else None)
 
     def exec(self, prep_res):
-        upstream, path, body, emit, stop = prep_res
+        upstream, path, body, emit, stop, wait = prep_res
         reply = {**empty_reply(), "final": None, "status": "ok", "error": None, "chunks": 0}
         try:
-            for raw, chunk in upstream.stream(path, body):
+            for raw, chunk in upstream.stream(path, body, wait=wait):
                 if "error" in chunk:
                     raise UpstreamError(500, chunk["error"])
                 fold(reply, chunk)
@@ -286,7 +290,9 @@ class CallUpstream(Node):
                     reply["status"] = "cancelled"
                     break
             if reply["final"] is None and reply["status"] == "ok":
-                raise UpstreamError(502, "ollama ended the reply early")
+                if not stop():
+                    raise UpstreamError(502, "ollama ended the reply early")
+                reply["status"] = "cancelled"  # told to stop while waiting for the upstream
         except UpstreamError as exc:
             reply["status"], reply["error"] = "failed", {"status": exc.status, "error": exc.error}
         return reply

@@ -325,9 +325,12 @@ ENDED = error_event(500, "the request ended, but its reply was lost on the way")
 
 
 class Line:
-    def __init__(self, client, max_queue, queue_timeout, relay_ttl):
+    def __init__(self, client, max_queue, queue_timeout, relay_ttl, redis_wait=0.0):
         self.redis = client
         self.max_queue, self.queue_timeout, self.relay_ttl = max_queue, queue_timeout, relay_ttl
+        # A waiting client outlasts a Redis that does not answer for this long (a restart of a
+        # Redis that keeps the line); `away` is since when this process has not reached it.
+        self.redis_wait, self.away = redis_wait, None
         self._admit = client.register_script(ADMIT_SCRIPT)
         self._end = client.register_script(END_SCRIPT)
         self._claim = client.register_script(CLAIM_SCRIPT)
@@ -380,15 +383,18 @@ class Line:
 
     def verdict(self, request_id, queue):
         """For a waiting client: an error event if its request can no longer answer (its record
-        vanished, it waited too long, its worker died) or has ended without the client hearing
-        (the relay then reads the final event from its stream), else None."""
+        vanished, it waited too long, its worker died, Redis has not answered for
+        `redis_wait` s) or has ended without the client hearing (the relay then reads the
+        final event from its stream), else None."""
         try:
             pipe = self.redis.pipeline(transaction=False)
             pipe.hmget(INFO.format(request_id), "state", "queued_at")
             pipe.exists(BEAT.format(request_id))
             (state, queued_at), beating = pipe.execute()
         except redis.RedisError:
-            return UNAVAILABLE
+            self.away = self.away or time.monotonic()
+            return UNAVAILABLE if time.monotonic() - self.away >= self.redis_wait else None
+        self.away = None
         if state is None:
             return VANISHED
         state = state.decode()
@@ -733,7 +739,7 @@ def _number(text):
 
 def init_app(app):
     app.extensions["line"] = Line(app.extensions["redis"], app.config["MAX_QUEUE"], app.config["QUEUE_TIMEOUT_SECONDS"],
-                                  app.config["RELAY_TTL_SECONDS"])
+                                  app.config["RELAY_TTL_SECONDS"], app.config["REDIS_WAIT_SECONDS"])
 
 
 def get():

@@ -201,14 +201,17 @@ class Up:
         return True
 
     def _redis(self):
-        """REDIS_URL if set (it must answer), else the bundled redis-server as our child."""
+        """REDIS_URL if set (it must answer), else the bundled redis-server as our child,
+        keeping the line across its restarts in an append-only file in the instance folder."""
         redis_url = os.environ.get("REDIS_URL")
         if redis_url:
             if not procs.redis_ok(redis_url):
                 sys.exit(f"REDIS_URL={_no_password(redis_url)} does not answer")
             return redis_url
         port, log = procs.free_port(), os.path.join(_instance(), "redis.log")
-        proc = self.add("redis", lambda: procs.spawn(procs.redis_argv(port), log=log))
+        procs.clear_redis_files(_instance())  # a new port: nothing of an earlier run is ours
+        argv = procs.redis_argv(port, _instance())
+        proc = self.add("redis", lambda: procs.spawn(argv, log=log))
         redis_url = f"redis://127.0.0.1:{port}/0"  # a restart keeps the port
         self.wait(lambda: procs.redis_ok(redis_url), 15, proc, "redis-server")
         return redis_url

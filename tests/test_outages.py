@@ -86,7 +86,7 @@ def answered_once(parts, waiting):
         assert rows[1].content == reply.lines[-1]["message"]["content"]
 
 
-def test_requests_waiting_while_the_engine_restarts_are_answered_and_only_the_one_mid_reply_fails(parts):
+def test_waiting_requests_outlast_an_engine_restart_and_only_the_one_mid_reply_fails(parts):
     sid = str(uuid.uuid4())
     rid, running = busy(parts, sid)
     waiting = queued(parts, 3)

@@ -219,7 +219,7 @@ def test_internal_errors_are_generic_and_carry_an_error_id(stack, caplog):
     app = Flask("broken")
     app.extensions["metrics"] = stack.app.extensions["metrics"]
     app.extensions["keys"] = Keys()  # none: one trusted user
-    app.config["SQLALCHEMY_DATABASE_URI"] = stack.env["DATABASE_URL"]
+    app.config.update(stack.app.config)  # the settings every route reads (CORS_ORIGINS ...)
     db.init_app(app)
     api_init_app(app)
 

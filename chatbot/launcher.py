@@ -29,7 +29,8 @@ ENGINE_MODEL = "smollm2:135m"
 
 # Restarting a crashed child: the delay doubles from BACKOFF_FIRST to BACKOFF_MAX and starts
 # over once the child has stayed up STEADY seconds; GIVE_UP crashes in a row, each within
-# QUICK seconds of starting, stop everything.
+# QUICK seconds of starting, stop everything, except for a patient child (the bundled engine):
+# a request may crash it again and again, and the line must outlive that.
 BACKOFF_FIRST, BACKOFF_MAX, STEADY, QUICK, GIVE_UP = 0.5, 30.0, 60.0, 5.0, 8
 WORKERS_LATE = 60.0  # seconds after the web answers: say which worker the welcome waits for
 
@@ -45,8 +46,9 @@ def say(message):
 class Child:
     """One supervised process: how to start it again, the current process, its backoff."""
 
-    def __init__(self, name, start, proc=None):
+    def __init__(self, name, start, proc=None, patient=False):
         self.name, self.start = name, start  # start() spawns without waiting for readiness
+        self.patient = patient  # never given up on
         self.proc, self.since, self.due = proc, time.monotonic(), None
         self.delay, self.quick = BACKOFF_FIRST, 0
 
@@ -107,9 +109,9 @@ class Up:
     def wait(self, check, timeout, proc, what):
         procs.wait_until(lambda: self.checkpoint() or check(), timeout, proc, what)
 
-    def add(self, name, start):
+    def add(self, name, start, patient=False):
         self.checkpoint()
-        child = Child(name, start, start())
+        child = Child(name, start, start(), patient)
         self.children.append(child)
         return child.proc
 
@@ -190,10 +192,14 @@ class Up:
             child.delay = BACKOFF_FIRST
         child.quick = child.quick + 1 if up_for < QUICK else 0
         how = _how(child.proc.returncode)
-        if child.quick >= GIVE_UP:
+        if child.quick >= GIVE_UP and not child.patient:
             say(f"{child.name} {how}, {child.quick} times in a row within {QUICK:g} s of "
                 "starting; giving up and stopping everything")
             return False
+        if child.quick == GIVE_UP:
+            say(f"{child.name} keeps crashing ({child.quick} times in a row within {QUICK:g} s "
+                f"of starting); restarting it as long as it takes, at most {BACKOFF_MAX:g} s "
+                "apart")
         say(f"{child.name} (pid {child.proc.pid}) {how} after {up_for:.1f} s; "
             f"restarting in {child.delay:g} s")
         child.due = now + child.delay
@@ -226,7 +232,8 @@ class Up:
         if procs.http_ok(ollama + "/api/version"):
             return {"OLLAMA_HOST": ollama}
         print(f"no Ollama at {ollama}: starting the bundled engine ({ENGINE_MODEL})", flush=True)
-        proc = self.add("engine", lambda: procs.spawn(procs.engine_argv(self.engine_port)))
+        proc = self.add("engine", lambda: procs.spawn(procs.engine_argv(self.engine_port)),
+                        patient=True)
         engine = f"http://127.0.0.1:{self.engine_port}"
         self.wait(lambda: procs.http_ok(engine + "/api/version"), 120, proc, "engine")
         return {"OLLAMA_HOST": engine,

@@ -3,12 +3,14 @@ nothing behind on SIGTERM or even SIGKILL."""
 import contextlib
 import os
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
 import ollama
 
-from chatbot import procs
+from chatbot import launcher, procs
 from tests.conftest import MODEL, OPTIONS
 
 
@@ -129,3 +131,50 @@ def test_killed_worker_is_restarted_and_the_next_chat_succeeds(engine_url, tmp_p
         text = log.read_text()
         assert f"worker ollama (pid {old}) was killed by SIGKILL" in text
         assert "restarting in 0.5 s" in text
+
+
+def _supervise_crashing_child(monkeypatch, patient, restarts_wanted):
+    """Up.supervise over one child that exits at once, with backoff shrunk to milliseconds:
+    the exit code of supervise (None while it was still restarting) and the starts seen."""
+    monkeypatch.setattr(launcher, "BACKOFF_FIRST", 0.01)
+    monkeypatch.setattr(launcher, "BACKOFF_MAX", 0.04)
+    starts = []
+
+    def start():
+        starts.append(time.monotonic())
+        return procs.spawn([sys.executable, "-c", "import os; os.abort()"])  # SIGABRT, a crash
+
+    up = launcher.Up("127.0.0.1", 0, 0)
+    up.add("engine", start, patient=patient)
+    result = {}
+
+    def run():
+        try:
+            result["code"] = up.supervise()
+        except launcher._Stopping:
+            result["code"] = None
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    procs.wait_until(lambda: "code" in result or len(starts) > restarts_wanted, 60,
+                     what="restarts")
+    up.signalled = signal.SIGTERM
+    thread.join(10)
+    procs.stop(up.children[0].proc)
+    return result.get("code", "hung"), starts
+
+
+def test_a_crashing_engine_is_never_given_up_on(monkeypatch, capsys):
+    wanted = launcher.GIVE_UP * 2
+    code, starts = _supervise_crashing_child(monkeypatch, True, wanted)
+    assert code is None and len(starts) > wanted  # stopped by the signal, not by giving up
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert max(gaps) < 1  # capped backoff (0.04 s here), never growing without bound
+    err = capsys.readouterr().err
+    assert "giving up" not in err and err.count("engine keeps crashing") == 1
+
+
+def test_any_other_child_that_keeps_crashing_stops_everything(monkeypatch, capsys):
+    code, starts = _supervise_crashing_child(monkeypatch, False, launcher.GIVE_UP * 2)
+    assert code == 1 and len(starts) == launcher.GIVE_UP
+    assert "giving up and stopping everything" in capsys.readouterr().err

@@ -49,6 +49,19 @@ def test_the_python_client_sends_null_options_and_is_served(stack):
     assert reply.status_code == 200 and reply.json()["eval_count"] == 3
 
 
+def test_a_null_stream_is_the_default_as_ollama_does(door, stack):
+    """Ollama's `Stream *bool`: null is absent, so /api/chat streams; OpenAI's `Stream bool`:
+    null is false, so /v1 answers one body."""
+    with requests.post(door + "/api/chat", stream=True, timeout=120, json={
+            "model": MODEL, "messages": HI, "stream": None, "options": OPTIONS}) as reply:
+        assert reply.status_code == 200, reply.text
+        lines = [json.loads(line) for line in reply.iter_lines() if line]
+    assert len(lines) > 1 and lines[-1]["done"] and not lines[0]["done"]
+    reply = requests.post(stack.url + "/v1/chat/completions", timeout=120, json={
+        "model": MODEL, "messages": HI, "stream": None, "max_tokens": 2, "seed": 1})
+    assert reply.status_code == 200 and reply.json()["object"] == "chat.completion"
+
+
 @pytest.mark.parametrize("given, made", [(3.9, 3), (2.0, 2), (3.2, 3)])
 def test_a_fraction_for_an_integer_option_is_truncated(door, given, made):
     reply = chat(door, {**OPTIONS, "num_predict": given})

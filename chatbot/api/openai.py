@@ -114,7 +114,7 @@ def _base64(vector):
 
 
 def _turn(kind, body, model, messages, upstream_body, wire_class):
-    stream = validate.stream_flag({"stream": body.get("stream", False)})  # OpenAI: not streamed
+    stream = validate.stream_flag(body, default=False)  # OpenAI: not streamed
     validate.options(upstream_body, "ChatCompletionRequest")
     validate.turn_fields(upstream_body, "ChatRequest" if kind == "chat" else "GenerateRequest")
     validate.format_(upstream_body.get("format"))

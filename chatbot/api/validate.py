@@ -254,8 +254,11 @@ def session_id(body):
         raise ApiError(400, f"invalid session_id {given!r}: must be a UUID")
 
 
-def stream_flag(body):
-    stream = body.get("stream", True)  # Ollama streams unless told not to
+def stream_flag(body, default=True):
+    """`stream`, absent or null meaning the default (Ollama streams unless told not to)."""
+    stream = body.get("stream")
+    if stream is None:
+        return default
     if not isinstance(stream, bool):
         raise ApiError(400, "json: cannot unmarshal " + _go_type(stream)
                        + " into Go struct field .stream of type bool")

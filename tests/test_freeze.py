@@ -17,6 +17,7 @@ from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
 from chatbot import create_app, procs
 from chatbot.store import ChatSession, Message, db
+from tests.test_launcher import descendants
 
 DOCKER = procs.PROJECT_ROOT / "docker"
 
@@ -66,7 +67,7 @@ def web(redis_url, tmp_path_factory, logs_dir):
         procs.wait_until(lambda: procs.http_ok(url + "/healthz"), 60, server, "gunicorn")
         app = create_app({"REDIS_URL": redis_url, "OLLAMA_HOST": f"127.0.0.1:{fake_port}",
                           "SQLALCHEMY_DATABASE_URI": env["DATABASE_URL"]})
-        yield url, app
+        yield url, app, server
     finally:
         procs.stop(server)
         procs.stop(fake)
@@ -97,7 +98,7 @@ def p99(latencies):
 
 
 def test_a_large_import_leaves_the_web_answering(web):
-    url, _ = web
+    url, *_ = web
     body = json.dumps(export(10_000)).encode()  # made before: this process probes too
     resp, latencies = answers_while(url, lambda: requests.post(
         url + "/api/sessions/import", data=body, timeout=120))
@@ -106,7 +107,7 @@ def test_a_large_import_leaves_the_web_answering(web):
 
 
 def test_an_inflating_pdf_leaves_the_web_answering(web):
-    url, _ = web
+    url, *_ = web
     pdf = inflating_pdf(40_000)  # 1.8 MB of text operators in a few kilobytes
     assert len(pdf) < 20_000
     resp, latencies = answers_while(url, lambda: requests.post(
@@ -120,7 +121,7 @@ def test_an_inflating_pdf_leaves_the_web_answering(web):
 @pytest.mark.xfail(strict=False, reason="one probe of about 20 still waits 100-170 ms while "
                    "the 15 MB body is taken in (down from 5 s): not yet found where")
 def test_a_15_mb_json_body_leaves_the_web_answering(web, tmp_path):
-    url, _ = web
+    url, *_ = web
     body = (b'{"model": "fake:latest", "messages": [{"role": "user", "content": "hi"}], '
             b'"junk": [' + b",".join([b"0"] * 7_500_000) + b"]}")
     assert len(body) > 15_000_000
@@ -136,24 +137,28 @@ def test_a_15_mb_json_body_leaves_the_web_answering(web, tmp_path):
 
 
 def test_session_routes_have_a_smaller_body_cap(web):
-    url, _ = web
+    url, *_ = web
     resp = requests.post(url + "/api/sessions/import", data=b"x" * (9 * 1024 * 1024),
                          timeout=60)
     assert resp.status_code == 413 and "at most 8388608 bytes" in resp.json()["error"]
 
 
 def test_the_loop_lag_is_a_metric(web):
-    url, _ = web
+    """The gunicorn worker's own lag is shown (the suite's Redis also holds the lags of other
+    processes, this one's included, whose threads wait on the GIL, not on a gevent loop)."""
+    url, _, server = web
     text = requests.get(url + "/metrics", timeout=10).text
-    lags = [line for line in text.splitlines()
-            if line.startswith("chatbot_web_loop_lag_seconds{")]
-    assert lags and all(float(line.split()[-1]) < 1 for line in lags), lags
+    lags = {line.split('process="')[1].split('"')[0]: float(line.split()[-1])
+            for line in text.splitlines() if line.startswith("chatbot_web_loop_lag_seconds{")}
+    workers = [name for name in lags if int(name.rsplit(":", 1)[1]) in
+               descendants(server.pid)]
+    assert workers and all(lags[name] < 1 for name in workers), lags
 
 
 def test_an_import_is_one_transaction_and_fast(web):
     """All or nothing: a message that fails at the database (an id taken meanwhile, here a
     row whose insert the database refuses) leaves no session and no rows behind."""
-    url, app = web
+    url, app, _ = web
     sid = str(uuid.uuid4())
     doc = {**export(MESSAGES), "id": sid}
     started = time.perf_counter()
@@ -203,6 +208,6 @@ def test_readyz_fails_when_the_loop_lags(redis_url, tmp_path):
 
     names, loop = failed(0)
     assert "loop" in names and "WEB_LOOP_LAG_MAX_SECONDS" in loop["error"]
-    names, loop = failed(1.0)
+    names, loop = failed(60.0)  # this process's threads may wait seconds for the GIL
     assert "loop" not in names and loop["ok"]
 

@@ -161,3 +161,22 @@ def embeddings():
     prompt = typed(body, "prompt", str, "string", "EmbeddingRequest") or ""
     _, vectors, _, _, _ = _embed(body, "EmbeddingRequest", [prompt] if prompt else [], False)
     return jsonify(embedding=vectors[0] if vectors else [])
+
+
+@bp.get("/metrics")
+def metrics():
+    """The prompt cache's figures in Prometheus' text format (not an Ollama route)."""
+    figures = engine().registry.prompts.figures()
+    lines = []
+    for name, kind, value in (("hits", "counter", figures["hits"]),
+                              ("misses", "counter", figures["misses"]),
+                              ("loads", "counter", figures["loads"]),
+                              ("stored", "counter", figures["stored"]),
+                              ("reused_tokens", "counter", figures["reused_tokens"]),
+                              ("evaluated_tokens", "counter", figures["evaluated_tokens"]),
+                              ("states", "gauge", figures["states"]),
+                              ("bytes", "gauge", figures["bytes"]),
+                              ("budget_bytes", "gauge", figures["budget_bytes"])):
+        metric = f"chatbot_engine_prompt_cache_{name}" + ("_total" if kind == "counter" else "")
+        lines += [f"# TYPE {metric} {kind}", f"{metric} {value}"]
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

@@ -74,6 +74,7 @@ class Run:
             tokens = generation.tokenize_prompt(self.llm, info, prompt)
             self.tokens = generation.fit_context(tokens, n_ctx, opts, self.flags.truncate,
                                                  opts.bos)
+            registry.prompts.restore(self.llm, self.tokens)
             self.opts = opts
         except BaseException:
             self.finish()
@@ -81,11 +82,20 @@ class Run:
         return self
 
     def pieces(self):
+        clean = False  # llama.cpp's context holds whole tokens: worth keeping for later turns
         try:
             yield from generation.generate(self.llm, self.tokens, self.opts, self.stats,
                                            self.engine.stopping)
+            clean = True
+        except GeneratorExit:  # the client left: generate() stopped between two tokens
+            clean = True
+            raise
         finally:
-            self.finish()
+            try:
+                if clean:
+                    self.engine.registry.prompts.save(self.llm)
+            finally:
+                self.finish()
 
     def replies(self):
         """(content, tool_calls) for each piece: the reply as the tools parser reads it, when

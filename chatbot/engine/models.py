@@ -20,6 +20,7 @@ from . import minilm
 from .gguf import read_gguf
 from .limits import Limits, default_threads
 from .ollama_format import expires_at
+from .prompt_cache import PromptCache
 from .store import DigestCache, NameStore, canonical, display_name, file_signature
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Registry:
         self.embedder_source = minilm.source_zip()  # converted to GGUF on first listing
         self.threads = int(os.environ.get("CHATBOT_ENGINE_THREADS") or 0) or default_threads()
         self.limits = limits or Limits.from_env()
+        self.prompts = PromptCache.from_env()
         self._unreadable = set()  # (path, signature) of files already warned about
         self.digests = digests or DigestCache()
         self.names = names or NameStore()
@@ -249,6 +251,7 @@ class Registry:
         for wanted, table in ((chat, self.chat), (embed, self.embed)):
             loaded = table.pop(_key(model), None) if wanted else None
             if loaded:
+                self.prompts.forget(loaded.llm)
                 loaded.llm.close()
 
     def sweep(self):

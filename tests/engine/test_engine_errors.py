@@ -81,7 +81,7 @@ def test_corrupt_model_file_fails_as_json(engine):
 class FakeLlama:
     """Enough of a Llama for the request path; generation itself is replaced below."""
 
-    input_ids = [0] * 8192
+    input_ids, n_tokens = [0] * 8192, 0  # an empty context: nothing to reuse
 
     def tokenize(self, text, add_bos=True, special=False):
         return list(range(len(text.split())))

@@ -40,7 +40,7 @@ def common_prefix(a, b):
 class State:
     llm: object
     tokens: np.ndarray
-    data: bytes
+    data: ctypes.Array  # llama.cpp's bytes, handed back to it as they are (no copies)
 
 
 class PromptCache:
@@ -100,8 +100,7 @@ class PromptCache:
         if size > self.budget:
             return
         buffer = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, SEQ)
-        if not written:
+        if not llama_cpp.llama_state_seq_get_data(ctx, buffer, size, SEQ):
             return
         tokens = llm.input_ids[:llm.n_tokens].copy()
         # A kept state whose tokens this one starts with says nothing this one does not.
@@ -109,8 +108,8 @@ class PromptCache:
                     if s.llm is llm and common_prefix(s.tokens, tokens) == len(s.tokens)]:
             self._drop(key)
         self._next += 1
-        self.states[self._next] = State(llm, tokens, bytes(buffer)[:written])
-        self.bytes += written
+        self.states[self._next] = State(llm, tokens, buffer)
+        self.bytes += len(buffer)
         self.stored += 1
         while self.bytes > self.budget:
             self._drop(next(iter(self.states)))
@@ -135,8 +134,7 @@ def _load(llm, state):
     import llama_cpp
 
     llm._ctx.kv_cache_clear()
-    data = (ctypes.c_uint8 * len(state.data)).from_buffer_copy(state.data)
-    if not llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, data, len(state.data), SEQ):
+    if not llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, state.data, len(state.data), SEQ):
         log.warning("a kept prompt state did not load; evaluating the prompt whole")
         llm.reset()
         llm._ctx.kv_cache_clear()

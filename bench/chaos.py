@@ -35,7 +35,7 @@ from pathlib import Path
 
 import requests
 
-from chatbot import procs
+from chatbot.ops import procs
 
 MODEL = "smollm2:135m"
 FAULTS = ("webworker", "worker", "engine", "web", "redis")
@@ -96,7 +96,7 @@ def find(up_pid, kind):
     workers = [pid for pid, argv in direct.items() if _is_ollama_worker(argv)]
     if kind == "worker":
         return workers
-    webs = [pid for pid, argv in direct.items() if "chatbot.launcher" in argv and "web" in argv]
+    webs = [pid for pid, argv in direct.items() if "chatbot.ops.launcher" in argv and "web" in argv]
     if kind == "webworker":  # gunicorn's worker, which its master starts again
         return [pid for pid, (ppid, _, _) in procs_.items() if ppid in webs]
     if kind == "web":
@@ -400,7 +400,7 @@ def errors_after(records, injected):
     """Errors per fault kind: each is put down to the last fault before it ended, except a
     worker's death, which the line notices only once the heartbeat has lapsed (after the
     next fault, maybe): that goes to the last kill of a worker before then."""
-    from chatbot.line import HEARTBEAT_TTL
+    from chatbot.line.heartbeat import HEARTBEAT_TTL
 
     counts = collections.Counter({f["kind"]: 0 for f in injected})
     for rec in records:

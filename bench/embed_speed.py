@@ -19,7 +19,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.engine_speed import start_engine  # noqa: E402
-from chatbot import procs  # noqa: E402
+from chatbot.ops import procs  # noqa: E402
 
 WORDS = ("retrieval augmented generation splits each document into chunks embeds them and "
          "ranks the chunks by cosine similarity to the question before the model answers "

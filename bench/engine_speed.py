@@ -26,7 +26,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chatbot import procs  # noqa: E402
+from chatbot.ops import procs  # noqa: E402
 from chatbot.engine.models import (CTX_CAP, DEFAULT_NAME, default_model_path,  # noqa: E402
                                    default_threads)
 
@@ -35,11 +35,11 @@ SEED = 42
 
 
 def start_engine(log):
-    """The engine as a user runs it: the console script, else `python -m chatbot.launcher`."""
+    """The engine as a user runs it: the console script, else `python -m chatbot.ops.launcher`."""
     port = procs.free_port()
     if Path(procs.bin_path("chatbot")).exists():
         return procs.start_engine(port, log=log)
-    proc = procs.spawn([sys.executable, "-m", "chatbot.launcher", "engine", "--port", str(port)],
+    proc = procs.spawn([sys.executable, "-m", "chatbot.ops.launcher", "engine", "--port", str(port)],
                        log=log)
     url = f"http://127.0.0.1:{port}"
     procs.wait_until(lambda: procs.http_ok(url + "/api/version"), 120, proc, "engine")

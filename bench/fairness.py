@@ -23,7 +23,8 @@ from pathlib import Path
 import requests
 from redis import Redis
 
-from chatbot import create_app, procs, store
+from chatbot import create_app, store
+from chatbot.ops import procs
 
 MODEL = "fake:latest"
 

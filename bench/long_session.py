@@ -22,12 +22,14 @@ import sys
 import tempfile
 import uuid
 
-from chatbot import create_app, procs, store
+from chatbot import create_app, store
+from chatbot.ops import procs
 from chatbot.tokens import count_tokens
 from chatbot.flow.flow import create_chat_flow
-from chatbot.flow.nodes import BuildContext, LoadThread, SizeWindow, StoreReply, StoreRequest
+from chatbot.flow.nodes import BuildContext, LoadThread, SizeWindow, StoreRequest
+from chatbot.flow.reply import StoreReply
 from chatbot.flow.window import Windows
-from chatbot.tasks import summarizer
+from chatbot.worker.tasks import summarizer
 from chatbot.upstream import Upstream
 from chatbot.store import Message, db
 from chatbot.store.models import utcnow

@@ -13,7 +13,7 @@ import uuid
 
 import requests
 
-from chatbot import procs
+from chatbot.ops import procs
 
 MODEL = "smollm2:135m"
 

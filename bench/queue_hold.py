@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 from redis import Redis
 
-from chatbot import procs
+from chatbot.ops import procs
 
 MODEL = "fake:latest"
 

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from chatbot import procs
+from chatbot.ops import procs
 
 MODEL = "smollm2:135m"
 

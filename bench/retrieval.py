@@ -4,9 +4,9 @@ search a session's chunks at 10k and 100k chunks.
     .venv/bin/python bench/retrieval.py [--model all-minilm] [--url http://host:port]
                                         [--sizes 10000,100000] [--chunks 1000] [--runs 5]
 
-Indexing goes through the real path, chatbot.documents.add (the index flow: chunk by our
+Indexing goes through the real path, chatbot.flow.flow.index_document (the index flow: chunk by our
 tokens, /api/embed in batches, one commit), against the bundled engine started as the tests
-start it (chatbot.procs.start_engine), or --url; the text is generated (varied sentences),
+start it (chatbot.ops.procs.start_engine), or --url; the text is generated (varied sentences),
 cut into exactly 1,000 chunks of RAG_CHUNK_TOKENS. Chunking and storing are also timed on
 their own; embedding is the rest.
 
@@ -28,7 +28,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chatbot import create_app, documents, procs, store  # noqa: E402
+from chatbot import create_app, store  # noqa: E402
+from chatbot.flow import rag  # noqa: E402
+from chatbot.flow.flow import index_document  # noqa: E402
+from chatbot.ops import procs
 from chatbot.store import documents as stored  # noqa: E402
 
 DIM = 384
@@ -46,10 +49,10 @@ def text_of(chunks, size, overlap):
         for _ in range(1000):
             words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14)))
             parts.append(words.capitalize() + ".")
-        encoded = documents.encoding().encode(" ".join(parts))
+        encoded = rag.encoding().encode(" ".join(parts))
     while True:  # a cut mid-word may re-encode to a token more or less: adjust until exact
-        text = documents.encoding().decode(encoded[:need])
-        got = len(documents.chunk(text, size, overlap, 10**9))
+        text = rag.encoding().decode(encoded[:need])
+        got = len(rag.chunk(text, size, overlap, 10**9))
         if got == chunks:
             return text
         need += -1 if got > chunks else 1
@@ -69,12 +72,12 @@ def index(app, model, count, runs):
     size, overlap = config["RAG_CHUNK_TOKENS"], config["RAG_CHUNK_OVERLAP"]
     text = text_of(count, size, overlap)
     with app.app_context():
-        chunked = seconds(lambda: documents.chunk(text, size, overlap, 10**9), runs)
-        pieces = documents.chunk(text, size, overlap, 10**9)
+        chunked = seconds(lambda: rag.chunk(text, size, overlap, 10**9), runs)
+        pieces = rag.chunk(text, size, overlap, 10**9)
         started = time.perf_counter()
-        doc = documents.add(str(uuid.uuid4()), "bench.txt", text.encode(), "text/plain")
+        doc = index_document(str(uuid.uuid4()), "bench.txt", text.encode(), "text/plain")
         total = time.perf_counter() - started
-        vectors = documents.unit(np.random.default_rng(1).standard_normal(
+        vectors = rag.unit(np.random.default_rng(1).standard_normal(
             (len(pieces), DIM), dtype=np.float32))
         started = time.perf_counter()
         stored.add_document(str(uuid.uuid4()), None, "bench.txt", "text/plain", len(text),
@@ -83,23 +86,23 @@ def index(app, model, count, runs):
     print(f"index {count:,} chunks ({size} tokens, overlap {overlap}, {len(text):,} characters, "
           f"model {model}): {total:.2f} s in all, {doc['chunks'] / total:.0f} chunks/s")
     print(f"  chunking {chunked * 1000:.0f} ms, storing {store * 1000:.0f} ms, embedding "
-          f"about {total - chunked - store:.2f} s ({documents.EMBED_BATCH} chunks a call)")
+          f"about {total - chunked - store:.2f} s ({rag.EMBED_BATCH} chunks a call)")
 
 
 def search(app, sizes, runs):
     rng = np.random.default_rng(2)
     with app.app_context():
         for n in sizes:
-            vectors = documents.unit(rng.standard_normal((n, DIM), dtype=np.float32))
+            vectors = rag.unit(rng.standard_normal((n, DIM), dtype=np.float32))
             query = vectors[rng.integers(n)]
             sid = str(uuid.uuid4())
             stored.add_document(sid, None, "synthetic", "text/plain", 0, "synthetic",
                                 [(f"chunk {i}", 2) for i in range(n)], vectors)
-            in_memory = seconds(lambda: documents.rank(query, vectors, 3), runs)
+            in_memory = seconds(lambda: rag.rank(query, vectors, 3), runs)
 
             def per_turn():
                 chunks, _ = stored.session_chunks(sid)
-                documents.rank(query, documents.matrix([c["vector"] for c in chunks], DIM), 3)
+                rag.rank(query, rag.matrix([c["vector"] for c in chunks], DIM), 3)
 
             turn = seconds(per_turn, runs)
             print(f"search {n:>7,} chunks: numpy rank {in_memory * 1000:7.2f} ms, "

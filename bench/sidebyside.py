@@ -21,7 +21,7 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from chatbot import procs
+from chatbot.ops import procs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = "fake:latest"
@@ -163,7 +163,7 @@ def roles(root):
         children.setdefault(ppid, []).append(pid)
     for pid in children.get(root, []):
         argv = " ".join(table[pid][1])
-        if "chatbot.launcher web" in argv:
+        if "chatbot.ops.launcher web" in argv:
             found["web"] += [pid] + children.get(pid, [])
         elif "celery" in argv and "-Q ollama" in argv:
             found["worker"].append(pid)

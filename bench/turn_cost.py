@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chatbot import procs  # noqa: E402
+from chatbot.ops import procs  # noqa: E402
 
 MODEL = "smollm2:135m"
 WORDS = ("river stone market winter lantern copper orchard signal harbor meadow thread "

@@ -7,11 +7,14 @@ def create_app(config=None):
     # gevent patches the standard library, which must come before ssl is imported (by Flask).
     from flask import Flask
 
-    from chatbot import api, cli, config as settings, keys, line, logs, metrics, redis_pool, relay, store
-    from chatbot import quota, tasks  # noqa: F401  tasks registers the Celery tasks
-    from chatbot.worker import celery_init_app
+    from chatbot import api, cli, config as settings, line, redis_pool, store
+    from chatbot.store import keys
+    from chatbot.ops import logs, metrics
+    from chatbot.line import relay
+    from chatbot.api import quota
+    from chatbot.worker import celery_init_app, tasks  # noqa: F401  tasks registers the Celery tasks
     from chatbot.flow.window import Calibration, Windows
-    from chatbot.routing import Router
+    from chatbot.upstream.routing import Router
 
     app = Flask(__name__, instance_relative_config=True)
     app.json.sort_keys = False  # Ollama keeps fields (tool call arguments too) in their order
@@ -27,13 +30,15 @@ def create_app(config=None):
     keys.init_app(app)
     redis_pool.init_app(app)
     relay.init_app(app)
-    line.init_app(app)
+    # A request whose worker died keeps what it had streamed, marked lost.
+    line.init_app(app, on_lost=lambda request_id, info, reply: store.save_lost_reply(
+        info["session_id"], info["model"], request_id, reply))
     metrics.init_app(app)
     app.extensions["windows"] = Windows()
     app.extensions["calibration"] = Calibration(app.extensions["redis"])
     router = Router(app.config["OLLAMA_HOSTS"], app.config["UPSTREAM_CONNECT_TIMEOUT"],
-                    app.config["UPSTREAM_READ_TIMEOUT"], app.extensions["line"],
-                    app.config["UPSTREAM_RETRIES"])
+                    app.config["UPSTREAM_READ_TIMEOUT"], app.extensions["redis"],
+                    app.extensions["line"], app.config["UPSTREAM_RETRIES"])
     app.extensions["router"] = router
     app.extensions["upstream"] = router.upstream()  # model management and listings
     celery_init_app(app)

@@ -9,7 +9,8 @@ import uuid
 import pytest
 from werkzeug.serving import make_server
 
-from chatbot import create_app, procs, store
+from chatbot import create_app, store
+from chatbot.ops import procs
 
 MODEL = "smollm2:135m"
 # Deterministic, short replies keep the suite fast and the assertions repeatable.

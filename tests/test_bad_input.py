@@ -4,7 +4,7 @@ import time
 import pytest
 import requests
 
-from chatbot import procs
+from chatbot.ops import procs
 from tests.conftest import MODEL, migrated_app
 
 GOOD = {"role": "user", "content": "hi"}

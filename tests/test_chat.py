@@ -121,7 +121,7 @@ def test_ten_concurrent_chats_run_one_at_a_time(stack):
 
 
 def test_a_non_streamed_turn_says_what_each_layer_took(stack):
-    """Server-Timing (chatbot.timing): measured marks from the web, the broker, the worker's
+    """Server-Timing (chatbot.ops.timing): measured marks from the web, the broker, the worker's
     flow and the relay back, which bench/sidebyside.py reports per layer."""
     body = {"model": MODEL, "messages": [QUESTION], "options": OPTIONS, "stream": False}
     resp = requests.post(stack.url + "/api/chat", json=body, timeout=60)
@@ -142,7 +142,7 @@ def test_a_non_streamed_turn_says_what_each_layer_took(stack):
 def test_layers_count_the_web_and_the_worker_overlapping_once():
     """A waiting worker can claim a request before the web has heard back from admitting it:
     the overlap is the admit's, the hop is 0, and the layers still add up to the whole."""
-    from chatbot import timing
+    from chatbot.ops import timing
 
     marks = {"received": 0.0, "admitted": 1.0, "task": 0.8, "begun": 1.3, "BuildContext": 1.4,
              "StoreRequest": 1.6, "CallChat": 2.0, "StoreReply": 2.1, "ending": 2.2,

@@ -178,7 +178,7 @@ def test_flask_db_migrates_and_a_server_never_loads_alembic(tmp_path):
     import subprocess
     import sys
 
-    from chatbot import procs
+    from chatbot.ops import procs
 
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'fresh.db'}"}
     flask = [procs.bin_path("flask"), "--app", "wsgi", "db"]

@@ -8,7 +8,8 @@ import flask_migrate
 import pytest
 import requests
 
-from chatbot import create_app, procs, store
+from chatbot import create_app, store
+from chatbot.ops import procs
 from tests.conftest import migrated_app, serve
 
 DEAD = "127.0.0.1:9"  # no upstream: the routes used here never reach one
@@ -23,7 +24,7 @@ def fresh(redis_url, tmp_path):
 
 
 def refusal(app, binds):
-    from chatbot import startup  # new in #23: imported here so that every test fails before
+    from chatbot.ops import startup  # new in #23: imported here so that every test fails before
 
     return startup.refusal(app, binds)
 

@@ -10,7 +10,7 @@ import openai
 import pytest
 import requests
 
-from chatbot import procs
+from chatbot.ops import procs
 from tests.conftest import MODEL, OPTIONS
 
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import requests
 
-from chatbot import create_app, documents, store
+from chatbot import create_app, store
+from chatbot.flow.flow import index_document
 from chatbot.flow.context import SOURCES, sources_message
 from chatbot.flow.documents import Retrieve
 from chatbot.flow.nodes import BuildContext
@@ -418,7 +419,7 @@ def test_postgresql_stores_and_searches_with_numpy(postgres_url, stack):
     with app.app_context():
         store.upgrade()
         for name, text in (("kelderath.md", VOLCANO), ("sourdough.txt", BREAD)):
-            documents.add(sid, name, text.encode(), None)
+            index_document(sid, name, text.encode(), None)
         shared = {"job": {"session_id": sid,
                           "messages": [{"role": "user", "content": QUESTION}]},
                   "upstream": Upstream(stack.env["OLLAMA_HOST"])}

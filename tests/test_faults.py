@@ -11,12 +11,13 @@ import pytest
 import requests
 from flask import Flask
 
-from chatbot import procs
+from chatbot.ops import procs
 from chatbot.api import init_app as api_init_app
-from chatbot.keys import Keys
+from chatbot.store.keys import Keys
 from chatbot.store import db
-from chatbot.line import INFO
-from chatbot.relay import LEASE, stream_key
+from chatbot.line import admission, running, sweep
+from chatbot.redis_keys import INFO
+from chatbot.redis_keys import LEASE, stream_key
 from tests.conftest import MODEL, migrated_app, serve
 from tests.test_queue import (LONG, SHORT, Background, cancel, chat_body,
                               queue_state, running_id, start_slow, wait_for)
@@ -292,20 +293,20 @@ def test_redis_restart_answers_every_waiting_client_and_the_stack_carries_on(fra
 def test_the_sweep_clears_what_no_client_will(stack):
     """Beat's sweep: a waiting entry whose record vanished, one whose web process died, and a
     running request whose worker died."""
-    from chatbot.line import BEAT, WAITING
+    from chatbot.redis_keys import BEAT, WAITING
 
     line, client = stack.app.extensions["line"], stack.app.extensions["redis"]
     queue, sid = f"sweep-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     vanished, orphan, dead = (f"{name}-{uuid.uuid4()}" for name in ("vanished", "orphan", "dead"))
     live, gone = f"live-{uuid.uuid4()}", f"gone-{uuid.uuid4()}"
     info = {"model": MODEL, "session_id": sid}
-    line.admit(dead, queue, info, live)
-    assert line.claim_next(queue)[0] == dead
-    line.admit(vanished, queue, info, live)
-    line.admit(orphan, queue, info, gone)
+    admission.admit(line, dead, queue, info, live)
+    assert running.claim(line, queue).request_id == dead
+    admission.admit(line, vanished, queue, info, live)
+    admission.admit(line, orphan, queue, info, gone)
     client.delete(INFO.format(vanished), BEAT.format(dead), LEASE.format(gone))
     with stack.app.app_context():
-        assert line.sweep(queue) == 3
+        assert sweep.sweep(line, queue) == 3
     assert client.zcard(WAITING.format(queue)) == 0
     assert line.info(orphan)["state"] == "cancelled" and line.info(dead)["state"] == "lost"
     assert line.snapshot(queue)["running"] is None and line.counts(queue) == (0, 0)

@@ -15,7 +15,8 @@ import requests
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
-from chatbot import create_app, procs
+from chatbot import create_app
+from chatbot.ops import procs
 from chatbot.store import ChatSession, Message, db
 from tests.test_launcher import descendants
 

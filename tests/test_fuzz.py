@@ -29,7 +29,7 @@ import schemathesis
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core import NOT_SET, NotSet
 
-from chatbot import procs
+from chatbot.ops import procs
 from chatbot.api.openapi import DOCUMENT
 from tests.conftest import MODEL, Stack, migrated_app, serve
 

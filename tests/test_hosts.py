@@ -6,7 +6,8 @@ import uuid
 import pytest
 import requests
 
-from chatbot import create_app, procs
+from chatbot import create_app
+from chatbot.ops import procs
 from tests.conftest import MODEL, serve
 
 SHORT = {"temperature": 0, "seed": 42, "num_predict": 2}

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from chatbot import procs
+from chatbot.line import admission, running
+from chatbot.ops import procs
 from chatbot.upstream import Upstream
 from tests.conftest import MODEL, OPTIONS
 
@@ -102,15 +103,15 @@ def test_a_waiting_claim_runs_when_the_message_comes_stamped_with_that_moment(st
     queue, rid = f"wait-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     message = json.dumps({"headers": {"task": "chatbot.run_next", "id": "m1"}})
     with ThreadPoolExecutor(1) as pool:
-        later = pool.submit(lambda: time.sleep(0.3) or line.admit(
-            rid, queue, {"model": MODEL, "session_id": str(uuid.uuid4())}, "lease-wait",
+        later = pool.submit(lambda: time.sleep(0.3) or admission.admit(
+            line, rid, queue, {"model": MODEL, "session_id": str(uuid.uuid4())}, "lease-wait",
             task=(f"tasks-{queue}", message)))
         began = time.time()
-        claimed, taken = line.claim_next(queue, wait=(f"tasks-{queue}", 5))
+        claimed, taken = running.claim(line, queue, wait=(f"tasks-{queue}", 5))
         assert later.result() == 1
-    assert claimed[0] == rid and taken.decode() == message
+    assert claimed.request_id == rid and taken.decode() == message
     assert client.llen(f"tasks-{queue}") == 0
     info = line.info(rid)
     assert float(info["started_at"]) >= float(info["queued_at"]) >= began + 0.2
     # Nothing comes: the wait ends empty-handed after its timeout.
-    assert line.claim_next(queue, wait=(f"tasks-{queue}", 0.1)) == (None, None)
+    assert running.claim(line, queue, wait=(f"tasks-{queue}", 0.1)) == (None, None)

@@ -11,7 +11,7 @@ import openai
 import pytest
 import requests
 
-from chatbot import keys as api_keys
+from chatbot.store import keys as api_keys
 from tests.conftest import MODEL, serve
 from tests.test_compat import JS_DIR, node_binary
 from tests.test_queue import LONG, Background, chat_body, wait_for
@@ -257,7 +257,7 @@ def test_audit_lines_name_the_key_and_never_the_content(keyed):
     import io
     import logging
 
-    from chatbot import logs
+    from chatbot.ops import logs
 
     captured = io.StringIO()
     handler = logging.StreamHandler(captured)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import ollama
 
-from chatbot import launcher, procs
+from chatbot.ops import launcher, procs
 from tests.conftest import MODEL, OPTIONS
 
 

@@ -6,7 +6,8 @@ from datetime import timedelta
 import ollama
 import pytest
 
-from chatbot import lifecycle, procs
+from chatbot.store import lifecycle
+from chatbot.ops import procs
 from chatbot.store import ChatSession, admin, db, open_session, transfer
 from chatbot.store.models import utcnow
 from tests.conftest import MODEL, OPTIONS
@@ -111,7 +112,7 @@ def maintenance_worker(stack, logs):
 
 
 def test_archive_task_runs_on_a_maintenance_worker(stack, ctx, maintenance_worker):
-    from chatbot.lifecycle import archive_idle_sessions
+    from chatbot.store.lifecycle import archive_idle_sessions
 
     worker, log = maintenance_worker
     sid = make()

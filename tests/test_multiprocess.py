@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from chatbot import procs
-from chatbot.line import INFO
-from chatbot.routing import queue_name
+from chatbot.ops import procs
+from chatbot.redis_keys import INFO
+from chatbot.upstream.routing import queue_name
 from tests.conftest import migrated_app
 from tests.test_faults import assert_whole_ordered_turns, chat, ten_clients_three_turns
 
@@ -56,7 +56,7 @@ def cluster(postgres_url, redis_url, logs_dir):
         started += workers
         ports = [procs.free_port() for _ in range(2)]
         web_logs = [logs_dir / f"mp-web-{n}.log" for n in (1, 2)]
-        webs = [procs.spawn([sys.executable, "-m", "chatbot.launcher", "web", "--host", "127.0.0.1",
+        webs = [procs.spawn([sys.executable, "-m", "chatbot.ops.launcher", "web", "--host", "127.0.0.1",
                              "--port", str(port)], env=env, log=log)
                 for port, log in zip(ports, web_logs)]
         started += webs

@@ -15,7 +15,8 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from chatbot import create_app, logs, procs
+from chatbot import create_app
+from chatbot.ops import logs, procs
 from chatbot.upstream import Upstream, UpstreamError
 from tests.conftest import MODEL, serve
 

@@ -9,8 +9,8 @@ import uuid
 import pytest
 import requests
 
-from chatbot import procs
-from chatbot.relay import stream_key
+from chatbot.ops import procs
+from chatbot.redis_keys import stream_key
 from tests.conftest import Stack, migrated_app, serve
 from tests.test_queue import (LONG, SHORT, Background, cancel, chat_body, queue_state,
                               running_id, wait_for)

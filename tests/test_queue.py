@@ -9,7 +9,7 @@ import uuid
 
 import requests
 
-from chatbot import procs
+from chatbot.ops import procs
 from tests.conftest import MODEL, serve
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"

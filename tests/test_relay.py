@@ -1,9 +1,12 @@
-"""The relay's doorbell (chatbot.relay.Hub): a ring carries its event, and a ring that went
+"""The relay's doorbell (chatbot.line.relay.Hub): a ring carries its event, and a ring that went
 missing is made up for by reading the request's stream, with no event lost or given twice."""
 import queue
 import uuid
 
-from chatbot.relay import BELL, Hub
+from chatbot.line.admission import admit
+from chatbot.line.relay import Hub
+from chatbot.line.running import Chunks
+from chatbot.redis_keys import BELL
 from tests.conftest import MODEL
 
 
@@ -20,11 +23,12 @@ def test_rings_hand_events_over_and_a_lost_ring_is_read_from_the_stream(stack):
     client, line = stack.app.extensions["redis"], stack.app.extensions["line"]
     hub = Hub(client)  # not started: this test plays its loop by hand
     rid, q = f"bell-{uuid.uuid4()}", f"bell-{uuid.uuid4().hex[:8]}"
-    line.admit(rid, q, {"model": MODEL, "session_id": str(uuid.uuid4()), "channel": rid},
-               hub.lease)
+    admit(line, rid, q, {"model": MODEL, "session_id": str(uuid.uuid4()), "channel": rid},
+          hub.lease)
+    emit = Chunks(line, rid, rid, quiet=False)
     inbox = hub.watch(rid).inbox
     for n in range(5):
-        line.emit(rid, rid, [{"t": "chunk", "raw": f'{{"n": {n}}}'}])
+        emit({"t": "chunk", "raw": f'{{"n": {n}}}'})
     rings = client.xrange(BELL.format(hub.lease))
     assert len(rings) == 5 and all(f[b"r"].decode() == rid for _, f in rings)
     gaps = set()
@@ -42,7 +46,7 @@ def test_rings_hand_events_over_and_a_lost_ring_is_read_from_the_stream(stack):
     # A client that comes back while the first still waits: its waiter reads from the start,
     # and the first goes on from where it was.
     again = hub.watch(rid, again=True)
-    line.emit(rid, rid, [{"t": "chunk", "raw": '{"n": 5}'}])
+    emit({"t": "chunk", "raw": '{"n": 5}'})
     gaps = set()
     for _, ring in client.xrange(BELL.format(hub.lease))[5:]:
         hub.hand_over(ring, gaps)

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
-from chatbot import procs
+from chatbot.ops import procs
 from chatbot.api.queue import KEEPALIVE_SECONDS
 from chatbot.flow.context import (NOTE, PER_MESSAGE, SUMMARY, cost, fit_summarized,
                                   summary_message, summary_request, summary_room)

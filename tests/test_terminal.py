@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from chatbot import config, logs, procs
+from chatbot import config
+from chatbot.ops import logs, procs
 
 TEXT_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO |WARN |ERROR|CRIT ) \S+\s+\S")
 
@@ -43,7 +44,7 @@ def log_through(fmt, stream, level="INFO"):
     logs.clear()
     logs.bind(request_id="abc12345")
     try:
-        logging.getLogger("chatbot.tasks").info("started after %.3f s in line", 0.001)
+        logging.getLogger("chatbot.worker.tasks").info("started after %.3f s in line", 0.001)
     finally:
         logs.clear()
     return chosen
@@ -60,7 +61,7 @@ def test_auto_is_text_on_a_terminal_and_json_elsewhere(root_logging):
     assert log_through("auto", pipe) == "json"
     entry = json.loads(pipe.getvalue())
     assert entry["message"] == "started after 0.001 s in line"
-    assert entry["logger"] == "chatbot.tasks" and entry["request_id"] == "abc12345"
+    assert entry["logger"] == "chatbot.worker.tasks" and entry["request_id"] == "abc12345"
     assert set(entry) == {"timestamp", "level", "logger", "message", "request_id"}
 
     assert logs.resolve("auto", object()) == "json"  # no isatty at all

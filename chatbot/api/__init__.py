@@ -7,7 +7,8 @@ import uuid
 from flask import g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from chatbot import logs, timing
+from chatbot.api.errors import ApiError, error_response
+from chatbot.ops import logs, timing
 from chatbot.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -15,17 +16,6 @@ audit = logging.getLogger("chatbot.audit")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 
 
-class ApiError(Exception):
-    def __init__(self, status, error, headers=None):
-        super().__init__(error)
-        self.status, self.error, self.headers = status, error, headers or {}
-
-
-def error_response(status, error, headers=None):
-    resp = jsonify(error=error)
-    resp.status_code = status
-    resp.headers.update(headers or {})
-    return resp
 
 
 def _recorder(metrics, batch, rule, model, status, started):

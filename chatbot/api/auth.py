@@ -1,11 +1,12 @@
-"""Who is asking: `Authorization: Bearer KEY` when keys are on (chatbot.keys), and what they
+"""Who is asking: `Authorization: Bearer KEY` when keys are on (chatbot.store.keys), and what they
 may see. A session or request belongs to the key that made it; any other key is told it does
 not exist (404), exactly as for an unknown id. Admin keys, and everyone while keys are off,
 see everything; keys off, only this machine and its pages may ask (chatbot.api.local)."""
 from flask import current_app, g, request
 
-from chatbot import logs
-from chatbot.api import ApiError, local
+from chatbot.ops import logs
+from chatbot.api import local
+from chatbot.api.errors import ApiError
 
 ALL = object()  # the scope of an admin key, or of everyone while keys are off
 OPEN = {"/", "/api/version", "/api/status", "/healthz", "/readyz", "/chat"}

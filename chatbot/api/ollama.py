@@ -4,8 +4,10 @@ With several hosts, listings are merged, a request about a model goes to a host 
 it, and the rest (pull, create, blobs, version) to the first host."""
 from flask import Blueprint, Response, current_app, redirect, request
 
-from chatbot import routing, web
-from chatbot.api import ApiError, auth, turns, validate, wire
+from chatbot.upstream import routing
+from chatbot import web
+from chatbot.api import auth, turns, validate, wire
+from chatbot.api.errors import ApiError
 from chatbot.api.wire import dumps
 from chatbot.upstream import UpstreamError
 

@@ -6,8 +6,9 @@ from datetime import datetime
 
 from flask import Blueprint, Response
 
-from chatbot import routing
-from chatbot.api import ApiError, openai_wire, turns, validate
+from chatbot.upstream import routing
+from chatbot.api import openai_wire, turns, validate
+from chatbot.api.errors import ApiError
 from chatbot.upstream import UpstreamError
 
 bp = Blueprint("openai", __name__, url_prefix="/v1")

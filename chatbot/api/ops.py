@@ -7,10 +7,11 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
-from chatbot import line as lines, metrics, routing
+from chatbot import line as lines
+from chatbot.ops import metrics
 from chatbot.store import ChatSession, db
 from chatbot.store.models import utcnow
-from chatbot.upstream import UpstreamError
+from chatbot.upstream import UpstreamError, routing
 
 bp = Blueprint("ops", __name__)
 
@@ -56,7 +57,7 @@ def readyz():
 
 def _redis():
     try:
-        lines.get().redis.ping()
+        current_app.extensions["redis"].ping()
     except redis.RedisError as exc:
         return f"redis does not answer: {exc}"
 

@@ -6,12 +6,15 @@ import logging
 import time
 
 import redis
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask_sse import Message, sse
 
-from chatbot import line as lines, routing
-from chatbot.api import ApiError, auth, turns
-from chatbot.relay import stream_key
+from chatbot import line as lines
+from chatbot.api import auth, turns
+from chatbot.api.errors import ApiError
+from chatbot.line import admission, events as ev
+from chatbot.redis_keys import stream_key
+from chatbot.upstream import routing
 
 bp = Blueprint("queue", __name__)
 log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ def one(request_id):
 @bp.delete("/api/queue/<request_id>")
 def cancel(request_id):
     _known(request_id)
-    was = lines.get().cancel(request_id)
+    was = admission.cancel(lines.get(), request_id)
     return jsonify(request_id=request_id, state="cancelled", was=was)
 
 
@@ -60,7 +63,7 @@ def resume(request_id):
     if not info.get("wire"):
         raise ApiError(400, f"request '{request_id}' is not resumable: send it with "
                             "'X-Resumable: true' or \"resumable\": true")
-    if not lines.get().redis.exists(stream_key(request_id)):
+    if not current_app.extensions["redis"].exists(stream_key(request_id)):
         raise ApiError(404, f"request '{request_id}' has no reply left to resume")
     return turns.resume(request_id, info, _count(request.args.get("after", "0"), "after"))
 
@@ -91,25 +94,26 @@ def events():
     has the headers misses nothing) and with a comment every few seconds, which keeps proxies
     from closing the stream and lets us notice a client that left. After a Redis restart it
     subscribes again (what was published meanwhile is lost, as with any pub/sub)."""
-    name = request.args.get("channel") or lines.QUEUE_CHANNEL
+    name = request.args.get("channel") or ev.QUEUE_CHANNEL
     channel = _channel(name)
     # A client that reconnects says the last token it has (EventSource sends it by itself).
     raw_last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     last_id = None if raw_last is None else _count(raw_last.strip(), "Last-Event-ID")
     pubsub = sse.redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(channel)
-    line, about_a_request = lines.get(), name != lines.QUEUE_CHANNEL
+    line, about_a_request = lines.get(), name != ev.QUEUE_CHANNEL
+    client = current_app.extensions["redis"]  # the stream runs outside the app context
 
     def stream():
         listener, sent, ended = pubsub, last_id, False  # the newest token it has; the end sent
         if about_a_request:
-            line.listen(name, 1)  # its position is announced while someone listens
+            admission.listen(line, name, 1)  # its position is announced while someone listens
         try:
             yield ": subscribed\n\n"
             if about_a_request and last_id is not None:  # subscribed first: nothing falls between
-                for message in _since(line, name, last_id):
+                for message in _since(client, name, last_id):
                     sent = max(sent, message.id or 0)
-                    ended = ended or message.type in ("done", "error")
+                    ended = ended or message.type in ev.FINAL
                     yield str(message)
             while True:
                 try:
@@ -130,7 +134,7 @@ def events():
             listener.close()
             if about_a_request:
                 try:
-                    line.listen(name, -1)
+                    admission.listen(line, name, -1)
                 except redis.RedisError:
                     pass  # gone with Redis
 
@@ -141,19 +145,19 @@ def _sent_already(fields, sent, ended):
     """A notice published while the stream was being read, and so sent from it already."""
     if fields.get("type") == "token":
         return sent is not None and (fields.get("id") or 0) <= sent
-    return ended and fields.get("type") in ("done", "error")
+    return ended and fields.get("type") in ev.FINAL
 
 
-def _since(line, request_id, last_id):
+def _since(client, request_id, last_id):
     """A request's notices after its token number `last_id`, read from its relay stream."""
     try:
-        entries = line.redis.xrange(stream_key(request_id))
+        entries = client.xrange(stream_key(request_id))
     except redis.RedisError:
         entries = ()
     for _, fields in entries:
         event = json.loads(fields[b"e"])
-        if event["t"] in ("chunk", "done", "error") and (event["t"] != "chunk" or event.get("n", 0) > last_id):
-            type_, data, *id_ = lines.notice(event)
+        if event["t"] in (ev.CHUNK, *ev.FINAL) and (event["t"] != ev.CHUNK or event.get("n", 0) > last_id):
+            type_, data, *id_ = ev.notice(event)
             yield Message(data, type=type_, id=(id_ or [None])[0])
 
 
@@ -161,14 +165,14 @@ def _channel(name):
     """The Redis channel behind `?channel=`: the queue's, or a request's. While keys are on, a
     request's channel carries its owner's name, and another key's request is 404; an id not
     sent yet (subscribe first, then send) is the asking key's own."""
-    if name == lines.QUEUE_CHANNEL:
+    if name == ev.QUEUE_CHANNEL:
         return name
     info = lines.get().info(name)
     if info:
         if not auth.owns(info.get("owner") or None):
             raise ApiError(404, f"request '{name}' not found")
         return info.get("channel") or name
-    return lines.sse_channel(auth.key_name(), name)
+    return ev.sse_channel(auth.key_name(), name)
 
 
 def _resubscribe(channel):

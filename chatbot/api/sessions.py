@@ -4,8 +4,10 @@ import json
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from chatbot import documents, offload
-from chatbot.api import auth, error_response, validate
+from chatbot.flow.flow import index_document
+from chatbot.ops import offload
+from chatbot.api import auth, validate
+from chatbot.api.errors import error_response
 from chatbot.store import admin, documents as stored, session_owner, transfer
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/sessions")
@@ -150,7 +152,7 @@ def add_document(sid):
         # Lone surrogates become U+FFFD, as for a chat message (they cannot be stored).
         data = validate.SURROGATE.sub("\ufffd", data).encode()
         name = validate.SURROGATE.sub("\ufffd", name or "document.txt")
-    return jsonify(documents.add(sid, name, data, declared, owner=auth.key_name())), 201
+    return jsonify(index_document(sid, name, data, declared, owner=auth.key_name())), 201
 
 
 @bp.get("/<sid>/documents")

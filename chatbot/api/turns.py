@@ -8,9 +8,14 @@ import uuid
 import redis
 from flask import Response, current_app, g, request, stream_with_context
 
-from chatbot import line as lines, logs, quota, routing, store, timing
-from chatbot.api import ApiError, auth, openai_wire, wire as ollama_wire
+from chatbot import line as lines, store
+from chatbot.api import auth, openai_wire, quota, wire as ollama_wire
+from chatbot.api.errors import ApiError
 from chatbot.api.disconnect import client_gone, client_socket
+from chatbot.line import admission, events as ev, sweep
+from chatbot.line.events import CANCELLED, CHUNK, CLIENT_GONE, DONE, ERROR, FINAL, STARTED
+from chatbot.ops import logs, timing
+from chatbot.upstream import routing
 
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 RETRY_AFTER_SECONDS = 5
@@ -41,7 +46,7 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
 
     def admit():
         info = {"model": model, "session_id": session_id, "host": host, "owner": owner or "",
-                "channel": lines.sse_channel(owner, g.request_id)}
+                "channel": ev.sse_channel(owner, g.request_id)}
         if resumable:
             info.update(resumable=current_app.config["RESUME_GRACE_SECONDS"],
                         wire=json.dumps([*answer[0].recipe(), answer[1]]))
@@ -61,8 +66,9 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         # its own, since the id may turn out to be another request's.
         waiter, position = hub.watch(g.request_id, again=True), None
         try:
-            position = line.admit(g.request_id, queue, info, lease, job,
-                                  asker=owner or session_id, weight=1 if fair else 0, task=task)
+            position = admission.admit(line, g.request_id, queue, info, lease, job,
+                                       asker=owner or session_id, weight=1 if fair else 0,
+                                       task=task)
             return position
         finally:
             if position is None:
@@ -73,12 +79,12 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         while position is None:  # a client reusing an id never reads another request's reply
             g.request_id = str(uuid.uuid4())
             position = admit()
-    except lines.QueueFull:
+    except admission.QueueFull:
         log.warning("refused: queue %s is full", queue)
         raise ApiError(503, BUSY, {"Retry-After": str(RETRY_AFTER_SECONDS)})
     except redis.RedisError:
         log.warning("refused: redis does not answer", exc_info=True)
-        raise ApiError(503, lines.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        raise ApiError(503, ev.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})
     request_id = g.request_id
     g.marks["admitted"] = timing.now()
     # Said by the request's audit line (chatbot.api), which carries what is bound here.
@@ -97,13 +103,13 @@ def watchdog(request_id, queue, resumable=False):
         if client_gone(sock):
             log.info("client disconnected while waiting")
             _metrics().inc("chatbot_stream_disconnects_total")
-            _leave(request_id, resumable, lines.CLIENT_GONE)
-            return lines.CLIENT_GONE
+            _leave(request_id, resumable, CLIENT_GONE)
+            return CLIENT_GONE
         if not started and time.monotonic() < next_look[0]:
             return None
         # A round trip each: with thousands waiting, each asks less often.
         next_look[0] = time.monotonic() + hub.spread(LOOK_EVERY, LOOKS_PER_SECOND)
-        return line.verdict(request_id, queue)
+        return sweep.verdict(line, request_id, queue)
 
     return check
 
@@ -119,17 +125,17 @@ def respond(request_id, queue, session_id, stream, wire, resumable=False, after=
     if after is None:
         events = _timed(events, g.started)
     else:  # a second answer: its times say nothing of the request's
-        events = (e for e in events if e["t"] != "chunk" or e.get("n", 0) > after)
+        events = (e for e in events if e["t"] != CHUNK or e.get("n", 0) > after)
     headers = {"X-Session-ID": session_id, "X-Request-ID": request_id}
     if resumable:  # what a client that comes back asks for: the chunks after the last it has
         headers.update({"X-Resumable": "true", "X-First-Chunk": str((after or 0) + 1)})
     first = _first_reply_event(events, request_id, resumable)
-    if first["t"] == "error":
+    if first["t"] == ERROR:
         resp = wire.failure(first["status"], first["error"])
     elif not stream:
-        last = first if first["t"] == "done" else _last(events)
-        resp = wire.failure(last["status"], last["error"]) if last["t"] == "error" else wire.whole(last)
-        # What each layer took (see chatbot.timing); clients that don't know it ignore it.
+        last = first if first["t"] == DONE else _last(events)
+        resp = wire.failure(last["status"], last["error"]) if last["t"] == ERROR else wire.whole(last)
+        # What each layer took (see chatbot.ops.timing); clients that don't know it ignore it.
         if after is None:
             resp.headers["Server-Timing"] = timing.header(
                 {**(last.get("marks") or {}), **g.marks, "responded": timing.now()})
@@ -144,7 +150,7 @@ def respond(request_id, queue, session_id, stream, wire, resumable=False, after=
 def _first_reply_event(events, request_id, resumable):
     try:
         for event in events:
-            if event["t"] != "started":
+            if event["t"] != STARTED:
                 return event
     except BaseException:
         _leave(request_id, resumable)
@@ -153,7 +159,7 @@ def _first_reply_event(events, request_id, resumable):
 
 def _last(events):
     for event in events:
-        if event["t"] in ("done", "error"):
+        if event["t"] in FINAL:
             return event
 
 
@@ -161,25 +167,25 @@ def _lines(first, events, request_id, wire, resumable):
     finished, sse = False, wire.mimetype == "text/event-stream"
     try:
         for event in _chain(first, events):
-            if event["t"] == "chunk":
+            if event["t"] == CHUNK:
                 # An SSE client that opted in gets each chunk's number as its event id.
                 yield (f"id: {event.get('n', 0)}\n" if resumable and sse else "") + wire.chunk(event["raw"])
-            elif event["t"] == "done":
+            elif event["t"] == DONE:
                 finished = True
                 yield wire.final(event)
-            elif event["t"] == "error":  # after the first byte: one error line, status stays 200
+            elif event["t"] == ERROR:  # after the first byte: one error line, status stays 200
                 finished = True
                 yield wire.error_line(event["error"])
     finally:
         if not finished:  # the client went away mid-stream: stop the generation
             log.info("client disconnected mid-stream")
             _metrics().inc("chatbot_stream_disconnects_total")
-            _leave(request_id, resumable, lines.CLIENT_GONE)
+            _leave(request_id, resumable, CLIENT_GONE)
 
 
 def _chain(first, events):
     yield first
-    if first["t"] not in ("done", "error"):
+    if first["t"] not in FINAL:
         yield from events
 
 
@@ -190,10 +196,10 @@ def _timed(events, started):
     first = True
     for event in events:
         now = time.perf_counter() - started
-        if event["t"] in ("chunk", "done") and first:
+        if event["t"] in (CHUNK, DONE) and first:
             first = False
             _metrics().observe("chatbot_time_to_first_token_seconds", now)
-        if event["t"] == "done":
+        if event["t"] == DONE:
             g.marks["relayed"] = timing.now()
             model_time = (event["d"].get("total_duration") or 0) / 1e9
             _metrics().observe("chatbot_proxy_overhead_seconds",
@@ -208,11 +214,11 @@ def resume(request_id, info, after):
     hub = current_app.extensions["relay"].hub()
     waiter = hub.watch(request_id, again=True)  # before taking over: no ring comes too early
     try:
-        lines.get().resume(request_id, hub.lease)
+        admission.resume(lines.get(), request_id, hub.lease)
         hub.read([request_id])  # what is there already
     except redis.RedisError:
         hub.unwatch(request_id, waiter)
-        raise ApiError(503, lines.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        raise ApiError(503, ev.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})
     name, args, stream = json.loads(info["wire"])
     wire = WIRES[name](*args)
     logs.bind(request_id=request_id, session_id=info["session_id"], model=info["model"])
@@ -221,25 +227,25 @@ def resume(request_id, info, after):
                    resumable=True, after=after, waiter=waiter)
 
 
-def _leave(request_id, resumable, event=lines.CANCELLED):
+def _leave(request_id, resumable, event=CANCELLED):
     """The client left: a resumable request goes on for its grace period, for the client
     to come back; any other is cancelled."""
     if not resumable:
         return _cancel(request_id, event)
     try:
-        lines.get().detach(request_id, current_app.extensions["relay"].hub().lease,
-                           current_app.config["RESUME_GRACE_SECONDS"])
+        admission.detach(lines.get(), request_id, current_app.extensions["relay"].hub().lease,
+                         current_app.config["RESUME_GRACE_SECONDS"])
         log.info("client left; the reply goes on for %g s for it to come back",
                  current_app.config["RESUME_GRACE_SECONDS"])
     except redis.RedisError:
         log.warning("could not keep %s for its client: redis does not answer", request_id)
 
 
-def _cancel(request_id, event=lines.CANCELLED):
+def _cancel(request_id, event=CANCELLED):
     """Nobody waits for it any more. With Redis away there is nothing left to cancel, and
     the error that brought us here must not be masked."""
     try:
-        lines.get().cancel(request_id, event)
+        admission.cancel(lines.get(), request_id, event)
     except redis.RedisError:
         log.warning("could not cancel %s: redis does not answer", request_id)
 

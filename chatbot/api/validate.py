@@ -1,4 +1,7 @@
-"""Request bodies checked the way Ollama checks them, with its error texts."""
+"""Request bodies checked the way Ollama checks them, with its error texts.
+
+Its size is earned: one small function per Ollama rule, with Ollama's texts; the rules read
+best side by side."""
 import base64
 import binascii
 import json
@@ -7,8 +10,8 @@ import uuid
 
 from flask import current_app, g, request
 
-from chatbot import offload
-from chatbot.api import ApiError
+from chatbot.ops import offload
+from chatbot.api.errors import ApiError
 from chatbot.engine import options as ollama_options, schema_limits
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -16,7 +19,7 @@ CEILINGS = {"num_ctx": "MAX_NUM_CTX", "num_predict": "MAX_NUM_PREDICT"}
 SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-BIG_BODY = 16 * 1024  # bytes past which a body is parsed off the web's loop (chatbot.offload)
+BIG_BODY = 16 * 1024  # bytes past which a body is parsed off the web's loop (chatbot.ops.offload)
 # A string (escapes kept whole) or a mark that starts a JSON value after the first.
 COUNT_STEP = 1 << 20
 VALUE_MARKS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[,\[{]')

@@ -1,4 +1,7 @@
-"""/api/chat and /api/generate: one generation at a time, streamed token by token."""
+"""/api/chat and /api/generate: one generation at a time, streamed token by token.
+
+Its size is earned: chat and generate share Run (the stream, the stop, the prompt cache's
+bookkeeping); apart, they would copy it."""
 import json
 import time
 from dataclasses import dataclass

@@ -3,6 +3,9 @@
 We drive `Llama.generate` (one token per step) rather than `create_completion`, so that
 the text streamed, the stop handling, the counts and the timings are exactly ours, and so
 that closing our generator stops llama.cpp between two tokens.
+
+Its size is earned: the token loop and the options it reads are one contract with Ollama's;
+its helpers are small and private to it.
 """
 import codecs
 import json

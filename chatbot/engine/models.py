@@ -7,6 +7,9 @@ one runner per blob: a copy shares its source's instance.
 
 Loading and unloading are not thread-safe on purpose: the server calls them only while it
 holds the engine lock, the same lock that serialises generation.
+
+Its size is earned: the registry's names, files and loaded instances change together, under
+one lock.
 """
 import logging
 import os

@@ -2,7 +2,7 @@
 `exec` or one upstream call, writes in `post`.
 
 Indexing (the index flow, run in the web request that uploads a document; reading, chunking
-and storing off the web's loop, chatbot.offload), shared store:
+and storing off the web's loop, chatbot.ops.offload), shared store:
   upload   {session_id, owner, name, data: bytes, type}   limits {size, overlap, max_bytes,
            max_chunks, max_chars, max_pages, max_seconds}   model: EMBED_MODEL   upstream: a
            host that has it
@@ -16,7 +16,8 @@ import numpy as np
 from flask import current_app
 from pocketflow import BatchNode, Node
 
-from chatbot import documents, offload
+from chatbot.flow import rag
+from chatbot.ops import offload
 from chatbot.store import documents as stored
 from chatbot.upstream import UpstreamError
 
@@ -30,9 +31,9 @@ class ReadDocument(Node):
 
     @staticmethod
     def read(upload, limits):
-        text = documents.read_text(upload["data"], upload["type"], limits["max_bytes"],
+        text = rag.read_text(upload["data"], upload["type"], limits["max_bytes"],
                                    limits["max_chars"], limits["max_pages"], limits["max_seconds"])
-        return documents.chunk(text, limits["size"], limits["overlap"], limits["max_chunks"])
+        return rag.chunk(text, limits["size"], limits["overlap"], limits["max_chunks"])
 
     def post(self, shared, prep_res, exec_res):
         shared["chunks"] = exec_res
@@ -44,11 +45,11 @@ class EmbedChunks(BatchNode):
 
     def prep(self, shared):
         texts = [text for text, _ in shared["chunks"]]
-        return [(shared["upstream"], shared["model"], texts[i:i + documents.EMBED_BATCH])
-                for i in range(0, len(texts), documents.EMBED_BATCH)]
+        return [(shared["upstream"], shared["model"], texts[i:i + rag.EMBED_BATCH])
+                for i in range(0, len(texts), rag.EMBED_BATCH)]
 
     def exec(self, batch):
-        return documents.embed(*batch)
+        return rag.embed(*batch)
 
     def post(self, shared, prep_res, exec_res):
         shared["vectors"] = np.vstack(exec_res)
@@ -87,14 +88,14 @@ class Retrieve(Node):
             return []
         upstream, model, query, chunks, k = prep_res
         try:
-            vector = documents.embed(upstream, model, [query])[0]
+            vector = rag.embed(upstream, model, [query])[0]
         except UpstreamError as exc:
             return {"status": exc.status,
                     "error": f"could not search the session's documents: {exc.error}"}
-        matrix = documents.matrix([c["vector"] for c in chunks], len(vector))
+        matrix = rag.matrix([c["vector"] for c in chunks], len(vector))
         return [{**{f: chunks[row][f] for f in ("document", "document_id", "chunk", "content")},
                  "score": round(score, 4)}
-                for row, score in documents.rank(vector, matrix, k)]
+                for row, score in rag.rank(vector, matrix, k)]
 
     def post(self, shared, prep_res, exec_res):
         if isinstance(exec_res, dict):  # nothing stored yet, nothing sent: the client hears why

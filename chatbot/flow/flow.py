@@ -1,13 +1,23 @@
 """The flow the worker runs for every chat and generate request, streamed or not, and the one
 that indexes an uploaded document."""
+import logging
+
+from flask import current_app
 from pocketflow import Flow
 
-from chatbot import timing
+from chatbot.flow import rag
+from chatbot.ops import timing
+from chatbot.upstream import routing
 
 from chatbot.flow.documents import EmbedChunks, ReadDocument, Retrieve, StoreDocument
-from chatbot.flow.nodes import (Begin, BuildContext, Calibrate, CallChat, CallGenerate, Finish,
-                                LoadThread, ShrinkContext, SizeWindow, StoreReply, StoreRequest,
-                                SummarizeDropped, TakePrompt)
+from chatbot.flow.nodes import (Begin, BuildContext, LoadThread, SizeWindow, StoreRequest,
+                                TakePrompt)
+from chatbot.flow.reply import (Calibrate, CallChat, CallGenerate, Finish, ShrinkContext,
+                                StoreReply)
+from chatbot.flow.summarize import SummarizeDropped
+
+
+log = logging.getLogger(__name__)
 
 
 def create_chat_flow():
@@ -42,8 +52,30 @@ def create_index_flow():
     return Flow(start=read)
 
 
+def index_document(session_id, name, data, declared_type, owner=None):
+    """Read, chunk, embed and store a document in the session (made if missing), through the
+    index flow; its description. Shared by the REST API and `flask docs`. Embedding errors
+    (model missing, host down) propagate as UpstreamError with nothing stored."""
+    config, router = current_app.config, routing.get()
+    model = config["EMBED_MODEL"]
+    name = (name or "").replace("\x00", "").strip()[:255] or "document"
+    shared = {"upload": {"session_id": session_id, "owner": owner, "name": name, "data": data,
+                         "type": rag.content_type(name, declared_type)},
+              "limits": {"size": config["RAG_CHUNK_TOKENS"], "overlap": config["RAG_CHUNK_OVERLAP"],
+                         "max_bytes": config["MAX_DOCUMENT_BYTES"],
+                         "max_chunks": config["MAX_DOCUMENT_CHUNKS"],
+                         "max_chars": config["MAX_DOCUMENT_TEXT_CHARS"],
+                         "max_pages": config["MAX_PDF_PAGES"],
+                         "max_seconds": config["MAX_PDF_SECONDS"]},
+              "model": model, "upstream": router.upstream(router.candidates(model)[0])}
+    create_index_flow().run(shared)
+    log.info("document %s added to session %s: %s chunks", shared["document"]["id"],
+             session_id, shared["document"]["chunks"])
+    return shared["document"]
+
+
 class TimedFlow(Flow):
-    """PocketFlow's own loop, marking when each node ends (shared["marks"], see chatbot.timing).
+    """PocketFlow's own loop, marking when each node ends (shared["marks"], see chatbot.ops.timing).
     It runs the nodes themselves, not copies: their state lives in `shared`, and a worker runs
     one request at a time (copying ten nodes a turn cost a twentieth of the worker's time)."""
 

@@ -4,10 +4,10 @@ import json
 import time
 
 from chatbot.upstream import UpstreamError
+from chatbot.redis_keys import CALIBRATION as RATIOS
 
 OLLAMA_DEFAULT_CTX = 2048  # what Ollama assumes when a model says nothing
 CACHE_SECONDS = 600
-RATIOS = "chatbot:calibration"
 SMOOTHING = 0.3  # weight of the newest observation in the running figures
 SUSPECT = 0.6  # the upstream saw under this share of what we expected: a cache hit, or a cut
 BAND = (0.5, 2.5)  # a tokenizer's tokens per cl100k token stay within this

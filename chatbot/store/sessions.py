@@ -2,7 +2,7 @@
 nothing here reads a whole thread, so a turn costs the same at message 10,000 as at 10.
 
 The writes of a turn take `conn`: the worker passes a plain SQLAlchemy Connection, which
-costs half what the ORM session does per commit (chatbot.tasks); without one they go
+costs half what the ORM session does per commit (chatbot.worker.tasks); without one they go
 through the session."""
 import hashlib
 

@@ -1,6 +1,6 @@
 """Sessions in and out as documents: the versioned JSON export, a Markdown transcript, and
 import (checked whole before anything is written, then written in one transaction). Shared by
-the REST views and the CLI; the REST views run them off the web's loop (chatbot.offload)."""
+the REST views and the CLI; the REST views run them off the web's loop (chatbot.ops.offload)."""
 import uuid
 
 from flask import current_app

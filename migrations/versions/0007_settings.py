@@ -1,6 +1,6 @@
 """Settings kept in the database: keys_on, once API keys have been on
 
-The last key removed then locks the server instead of opening it (chatbot.keys).
+The last key removed then locks the server instead of opening it (chatbot.store.keys).
 
 Revision ID: 0007
 Revises: 0006

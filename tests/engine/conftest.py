@@ -14,7 +14,7 @@ import ollama
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from chatbot import procs
+from chatbot.ops import procs
 from chatbot.engine.models import default_model_path
 
 MODEL = "smollm2:135m"

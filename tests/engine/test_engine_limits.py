@@ -7,7 +7,7 @@ import json
 import pytest
 import requests
 
-from chatbot import procs
+from chatbot.ops import procs
 from chatbot.engine.limits import Limits, check_options
 from chatbot.engine.ollama_format import ApiError
 

@@ -10,7 +10,7 @@ import ollama
 import pytest
 import requests
 
-from chatbot import procs
+from chatbot.ops import procs
 
 from .conftest import FOLDER_MODEL, GREEDY, MODEL
 

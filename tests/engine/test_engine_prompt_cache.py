@@ -6,7 +6,7 @@ import random
 import pytest
 import requests
 
-from chatbot import procs
+from chatbot.ops import procs
 from tests.engine.conftest import GREEDY, MODEL
 
 WORDS = "river stone market winter lantern copper orchard signal harbor meadow".split()

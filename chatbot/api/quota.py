@@ -7,7 +7,10 @@ import time
 from flask import current_app, request
 from flask_limiter import Limiter
 
-from chatbot.api import ApiError, auth
+from chatbot.api.errors import ApiError
+
+from chatbot.api import auth
+from chatbot.redis_keys import TOKENS
 
 
 def asker():
@@ -18,7 +21,6 @@ def asker():
 class TokenQuota:
     """Generated tokens per asker per clock hour, counted by the workers whatever the limit
     (a worker need not know it) and compared with TOKENS_PER_HOUR by the web."""
-    KEY = "chatbot:tokens:{}:{}"
 
     def __init__(self, client, per_hour):
         self.redis, self.per_hour = client, per_hour
@@ -28,7 +30,7 @@ class TokenQuota:
         if self.per_hour <= 0:
             return
         hour, now = divmod(time.time(), 3600)
-        used = int(self.redis.get(self.KEY.format(who, int(hour))) or 0)
+        used = int(self.redis.get(TOKENS.format(who, int(hour))) or 0)
         if used >= self.per_hour:
             raise ApiError(429, f"token limit exceeded: {self.per_hour} generated tokens per "
                                 "hour (TOKENS_PER_HOUR)",
@@ -39,7 +41,7 @@ class TokenQuota:
         kept), for the worker to add when it ends the request (chatbot.line); None if
         nothing."""
         if who and tokens:
-            return self.KEY.format(who, int(time.time() // 3600)), int(tokens), 7200
+            return TOKENS.format(who, int(time.time() // 3600)), int(tokens), 7200
         return None
 
 

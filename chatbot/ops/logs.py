@@ -73,10 +73,10 @@ class TextFormatter(logging.Formatter):
 
     @staticmethod
     def short(name):
-        """chatbot.api.turns -> api.turns, chatbot.tasks -> worker, celery.app.trace -> celery."""
+        """chatbot.api.turns -> api.turns, chatbot.worker.tasks -> worker, celery.app.trace -> celery."""
         if name.startswith("chatbot."):
             name = name[len("chatbot."):]
-            return "worker" if name == "tasks" else name
+            return "worker" if name == "worker.tasks" else name
         return name.split(".", 1)[0]
 
     def format(self, record):

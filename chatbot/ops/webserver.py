@@ -28,10 +28,10 @@ def settings(bind=None, workers=None, graceful=30):
 
 
 def _ready(worker):
-    """The app is loaded and nothing is served yet: a server chatbot.startup refuses stops
+    """The app is loaded and nothing is served yet: a server chatbot.ops.startup refuses stops
     here, saying why (gunicorn then stops: "Worker failed to boot"); else what the app keeps
     leaves the garbage collector's sight (settle_heap)."""
-    from chatbot import startup
+    from chatbot.ops import startup
     from chatbot.worker import settle_heap
 
     problem = startup.refusal(worker.wsgi, worker.cfg.bind)
@@ -43,7 +43,7 @@ def _ready(worker):
 
 def _die_with_master(server, worker):
     """A worker whose master was SIGKILLed goes at once (and frees the port for the next)."""
-    from chatbot.procs import die_with_parent
+    from chatbot.ops.procs import die_with_parent
 
     die_with_parent(parent=server.pid)
 

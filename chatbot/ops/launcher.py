@@ -5,8 +5,11 @@
                   Celery workers and the web server. A crashed child is restarted (with
                   backoff); Ctrl-C or SIGTERM stops every child; the children die with it even
                   when it is SIGKILLed.
-`chatbot web`     the web server alone: gunicorn with gevent workers (chatbot.webserver).
+`chatbot web`     the web server alone: gunicorn with gevent workers (chatbot.ops.webserver).
 `chatbot engine`  the bundled Ollama-compatible engine alone.
+
+Its size is earned: `chatbot up` supervises its children as one state machine (start order,
+backoff, stop order), and its parts share the children they watch.
 """
 import sys
 
@@ -21,7 +24,7 @@ import os
 import signal
 import time
 
-from chatbot import procs
+from chatbot.ops import procs
 from chatbot.config import normalize_host
 
 ENGINE_MODEL = "smollm2:135m"
@@ -140,7 +143,7 @@ class Up:
                 maintenance_env, queues="maintenance", extra=extra))
             workers = _Workers(app.extensions["celery"], self.children[first:])
             web = self.add("web", lambda: procs.spawn(
-                [sys.executable, "-m", "chatbot.launcher", "web", "--host", self.host,
+                [sys.executable, "-m", "chatbot.ops.launcher", "web", "--host", self.host,
                  "--port", str(self.port)], env=env))
             url = f"http://{self.host}:{self.port}"
             # One probe at a time, waited for: a probe given up on while the server boots
@@ -266,7 +269,7 @@ def _no_password(url):
 
 
 def _queues(count):
-    from chatbot.routing import queue_name
+    from chatbot.upstream.routing import queue_name
 
     return [queue_name(i, count) for i in range(count)]
 
@@ -292,7 +295,7 @@ def _housekeeping(env, level):
 def _migrate():
     """Migrate the database in this process; returns the app. migrations/env.py hands
     alembic.ini's logging section to fileConfig, which would replace the handler create_app
-    set up (text or JSON, see chatbot.logs) with one of its own: skipped here."""
+    set up (text or JSON, see chatbot.ops.logs) with one of its own: skipped here."""
     import logging.config
     from unittest import mock
 
@@ -306,8 +309,8 @@ def _migrate():
 
 
 def _may_start(app, host, port):
-    """Before any worker or the web: what the web would refuse to start with (chatbot.startup)."""
-    from chatbot import startup
+    """Before any worker or the web: what the web would refuse to start with (chatbot.ops.startup)."""
+    from chatbot.ops import startup
 
     problem = startup.refusal(app, [f"{host}:{port}"])
     if problem:
@@ -315,8 +318,8 @@ def _may_start(app, host, port):
 
 
 def web(host, port):
-    """The web server of `chatbot up`: gunicorn with one gevent worker (chatbot.webserver)."""
-    from chatbot.webserver import serve
+    """The web server of `chatbot up`: gunicorn with one gevent worker (chatbot.ops.webserver)."""
+    from chatbot.ops.webserver import serve
 
     return serve(host, port, workers=int(os.environ.get("WEB_CONCURRENCY", 1)))
 

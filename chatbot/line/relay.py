@@ -13,8 +13,7 @@ says the request has ended, and the rest is read from its stream (Relay._tail_or
 that comes back to a resumable request gets a waiter of its own, which reads the stream from
 the start.
 
-Events: {"t": "started"} · {"t": "chunk", "raw": <upstream NDJSON line>} ·
-{"t": "done", "d": <final chunk>, "reply": {...}} · {"t": "error", "status": int, "error": str}.
+Events: see chatbot.line.events.
 """
 import json
 import os
@@ -25,22 +24,16 @@ import uuid
 
 import redis
 
+from chatbot.line.events import FINAL, STARTED
+from chatbot.redis_keys import BELL, LEASE, stream_key
 from chatbot.redis_pool import connect
 
-FINAL = ("done", "error")
 HUB_BLOCK_MS = 2000  # under the pool's 5 s socket timeout
-BELL = "chatbot:bell:{}"  # the scripts in chatbot.line spell it out too
-BELL_LENGTH, BELL_TTL = 1000, 120  # rings kept unread at most (about), and for how long
 # Checks per second a process spends on requests still waiting in line, however many: with
 # thousands waiting, each is looked at less often (a running request keeps its own pace).
 WAITING_CHECKS_PER_SECOND = 2000
-LEASE = "chatbot:lease:{}"
 LEASE_TTL = 15  # seconds a web process's requests outlive its hub's last renewal
 RENEW_EVERY = 3
-
-
-def stream_key(request_id):
-    return f"chatbot:relay:{request_id}"
 
 
 class Inbox:
@@ -204,7 +197,7 @@ class Relay:
                 except queue.Empty:
                     event = None
                 if event is not None:
-                    started = started or event["t"] == "started"
+                    started = started or event["t"] == STARTED
                     yield event
                     if event["t"] in FINAL:
                         return

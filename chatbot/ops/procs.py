@@ -29,7 +29,7 @@ def bin_path(name):
     return str(Path(sys.executable).with_name(name))
 
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 PR_SET_PDEATHSIG = 1
@@ -55,13 +55,13 @@ def _beat_dies_with_its_worker(**_):
     die_with_parent(parent=_IMPORTED_IN if _IMPORTED_IN != os.getpid() else None)
 
 
-if "celery" in sys.modules:  # imported into a worker by `-I chatbot.procs` (see BEAT_HOOK)
+if "celery" in sys.modules:  # imported into a worker by `-I chatbot.ops.procs` (see BEAT_HOOK)
     from celery.signals import beat_embedded_init
 
     beat_embedded_init.connect(_beat_dies_with_its_worker, weak=False)
 
 #: Worker arguments that make an embedded beat (-B) die with its worker.
-BEAT_HOOK = ("-I", "chatbot.procs")
+BEAT_HOOK = ("-I", "chatbot.ops.procs")
 
 # Run by `python -I -S` (no site, a few ms): set the parent-death signal, make sure the parent
 # did not die before that, then become the real program (execve keeps the setting).

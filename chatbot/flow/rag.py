@@ -1,7 +1,7 @@
 """Documents for retrieval (RAG): reading an upload's text, cutting it into overlapping token
 chunks, embedding through the upstream's /api/embed, and ranking chunks against a query with
-numpy. Pure functions apart from `embed` (one upstream call) and `add` (runs the index flow);
-the REST API and `flask docs` share `add`."""
+numpy: plain helpers of the index flow's nodes (flow/documents.py), pure apart from `embed`
+(one upstream call). A document is added by running that flow (chatbot.flow.flow.index_document)."""
 import io
 import logging
 import os
@@ -150,30 +150,3 @@ def rank(query, vectors, k):
     top = np.argpartition(-scores, k - 1)[:k]
     top = top[np.argsort(-scores[top], kind="stable")]
     return [(int(i), float(scores[i])) for i in top]
-
-
-def add(session_id, name, data, declared_type, owner=None):
-    """Read, chunk, embed and store a document in the session (made if missing); its
-    description. Embedding errors (model missing, host down) propagate as UpstreamError with
-    nothing stored."""
-    from flask import current_app
-
-    from chatbot import routing
-    from chatbot.flow.flow import create_index_flow
-
-    config, router = current_app.config, routing.get()
-    model = config["EMBED_MODEL"]
-    name = (name or "").replace("\x00", "").strip()[:255] or "document"
-    shared = {"upload": {"session_id": session_id, "owner": owner, "name": name, "data": data,
-                         "type": content_type(name, declared_type)},
-              "limits": {"size": config["RAG_CHUNK_TOKENS"], "overlap": config["RAG_CHUNK_OVERLAP"],
-                         "max_bytes": config["MAX_DOCUMENT_BYTES"],
-                         "max_chunks": config["MAX_DOCUMENT_CHUNKS"],
-                         "max_chars": config["MAX_DOCUMENT_TEXT_CHARS"],
-                         "max_pages": config["MAX_PDF_PAGES"],
-                         "max_seconds": config["MAX_PDF_SECONDS"]},
-              "model": model, "upstream": router.upstream(router.candidates(model)[0])}
-    create_index_flow().run(shared)
-    log.info("document %s added to session %s: %s chunks", shared["document"]["id"],
-             session_id, shared["document"]["chunks"])
-    return shared["document"]

@@ -2,8 +2,9 @@
 database is at the newest migration, a key exists when REQUIRE_KEYS=true, and a server without
 keys listens on loopback only unless ALLOW_OPEN=true. It also notes in the database that keys
 are on when API_KEYS/ADMIN_API_KEYS are set, so that a later start without them fails closed
-(chatbot.keys)."""
-from chatbot import keys as api_keys, store
+(chatbot.store.keys)."""
+from chatbot.store import keys as api_keys
+from chatbot import store
 from chatbot.api import local
 
 

@@ -5,10 +5,10 @@ Each host has its own Celery queue, consumed by its own concurrency-1 worker.
 """
 from flask import current_app
 
-from chatbot.catalog import Catalog
+from chatbot.upstream.catalog import Catalog
+from chatbot.redis_keys import STICKY
 from chatbot.upstream import Upstream, UpstreamError
 
-STICKY = "chatbot:sticky:{}"
 STICKY_TTL = 24 * 3600
 
 
@@ -17,13 +17,14 @@ def queue_name(index, count):
 
 
 class Router:
-    def __init__(self, hosts, connect_timeout, read_timeout, line, retries=2):
+    def __init__(self, hosts, connect_timeout, read_timeout, client, line, retries=2):
+        """`client` the Redis pool (sticky sessions), `line` for the queues' lengths."""
         self.hosts = hosts
         self.queues = {h: queue_name(i, len(hosts)) for i, h in enumerate(hosts)}
         self.settings = (connect_timeout, read_timeout, retries)
         self.upstreams = {h: Upstream(h, *self.settings) for h in hosts}
         self.catalogs = {h: Catalog(self.upstreams[h]) for h in hosts}
-        self.line = line
+        self.redis, self.line = client, line
 
     def upstream(self, host=None):
         host = host or self.hosts[0]
@@ -66,12 +67,11 @@ class Router:
         candidates = self.candidates(model)
         if len(self.hosts) == 1:  # nothing to choose: spare the round trips
             return candidates[0], self.queues[candidates[0]]
-        redis = self.line.redis
-        sticky = redis.get(STICKY.format(session_id))
+        sticky = self.redis.get(STICKY.format(session_id))
         host = sticky.decode() if sticky and sticky.decode() in candidates else None
         if host is None:
             host = min(candidates, key=lambda h: self.line.load(self.queues[h]))
-            redis.set(STICKY.format(session_id), host, ex=STICKY_TTL)
+            self.redis.set(STICKY.format(session_id), host, ex=STICKY_TTL)
         return host, self.queues[host]
 
 

@@ -16,8 +16,9 @@ import time
 
 import redis
 
+from chatbot.redis_keys import METRIC as PREFIX
+
 log = logging.getLogger(__name__)
-PREFIX = "chatbot:metric:"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
                    60, 120, 300)
 

@@ -1,0 +1,146 @@
+"""The line's state and its one way of moving a request: Line holds the Redis client, the
+settings and the scripts, moves a request between states (the `move` script: at most once),
+and reads what others show (a request's record, its place, the line's depth).
+
+States: queued -> running -> done | failed | cancelled | lost, and queued -> cancelled |
+expired. Who moves a request: the web admits it and cancels it (chatbot.line.admission), a
+worker claims and ends it (chatbot.line.running), a waiting client's watchdog or the sweep
+expires it or declares it lost (chatbot.line.admission.verdict, chatbot.line.sweep)."""
+import json
+import time
+
+from chatbot.line import events, scripts
+from chatbot.redis_keys import BEAT, INFO, NONE, STARTED, WAITING, stream_key
+from chatbot.upstream import empty_reply, fold
+
+INFO_TTL = 3600  # seconds a request's record outlives its last change
+
+
+class Line:
+    def __init__(self, client, max_queue, queue_timeout, relay_ttl, redis_wait=0.0,
+                 on_lost=None):
+        self.redis = client
+        self.max_queue, self.queue_timeout, self.relay_ttl = max_queue, queue_timeout, relay_ttl
+        # A waiting client outlasts a Redis that does not answer for this long (a restart of a
+        # Redis that keeps the line); `away` is since when this process has not reached it.
+        self.redis_wait, self.away = redis_wait, None
+        # What must happen elsewhere when a request is lost: on_lost(id, record, partial reply)
+        # (the app stores the partial reply; the line writes no SQL).
+        self.on_lost = on_lost
+        self.scripts = scripts.load(client)
+        self.expired = events.expired(queue_timeout)
+
+    def move(self, request_id, queue, from_states, to_state, event, only_if_dead=False,
+             cancel_running=False, lock=None, tally=None, then=None, before=()):
+        """Move a request from one of `from_states` to `to_state` with its final `event`
+        (lua/move.lua). Returns [1 if it moved, the state it was in, ...]."""
+        key, token = lock or (NONE, "")
+        counter, amount, kept = tally or (NONE, "", 0)
+        ending = self.scripts["move"].bound(
+            info=INFO.format(request_id), stream=stream_key(request_id),
+            waiting=WAITING.format(queue), beat=BEAT.format(request_id),
+            started=STARTED.format(queue), lock=key, counter=counter,
+            request_id=request_id, from_states=",".join(from_states), to_state=to_state,
+            now=time.time(), event=json.dumps(event), notice=events.sse_notice(event),
+            lock_token=token, ttl=self.relay_ttl, only_if_dead="1" if only_if_dead else "0",
+            cancel_running="1" if cancel_running else "0", **self.announcing(queue),
+            tally=amount, tally_ttl=kept)
+        # The events `before`, the ending (its client hears at once), then `then`'s writes
+        # (whose failures are theirs: a metric never fails a request).
+        ran, _ = self.one_trip([*before, ending], then.into if then is not None else None)
+        return ran[-1]
+
+    def one_trip(self, calls, then=None, first=None):
+        """Run scripts [Script.bound(...)] in one round trip, by their sha (loading them first
+        would cost a trip of its own), after what `first(pipe)` queues and followed by what
+        `then(pipe)` queues. Returns (the scripts' results, raising any error among them;
+        first's and then's results, as they came). Redis forgot the scripts (it restarted, so
+        none of them ran): they run again, loaded, one by one."""
+        pipe = self.redis.pipeline(transaction=False)
+        if first is not None:
+            first(pipe)
+        before = len(pipe)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        if then is not None:
+            then(pipe)
+        results = pipe.execute(raise_on_error=False)
+        ran = results[before:before + len(calls)]
+        rest = results[:before] + results[before + len(calls):]
+        if any(isinstance(r, scripts.NoScriptError) for r in ran):
+            ran = [script.script(keys=keys, args=args) for script, keys, args in calls]
+        for result in ran:
+            if isinstance(result, Exception):
+                raise result
+        return ran, rest
+
+    @staticmethod
+    def announcing(queue):
+        """The arguments of a script that announces the line of `queue`."""
+        return {"queue_channel": events.QUEUE_CHANNEL, "position_fmt": events.POSITION,
+                "depth_fmt": events.depth_template(queue)}
+
+    def announce(self, queue):
+        """Every waiting request that listens hears its position, the queue channel the depth."""
+        self.scripts["announce"].call(waiting=WAITING.format(queue), **self.announcing(queue))
+
+    def info(self, request_id):
+        raw = self.redis.hgetall(INFO.format(request_id))
+        return {k.decode(): _number(v.decode()) for k, v in raw.items()}
+
+    def position(self, request_id, queue):
+        rank = self.redis.zrank(WAITING.format(queue), request_id)
+        return None if rank is None else rank + 1
+
+    def counts(self, queue):
+        """(requests waiting, requests running: one per worker), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(WAITING.format(queue))
+        pipe.scard(STARTED.format(queue))
+        waiting, running = pipe.execute()
+        return waiting, running
+
+    def load(self, queue):
+        """Requests waiting plus the one running: what a new request would wait behind."""
+        return sum(self.counts(queue))
+
+    def snapshot(self, queue):
+        """Depth, the running request (the longest running, if several workers share the
+        queue) and the waiting ones, for GET /api/queue."""
+        now = time.time()
+        running = sorted(self.redis.smembers(STARTED.format(queue)))
+        waiting = self.redis.zrange(WAITING.format(queue), 0, -1)
+        pipe = self.redis.pipeline(transaction=False)
+        for rid in running + waiting:
+            pipe.hgetall(INFO.format(rid.decode()))
+        infos = [{k.decode(): _number(v.decode()) for k, v in raw.items()} for raw in pipe.execute()]
+        describe = lambda rid, info: {  # noqa: E731
+            "request_id": rid.decode(), "model": info.get("model"),
+            "session_id": info.get("session_id"), "owner": info.get("owner") or None}
+        out = {"queue": queue, "depth": len(waiting), "running": None, "waiting": []}
+        started = sorted(((info.get("started_at", now), rid, info)
+                          for rid, info in zip(running, infos[:len(running)])),
+                         key=lambda entry: entry[0])
+        if started:
+            started_at, rid, info = started[0]
+            out["running"] = {**describe(rid, info), "running_for": round(now - started_at, 3)}
+        for position, (rid, info) in enumerate(zip(waiting, infos[len(running):]), 1):
+            out["waiting"].append({**describe(rid, info), "position": position,
+                                   "age": round(now - info.get("queued_at", now), 3)})
+        return out
+
+    def partial_reply(self, request_id):
+        """What a request streamed so far, folded into a reply."""
+        reply = empty_reply()
+        for _, fields in self.redis.xrange(stream_key(request_id)):
+            event = json.loads(fields[b"e"])
+            if event["t"] == events.CHUNK:
+                fold(reply, json.loads(event["raw"]))
+        return reply
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return text

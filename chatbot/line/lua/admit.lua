@@ -1,0 +1,28 @@
+-- A request takes a place in line, all or nothing: refused (0) when `max_queue` wait already,
+-- refused (-1) when its id has a record or a stream already (a reused id never joins another
+-- request's events); else it gets its place in the fair order, its record, its job, the web
+-- process's lease renewed, its Celery task message pushed (`task`, if not ''), and SSE
+-- listeners hear: everyone's place if it went in ahead of others, else the depth. Returns its
+-- position (1 = next).
+-- include: helpers
+-- KEYS: waiting, info, stream, lease, fair, job_key, task_list
+-- ARGV: max_queue, request_id, fields, ttl, position_fmt, queue_channel, depth_fmt, lease_ttl
+-- ARGV: channel, asker, cost, job, task
+if redis.call('EXISTS', info) == 1 or redis.call('EXISTS', stream) == 1 then return -1 end
+local waiting_before = redis.call('ZCARD', waiting)
+if waiting_before >= tonumber(max_queue) then return 0 end
+redis.call('ZADD', waiting, lib.fair_score(fair, asker, tonumber(cost), waiting_before == 0),
+           request_id)
+redis.call('HSET', info, unpack(cjson.decode(fields)))
+redis.call('EXPIRE', info, ttl)
+redis.call('SET', job_key, job, 'EX', ttl)
+redis.call('SET', lease, 1, 'EX', lease_ttl)
+if task ~= '' then redis.call('LPUSH', task_list, task) end
+local position = redis.call('ZRANK', waiting, request_id) + 1
+redis.call('PUBLISH', channel, string.format(position_fmt, position))
+if position <= waiting_before then
+  lib.announce(waiting, queue_channel, position_fmt, depth_fmt)
+else
+  redis.call('PUBLISH', queue_channel, string.format(depth_fmt, waiting_before + 1))
+end
+return position

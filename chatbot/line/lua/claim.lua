@@ -1,0 +1,61 @@
+-- A worker takes the head of the line: the first request there that is still queued, whose
+-- client is still there and that has not waited too long (the others end here, as cancelled
+-- or expired, their clients told, and are not run). The one taken runs: its heartbeat starts,
+-- it joins the running set, its client hears `started`, and the worker gets its job and, when
+-- free, its thread's lock (token `lock_token`). The fair order's clock moves to its turn, and
+-- the line is announced. take_task = '1': one task message is taken off the broker's list
+-- `task_list` too (a worker running a second request in one task consumes that request's
+-- task, see chatbot/worker/tasks.py). `now`: the time, or 'now' for Redis's own (a claim sent
+-- behind a blocking wait runs later than it was sent). Returns {'run', id, seconds waited,
+-- 1 if it holds the lock, job, lock key}, or {'empty'}.
+-- include: helpers
+-- KEYS: waiting, started, fair, task_list
+-- ARGV: now, heartbeat_ttl, queue_timeout, started_fmt, started_notice, gone_event, gone_notice
+-- ARGV: expired_event, expired_notice, ttl, queue_channel, position_fmt, depth_fmt, lock_token
+-- ARGV: lock_ttl_ms, take_task
+local clock, stamp = tonumber(now), now
+if not clock then
+  local t = redis.call('TIME')
+  clock = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  stamp = string.format('%.6f', clock)
+end
+local result = {'empty'}
+while true do
+  local head = redis.call('ZRANGE', waiting, 0, 0, 'WITHSCORES')
+  if not head[1] then break end
+  local id = head[1]
+  local info = KEY.req .. id
+  redis.call('ZREM', waiting, id)
+  redis.call('HSET', fair, '#clock', lib.turn_of(head[2]))
+  local job = redis.call('GET', KEY.job .. id)
+  redis.call('DEL', KEY.job .. id)
+  if redis.call('HGET', info, 'state') == 'queued' then
+    local too_long, waited = lib.overdue(info, clock, queue_timeout)
+    waited = string.format('%.6f', waited)
+    local verdict, event, notice = 'run', string.format(started_fmt, waited), started_notice
+    if lib.client_gone(info, clock) then
+      verdict, event, notice = 'cancelled', gone_event, gone_notice
+    elseif too_long then
+      verdict, event, notice = 'expired', expired_event, expired_notice
+    end
+    if verdict == 'run' then
+      redis.call('SET', KEY.beat .. id, 1, 'EX', heartbeat_ttl)
+      redis.call('HSET', info, 'state', 'running', 'started_at', stamp)
+      redis.call('SADD', started, id)
+    else
+      redis.call('HSET', info, 'state', verdict, 'finished_at', stamp)
+    end
+    lib.append(info, KEY.relay .. id, id, event, ttl, verdict ~= 'run')
+    redis.call('PUBLISH', redis.call('HGET', info, 'channel') or id, notice)
+    if verdict == 'run' then
+      local session, model = unpack(redis.call('HMGET', info, 'session_id', 'model'))
+      local lock, locked = KEY.thread .. tostring(session) .. ':' .. tostring(model), 0
+      if redis.call('SET', lock, lock_token, 'NX', 'PX', lock_ttl_ms) then locked = 1 end
+      result = {'run', id, waited, locked, job or '', lock}
+      if take_task == '1' then redis.call('RPOP', task_list) end
+      break
+    end
+  end
+end
+lib.announce(waiting, queue_channel, position_fmt, depth_fmt)
+return result

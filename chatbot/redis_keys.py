@@ -1,0 +1,39 @@
+"""Every Redis key chatbot writes, in one place (the line's Lua scripts get theirs from here,
+see chatbot.line.scripts). `{}` is filled with the id named beside it.
+
+The line, per queue: WAITING the requests waiting, in the order they will run (a sorted set) ·
+FAIR that order's clock and each asker's next turn · STARTED the requests running, one per
+worker. Per request: INFO what it is (state, queue, session, model, lease, cancel flag, its
+SSE channel, ...) · JOB what a worker runs, until one takes it · BEAT alive while its worker
+beats · RELAY its events, in order (a stream) · THREAD the lock a turn holds on its session's
+thread. Per web process: LEASE alive while it lives · BELL its doorbell, rung with each event
+for a request it waits on. LISTENING how many SSE clients listen to each request's position."""
+
+WAITING = "chatbot:waiting:{}"  # queue
+FAIR = "chatbot:fair:{}"  # queue
+STARTED = "chatbot:started:{}"  # queue
+INFO = "chatbot:req:{}"  # request id
+JOB = "chatbot:job:{}"  # request id
+BEAT = "chatbot:beat:{}"  # request id
+RELAY = "chatbot:relay:{}"  # request id
+THREAD = "chatbot:thread:{}:{}"  # session id, model
+LEASE = "chatbot:lease:{}"  # a web process's lease
+BELL = "chatbot:bell:{}"  # a web process's lease
+LISTENING = "chatbot:listening"
+NONE = "chatbot:none"  # a script's key when it has none to give (no lock, no counter, ...)
+
+CALIBRATION = "chatbot:calibration"  # host|model -> what its tokenizer counts against ours
+STICKY = "chatbot:sticky:{}"  # session id -> the host that served it
+METRIC = "chatbot:metric:"  # + a metric's name
+TOKENS = "chatbot:tokens:{}:{}"  # asker, clock hour
+
+
+def stream_key(request_id):
+    return RELAY.format(request_id)
+
+
+def lua_prefixes():
+    """The per-id keys as prefixes a script appends an id to: {'req': 'chatbot:req:', ...}."""
+    return {"req": INFO[:-2], "job": JOB[:-2], "beat": BEAT[:-2], "relay": RELAY[:-2],
+            "thread": THREAD[:-5], "lease": LEASE[:-2], "bell": BELL[:-2],
+            "listening": LISTENING}

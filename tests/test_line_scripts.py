@@ -1,0 +1,346 @@
+"""The line's Redis scripts (chatbot/line/lua), each run against the real Redis with its edge
+cases, and linted. Tests are named after their script: test_<script>_..."""
+import json
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+import redis
+
+from chatbot.line import admission, events, running, scripts, sweep
+from chatbot.line.core import Line
+from chatbot.redis_keys import BEAT, BELL, FAIR, INFO, LEASE, THREAD, TOKENS, WAITING, stream_key
+
+MODEL = "m"
+
+
+@pytest.fixture
+def line(redis_url):
+    return Line(redis.Redis.from_url(redis_url), max_queue=3, queue_timeout=60, relay_ttl=60)
+
+
+@pytest.fixture
+def queue():
+    return f"scripts-{uuid.uuid4().hex[:8]}"
+
+
+def lease(line):
+    """A live web process's lease."""
+    name = f"lease-{uuid.uuid4().hex[:8]}"
+    line.redis.set(LEASE.format(name), 1, ex=60)
+    return name
+
+
+def admit(line, queue, owner_lease, rid=None, session=None, **kw):
+    rid = rid or str(uuid.uuid4())
+    info = {"model": MODEL, "session_id": session or str(uuid.uuid4()), "channel": rid,
+            **kw.pop("info", {})}
+    return rid, admission.admit(line, rid, queue, info, owner_lease, job={"id": rid}, **kw)
+
+
+def relay(line, rid):
+    return [json.loads(fields[b"e"]) for _, fields in line.redis.xrange(stream_key(rid))]
+
+
+# --- every script: named arguments, a file, a test, and lint ------------------------------
+
+def test_every_script_is_a_file_with_a_test_here():
+    files = sorted(p.stem for p in scripts.LUA.glob("*.lua") if p.stem != "helpers")
+    assert files == sorted(scripts.NAMES)
+    tested = {name.split("_")[1] for name in globals() if name.startswith("test_")}
+    assert set(scripts.NAMES) <= tested, set(scripts.NAMES) - tested
+
+
+def test_every_script_takes_its_arguments_by_name_and_only_those(line):
+    release = line.scripts["release"]
+    assert release.keys == ["lock"] and release.args == ["token"]
+    with pytest.raises(TypeError, match="missing.*token"):
+        release.bound(lock="x")
+    with pytest.raises(TypeError, match="unknown.*tokn"):
+        release.bound(lock="x", token="t", tokn="t")
+
+
+def test_every_script_passes_luacheck(tmp_path):
+    """What Redis runs (prelude, helpers and the file) has no unused or undefined name."""
+    luacheck = shutil.which("luacheck")
+    assert luacheck, "luacheck is missing: apt-get install lua-check (.ci/run does)"
+    for name in scripts.NAMES:
+        (tmp_path / f"{name}.lua").write_text(scripts.source(name)[0])
+    out = subprocess.run(
+        [luacheck, "--no-color", "--std", "lua51", "--globals", "redis", "cjson", "KEYS", "ARGV",
+         "--ignore", "211/KEY", "211/lib", "211/BELL_LENGTH", "211/BELL_TTL", "211/SEQ_SPAN",
+         "--", *sorted(str(p) for p in tmp_path.glob("*.lua"))],
+        capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
+
+
+# --- admit ----------------------------------------------------------------------------------
+
+def test_admit_gives_places_in_order_and_refuses_past_max_queue(line, queue):
+    web = lease(line)
+    assert [admit(line, queue, web)[1] for _ in range(3)] == [1, 2, 3]
+    with pytest.raises(admission.QueueFull):
+        admit(line, queue, web)
+    assert line.redis.zcard(WAITING.format(queue)) == 3
+
+
+def test_admit_refuses_an_id_that_has_a_record_or_a_stream(line, queue):
+    web = lease(line)
+    rid, position = admit(line, queue, web)
+    assert position == 1 and admit(line, queue, web, rid=rid)[1] is None
+    old = str(uuid.uuid4())
+    line.redis.xadd(stream_key(old), {"e": "{}"})  # a reply stream left by an earlier request
+    assert admit(line, queue, web, rid=old)[1] is None
+    assert line.redis.zcard(WAITING.format(queue)) == 1
+
+
+def test_admit_pushes_the_task_only_when_admitted(line, queue):
+    web, tasks = lease(line), f"tasks-{queue}"
+    rid, _ = admit(line, queue, web, task=(tasks, "m1"))
+    admit(line, queue, web, rid=rid, task=(tasks, "m2"))  # refused: its id is taken
+    assert line.redis.lrange(tasks, 0, -1) == [b"m1"]
+
+
+def test_admit_takes_turns_between_askers_by_weight(line, queue):
+    line.max_queue = 10
+    web = lease(line)
+    heavy = [admit(line, queue, web, asker="heavy", weight=1)[0] for _ in range(3)]
+    light = admit(line, queue, web, asker="light", weight=1)[0]
+    order = [r.decode() for r in line.redis.zrange(WAITING.format(queue), 0, -1)]
+    assert order == [heavy[0], light, heavy[1], heavy[2]]
+    # weight 0: first come, first served
+    fifo = f"{queue}-fifo"
+    first = [admit(line, fifo, web, asker=a)[0] for a in ("heavy", "heavy", "light")]
+    assert [r.decode() for r in line.redis.zrange(WAITING.format(fifo), 0, -1)] == first
+
+
+# --- claim ----------------------------------------------------------------------------------
+
+def test_claim_of_an_empty_line_is_none(line, queue):
+    assert running.claim(line, queue) is None
+
+
+def test_claim_takes_the_head_with_its_job_and_its_thread_lock(line, queue):
+    web, session = lease(line), str(uuid.uuid4())
+    first, _ = admit(line, queue, web, session=session)
+    second, _ = admit(line, queue, web, session=session)
+    taken = running.claim(line, queue)
+    assert taken.request_id == first and taken.job == {"id": first}
+    assert taken.lock[0] == THREAD.format(session, MODEL)
+    assert line.info(first)["state"] == "running" and line.redis.exists(BEAT.format(first))
+    assert relay(line, first)[0]["t"] == events.STARTED
+    # the same thread's next turn is claimed, but without the lock its first turn holds
+    assert running.claim(line, queue).lock is None
+    assert line.info(second)["state"] == "running"
+
+
+def test_claim_ends_and_skips_requests_whose_client_left_or_that_waited_too_long(line, queue):
+    web = lease(line)
+    gone_web = lease(line)
+    gone, _ = admit(line, queue, gone_web)
+    old, _ = admit(line, queue, web)
+    fresh, _ = admit(line, queue, web)
+    line.redis.delete(LEASE.format(gone_web))  # its web process died
+    line.redis.hset(INFO.format(old), "queued_at", time.time() - 61)
+    assert running.claim(line, queue).request_id == fresh
+    assert line.info(gone)["state"] == "cancelled" and relay(line, gone)[-1] == events.CLIENT_GONE
+    assert line.info(old)["state"] == "expired" and relay(line, old)[-1] == line.expired
+
+
+def test_claim_keeps_a_resumable_request_whose_client_left_for_its_grace(line, queue):
+    gone_web = lease(line)
+    rid, _ = admit(line, queue, gone_web, info={"resumable": 30})
+    line.redis.delete(LEASE.format(gone_web))
+    assert running.claim(line, queue).request_id == rid  # the client may still come back
+    assert float(line.info(rid)["detached_until"]) > time.time() + 25
+
+
+def test_claim_takes_one_task_message_when_asked(line, queue):
+    web, tasks = lease(line), f"tasks-{queue}"
+    admit(line, queue, web, task=(tasks, "m1"))
+    admit(line, queue, web, task=(tasks, "m2"))
+    running.claim(line, queue, task_list=tasks)
+    assert line.redis.llen(tasks) == 1
+
+
+def test_claim_moves_the_fair_clock_to_the_turn_it_took(line, queue):
+    line.max_queue = 10
+    web = lease(line)
+    for _ in range(3):
+        admit(line, queue, web, asker="a", weight=1)
+    running.claim(line, queue)
+    running.claim(line, queue)
+    assert int(line.redis.hget(FAIR.format(queue), "#clock")) == admission.ROUND
+
+
+# --- move -----------------------------------------------------------------------------------
+
+def test_move_happens_once_and_its_client_hears_once(line, queue):
+    rid, _ = admit(line, queue, lease(line))
+    assert admission.cancel(line, rid) == "queued"
+    assert line.move(rid, queue, ("queued",), "expired", line.expired)[0] == 0
+    assert line.info(rid)["state"] == "cancelled"
+    assert [e["t"] for e in relay(line, rid)] == [events.ERROR]
+    assert line.redis.zcard(WAITING.format(queue)) == 0
+
+
+def test_move_flags_a_running_request_for_cancel_instead(line, queue):
+    rid, _ = admit(line, queue, lease(line))
+    running.claim(line, queue)
+    assert admission.cancel(line, rid) == "running"
+    assert line.info(rid)["state"] == "running" and line.info(rid)["cancel"] == 1
+
+
+def test_move_does_not_declare_a_beating_request_lost(line, queue):
+    rid, _ = admit(line, queue, lease(line))
+    running.claim(line, queue)
+    assert sweep.lose(line, rid, queue) is None
+    line.redis.delete(BEAT.format(rid))
+    assert sweep.lose(line, rid, queue) == events.LOST
+    assert line.info(rid)["state"] == "lost"
+
+
+def test_move_releases_the_lock_only_with_its_token_and_counts_the_tally(line, queue):
+    rid, _ = admit(line, queue, lease(line))
+    taken = running.claim(line, queue)
+    key, _ = taken.lock
+    counter = TOKENS.format(f"asker-{uuid.uuid4().hex[:6]}", 0)
+    line.move(rid, queue, ("running",), "failed", events.NO_REPLY, lock=(key, "not-its-token"),
+              tally=(counter, 7, 60))
+    assert line.redis.exists(key) and int(line.redis.get(counter)) == 7
+    line.redis.delete(key)
+
+
+# --- check ----------------------------------------------------------------------------------
+
+def test_check_says_what_is_due(line, queue):
+    web = lease(line)
+    said = lambda rid: line.scripts["check"].call(  # noqa: E731
+        info=INFO.format(rid), beat=BEAT.format(rid), now=time.time(), queue_timeout=60)
+    assert said("nobody") == b"vanished"
+    rid, _ = admit(line, queue, web)
+    assert said(rid) == b"waiting"
+    line.redis.hset(INFO.format(rid), "queued_at", time.time() - 61)
+    assert said(rid) == b"overdue"
+    assert sweep.verdict(line, rid, queue) == line.expired  # and the watchdog expires it
+    assert said(rid) == b"ended"
+    run, _ = admit(line, queue, web)
+    running.claim(line, queue)
+    assert said(run) == b"running"
+    line.redis.delete(BEAT.format(run))
+    assert said(run) == b"dead"
+
+
+# --- beat -----------------------------------------------------------------------------------
+
+def test_beat_goes_on_then_says_why_to_stop(line, queue):
+    web = lease(line)
+    rid, _ = admit(line, queue, web)
+    taken = running.claim(line, queue)
+    heart = taken.heartbeat
+    line.redis.pexpire(taken.lock[0], 500)
+    heart.beat()
+    assert heart.why == 0 and line.redis.pttl(taken.lock[0]) > 1000  # lock renewed
+    line.redis.hset(INFO.format(rid), "cancel", 1)
+    heart.beat()
+    assert heart.why == 1 and heart.stop_asked()
+
+
+def test_beat_tells_a_request_whose_client_is_gone_or_that_ended_elsewhere(line, queue):
+    web = lease(line)
+    gone, _ = admit(line, queue, web)
+    ended, _ = admit(line, queue, lease(line))
+    first, second = running.claim(line, queue), running.claim(line, queue)
+    line.redis.delete(LEASE.format(web))
+    first.heartbeat.beat()
+    assert first.heartbeat.why == 2
+    line.redis.delete(BEAT.format(ended))
+    sweep.lose(line, ended, queue)
+    second.heartbeat.beat()
+    assert second.heartbeat.why == 3
+
+
+# --- detach and resume ----------------------------------------------------------------------
+
+def test_detach_only_by_the_process_holding_the_request(line, queue):
+    web = lease(line)
+    rid, _ = admit(line, queue, web, info={"resumable": 30})
+    assert not admission.detach(line, rid, "another-process", 30)
+    assert admission.detach(line, rid, web, 30)
+    assert float(line.info(rid)["detached_until"]) > time.time() + 25
+    admission.cancel(line, rid)
+    assert not admission.detach(line, rid, web, 30)  # it has ended
+
+
+def test_resume_moves_the_request_to_the_process_the_client_came_back_through(line, queue):
+    rid, _ = admit(line, queue, lease(line), info={"resumable": 30})
+    came_back = f"lease-{uuid.uuid4().hex[:8]}"
+    admission.detach(line, rid, line.info(rid)["lease"], 30)
+    assert admission.resume(line, rid, came_back) == "queued"
+    info = line.info(rid)
+    assert info["lease"] == came_back and "detached_until" not in info
+    assert line.redis.exists(LEASE.format(came_back))
+    assert admission.resume(line, "nobody", came_back) is None
+
+
+# --- release --------------------------------------------------------------------------------
+
+def test_release_only_by_the_lock_holder(line):
+    key = THREAD.format(uuid.uuid4(), MODEL)
+    line.redis.set(key, "mine")
+    assert line.scripts["release"].call(lock=key, token="yours") == 0
+    assert line.scripts["release"].call(lock=key, token="mine") == 1
+    assert not line.redis.exists(key)
+
+
+# --- emit -----------------------------------------------------------------------------------
+
+def test_emit_appends_and_rings_each_chunk_after_the_one_before(line, queue):
+    web = lease(line)
+    rid, _ = admit(line, queue, web)
+    emit = running.Chunks(line, rid, rid, quiet=False)
+    emit(events.chunk('{"a": 1}'))
+    emit(events.chunk('{"a": 2}'))
+    chunks = relay(line, rid)
+    assert [c["n"] for c in chunks] == [1, 2]
+    rings = line.redis.xrange(BELL.format(web))
+    assert [r[b"p"] for _, r in rings] == [b"0-0", rings[0][0]]
+
+
+def test_emit_of_a_quiet_request_rings_only_for_its_ending(line, queue):
+    web = lease(line)
+    rid, _ = admit(line, queue, web, info={"quiet": 1})
+    taken = running.claim(line, queue)
+    rings_before = line.redis.xlen(BELL.format(web))  # `started` rings
+    running.Chunks(line, rid, rid, quiet=False)(events.chunk("{}"))
+    assert line.redis.xlen(BELL.format(web)) == rings_before
+    taken.end({"final": {"done": True}, "content": "", "status": "ok"})
+    assert line.redis.xlen(BELL.format(web)) == rings_before + 1
+    assert relay(line, rid)[-1]["t"] == events.DONE
+
+
+# --- announce -------------------------------------------------------------------------------
+
+def test_announce_tells_listeners_their_place_and_the_queue_its_depth(line, queue):
+    web = lease(line)
+    first, _ = admit(line, queue, web)
+    second, _ = admit(line, queue, web)
+    pubsub = line.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(second, events.QUEUE_CHANNEL)
+    admission.listen(line, second, 1)
+    try:
+        running.claim(line, queue)  # the first leaves the line: the second is next
+        heard = []
+        deadline = time.monotonic() + 2
+        while len(heard) < 2 and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.2)
+            if message:
+                heard.append(json.loads(message["data"]))
+        position = [m for m in heard if m["type"] == "queued"]
+        depth = [m for m in heard if m["type"] == "depth" and m["data"]["queue"] == queue]
+        assert position[0]["data"] == {"position": 1} and depth[0]["data"]["waiting"] == 1
+    finally:
+        admission.listen(line, second, -1)
+        pubsub.close()

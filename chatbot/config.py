@@ -41,7 +41,11 @@ def load(instance_path):
             "DATABASE_URL", f"sqlite:///{instance / 'chatbot.db'}"),
         "SESSION_TIMEOUT_HOURS": _float("SESSION_TIMEOUT_HOURS", 24),
         "MAX_QUEUE": _int("MAX_QUEUE", 512),
+        # unset: a quarter of MAX_QUEUE (chatbot.line.init_app); 0: no bound per asker
+        "MAX_QUEUE_PER_KEY": (int(os.environ["MAX_QUEUE_PER_KEY"])
+                              if os.environ.get("MAX_QUEUE_PER_KEY") else None),
         "QUEUE_TIMEOUT_SECONDS": _float("QUEUE_TIMEOUT_SECONDS", 600),
+        "MAX_REQUEST_SECONDS": _float("MAX_REQUEST_SECONDS", 600),
         "QUEUE_ORDER": _choice("QUEUE_ORDER", ("fair", "fifo")),
         "RESUME_GRACE_SECONDS": _float("RESUME_GRACE_SECONDS", 30),
         "CONTEXT_REPLY_RESERVE": _int("CONTEXT_REPLY_RESERVE", 512),
@@ -76,6 +80,9 @@ def load(instance_path):
         # FORMAT_MAX_REPEAT, _ENUM, _DEPTH, _NODES: bounds on a `format` schema
         "FORMAT_BOUNDS": schema_limits.Bounds.from_env(),
         "RATE_LIMIT": os.environ.get("RATE_LIMIT", ""),
+        "RATE_LIMIT_PER_KEY": os.environ.get("RATE_LIMIT_PER_KEY", ""),
+        "MAX_STREAMS_PER_KEY": _int("MAX_STREAMS_PER_KEY", 64),
+        "STREAM_MAX_SECONDS": _float("STREAM_MAX_SECONDS", 600),
         "TOKENS_PER_HOUR": _int("TOKENS_PER_HOUR", 0),
         "CORS_ORIGINS": os.environ.get("CORS_ORIGINS", ""),
         # Documents (RAG): embedded with EMBED_MODEL at upload, searched before each turn.

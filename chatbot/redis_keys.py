@@ -3,7 +3,7 @@ see chatbot.line.scripts). `{}` is filled with the id named beside it.
 
 The line, per queue: WAITING the requests waiting, in the order they will run (a sorted set) ·
 FAIR that order's clock and each asker's next turn · STARTED the requests running, one per
-worker. Per request: INFO what it is (state, queue, session, model, lease, cancel flag, its
+worker · ASKED the requests of one asker waiting or running (its share). Per request: INFO what it is (state, queue, session, model, lease, cancel flag, its
 SSE channel, ...) · JOB what a worker runs, until one takes it · BEAT alive while its worker
 beats · RELAY its events, in order (a stream) · THREAD the lock a turn holds on its session's
 thread. Per web process: LEASE alive while it lives · BELL its doorbell, rung with each event
@@ -12,6 +12,7 @@ for a request it waits on. LISTENING how many SSE clients listen to each request
 WAITING = "chatbot:waiting:{}"  # queue
 FAIR = "chatbot:fair:{}"  # queue
 STARTED = "chatbot:started:{}"  # queue
+ASKED = "chatbot:asked:{}:{}"  # queue, asker: the requests of one asker in line or running
 INFO = "chatbot:req:{}"  # request id
 JOB = "chatbot:job:{}"  # request id
 BEAT = "chatbot:beat:{}"  # request id
@@ -25,7 +26,10 @@ NONE = "chatbot:none"  # a script's key when it has none to give (no lock, no co
 CALIBRATION = "chatbot:calibration"  # host|model -> what its tokenizer counts against ours
 STICKY = "chatbot:sticky:{}"  # session id -> the host that served it
 METRIC = "chatbot:metric:"  # + a metric's name
-TOKENS = "chatbot:tokens:{}:{}"  # asker, clock hour
+STREAMS = "chatbot:streams:{}"  # asker: its open SSE streams, each until it lapses
+SSE_WAKE = "chatbot:sse-wake:{}"  # a web process's SSE hub: a channel rung to take a new one
+TOKENS = "chatbot:tokens:{}:{}"  # asker, clock hour: tokens generated and reserved
+TOKENS_KEPT = 7200  # seconds an hour's count is kept
 
 
 def stream_key(request_id):

@@ -7,8 +7,8 @@ import requests
 
 from tests.conftest import serve
 from tests.test_keys import A, B, bearer, keyed  # noqa: F401  (keyed: a fixture)
-from tests.test_queue import (SHORT, Background, cancel, chat_body, queue_state, start_slow,
-                              wait_for)
+from tests.test_queue import (BUSY, SHORT, Background, cancel, chat_body, queue_state,
+                              start_slow, wait_for)
 
 
 def waiting_ids(url, headers=None):
@@ -96,3 +96,28 @@ def test_with_keys_on_the_key_is_the_asker(keyed, stack):
         request.join(120)
         assert request.response.status_code == 200
     slow.join(30)
+
+
+def test_with_keys_on_one_key_holds_at_most_its_share_of_the_line(stack):
+    """MAX_QUEUE_PER_KEY: the key over its share gets Ollama's 503 with Retry-After, while
+    another key still gets in."""
+    app = stack.app_with({"API_KEYS": f"alice={A},bob={B}", "RATE_LIMIT": "1000/minute",
+                          "MAX_QUEUE": 8, "MAX_QUEUE_PER_KEY": 2})
+    server, url = serve(app)
+    try:
+        slow_id, slow = start_slow(stack)
+        alice = [f"share-{i}-{uuid.uuid4()}" for i in range(2)]
+        sent = [queue_up(url, str(uuid.uuid4()), rid, bearer(A)) for rid in alice]
+        refused = requests.post(url + "/api/chat", json=chat_body(SHORT, stream=False),
+                                headers=bearer(A), timeout=10)
+        assert refused.status_code == 503 and refused.json() == {"error": BUSY}
+        assert int(refused.headers["Retry-After"]) > 0
+        bobs = f"share-bob-{uuid.uuid4()}"
+        sent.append(queue_up(url, None, bobs, bearer(B)))
+        cancel(stack, slow_id)
+        for request in sent:
+            request.join(120)
+            assert request.response.status_code == 200
+        slow.join(30)
+    finally:
+        server.shutdown()

@@ -219,6 +219,7 @@ def test_queued_requests_of_a_dead_web_process_never_run(stack, logs_dir):
 def test_internal_errors_are_generic_and_carry_an_error_id(stack, caplog):
     app = Flask("broken")
     app.extensions["metrics"] = stack.app.extensions["metrics"]
+    app.extensions["redis"] = stack.app.extensions["redis"]
     app.extensions["keys"] = Keys()  # none: one trusted user
     app.config.update(stack.app.config)  # the settings every route reads (CORS_ORIGINS ...)
     db.init_app(app)

@@ -5,6 +5,7 @@ import json
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import ollama
 import openai
@@ -200,6 +201,18 @@ def test_rate_limit_gives_429_and_recovers(stack):
     assert client.get("/api/tags", headers=bearer(A)).status_code == 200
 
 
+def test_rate_limit_per_key_counts_every_route_together(stack):
+    app = stack.app_with({"API_KEYS": f"alice={A},bob={B}", "RATE_LIMIT_PER_KEY": "4 per 2 seconds"})
+    client = app.test_client()
+    time.sleep(2 - time.time() % 2 + 0.05)  # start at the beginning of a window
+    codes = [client.get(path, headers=bearer(A)).status_code
+             for path in ("/api/tags", "/api/ps", "/api/version", "/api/queue", "/api/tags",
+                          "/api/ps")]
+    # /api/version is open (not counted): four counted, the fifth refused
+    assert codes == [200, 200, 200, 200, 200, 429]
+    assert client.get("/api/ps", headers=bearer(B)).status_code == 200  # per key
+
+
 def test_token_quota_gives_429_before_anything_is_queued(stack):
     app = stack.app_with({"API_KEYS": f"quota-{uuid.uuid4().hex[:6]}={A}-quota",
                           "TOKENS_PER_HOUR": 5})
@@ -214,6 +227,26 @@ def test_token_quota_gives_429_before_anything_is_queued(stack):
         server.shutdown()
 
 
+def test_requests_sent_at_once_overshoot_the_token_quota_by_one_reservation_at_most(stack):
+    """Each request reserves its num_predict at admission: of eight sent at once against 60
+    tokens an hour, those admitted can generate at most 60 plus one reservation."""
+    key = f"{A}-burst"
+    app = stack.app_with({"API_KEYS": f"burst-{uuid.uuid4().hex[:6]}={key}",
+                          "TOKENS_PER_HOUR": 60})
+    server, url = serve(app)
+    body = {"model": MODEL, "stream": False, "messages": [{"role": "user", "content": "Count."}],
+            "options": {"temperature": 0, "seed": 1, "num_predict": 30}}
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda _: requests.post(
+                url + "/api/chat", json=body, headers=bearer(key), timeout=120), range(8)))
+        done = [r.json() for r in replies if r.status_code == 200]
+        assert {r.status_code for r in replies} <= {200, 429} and len(done) <= 3
+        assert sum(d["eval_count"] for d in done) <= 60 + 30
+    finally:
+        server.shutdown()
+
+
 @pytest.mark.parametrize("body,error", [
     ({"messages": [{"role": "user", "content": "x"}] * 1001}, "too many messages"),
     ({"messages": [{"role": "user", "content": "x" * 1_000_001}]}, "too long"),
@@ -222,6 +255,8 @@ def test_token_quota_gives_429_before_anything_is_queued(stack):
     ({"messages": [{"role": "user", "content": "hi"}], "options": {"num_ctx": 10 ** 7}}, "num_ctx"),
     ({"messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 10 ** 6}},
      "num_predict"),
+    ({"messages": [{"role": "user", "content": "hi"}], "options": {"stop": ["x"] * 17}}, "stop"),
+    ({"messages": [{"role": "user", "content": "hi"}], "options": {"stop": ["x" * 513]}}, "stop"),
 ])
 def test_limits_are_checked_before_queueing(stack, body, error):
     before = stack.count("messages"), stack.count("sessions")

@@ -11,7 +11,8 @@ import redis
 
 from chatbot.line import admission, events, running, scripts, sweep
 from chatbot.line.core import Line
-from chatbot.redis_keys import BEAT, BELL, FAIR, INFO, LEASE, THREAD, TOKENS, WAITING, stream_key
+from chatbot.redis_keys import (BEAT, BELL, FAIR, INFO, LEASE, LISTENING, THREAD, TOKENS, WAITING,
+                                stream_key)
 
 MODEL = "m"
 
@@ -116,6 +117,33 @@ def test_admit_takes_turns_between_askers_by_weight(line, queue):
     assert [r.decode() for r in line.redis.zrange(WAITING.format(fifo), 0, -1)] == first
 
 
+def test_admit_refuses_an_asker_past_its_share_while_others_get_in(line, queue):
+    line.max_queue, line.max_per_asker = 10, 2
+    web = lease(line)
+    first, _ = admit(line, queue, web, asker="b")
+    admit(line, queue, web, asker="b")
+    running.claim(line, queue)  # a running request still counts against its asker
+    with pytest.raises(admission.ShareFull):
+        admit(line, queue, web, asker="b")
+    assert admit(line, queue, web, asker="a")[1] == 2
+    line.move(first, queue, ("running",), "failed", events.NO_REPLY)  # one ends: room again
+    assert admit(line, queue, web, asker="b")[1] == 3
+
+
+def test_admit_counts_a_request_its_client_left_only_for_its_grace(line, queue):
+    line.max_queue, line.max_per_asker = 10, 1
+    web = lease(line)
+    left, _ = admit(line, queue, web, asker="b", info={"resumable": 30})
+    assert admission.detach(line, left, web, 30)
+    with pytest.raises(admission.ShareFull):  # within its grace it keeps its place
+        admit(line, queue, web, asker="b")
+    line.redis.hset(INFO.format(left), "detached_until", time.time() - 1)  # grace over
+    assert admit(line, queue, web, asker="b")[1] == 2
+    assert sweep.sweep(line, queue) == 1  # and the sweep takes it out of the line
+    assert line.info(left)["state"] == "cancelled" and relay(line, left)[-1] == events.CLIENT_GONE
+    assert line.redis.zcard(WAITING.format(queue)) == 1
+
+
 # --- claim ----------------------------------------------------------------------------------
 
 def test_claim_of_an_empty_line_is_none(line, queue):
@@ -202,15 +230,29 @@ def test_move_does_not_declare_a_beating_request_lost(line, queue):
     assert line.info(rid)["state"] == "lost"
 
 
-def test_move_releases_the_lock_only_with_its_token_and_counts_the_tally(line, queue):
+def test_move_releases_the_lock_only_with_its_token(line, queue):
     rid, _ = admit(line, queue, lease(line))
     taken = running.claim(line, queue)
     key, _ = taken.lock
-    counter = TOKENS.format(f"asker-{uuid.uuid4().hex[:6]}", 0)
-    line.move(rid, queue, ("running",), "failed", events.NO_REPLY, lock=(key, "not-its-token"),
-              tally=(counter, 7, 60))
-    assert line.redis.exists(key) and int(line.redis.get(counter)) == 7
+    line.move(rid, queue, ("running",), "failed", events.NO_REPLY, lock=(key, "not-its-token"))
+    assert line.redis.exists(key)
     line.redis.delete(key)
+
+
+def test_move_settles_the_tokens_reserved_once(line, queue):
+    """A request that never ran gives its reservation back; one that ran counts what it
+    generated instead; a second ending changes nothing."""
+    web, counter = lease(line), TOKENS.format(f"asker-{uuid.uuid4().hex[:6]}", 0)
+    line.redis.set(counter, 100)  # two reservations of 50, as the web makes them
+    tally = {"tally_key": counter, "reserved": 50}
+    never, _ = admit(line, queue, web, info=tally)
+    ran, _ = admit(line, queue, web, info=tally)
+    admission.cancel(line, never)
+    assert int(line.redis.get(counter)) == 50
+    running.claim(line, queue).end({"final": {"done": True, "eval_count": 7}, "content": ""})
+    assert int(line.redis.get(counter)) == 7 and line.info(ran)["state"] == "done"
+    line.move(ran, queue, ("running",), "failed", events.NO_REPLY, tally=9)
+    assert int(line.redis.get(counter)) == 7
 
 
 # --- check ----------------------------------------------------------------------------------
@@ -222,6 +264,10 @@ def test_check_says_what_is_due(line, queue):
     assert said("nobody") == b"vanished"
     rid, _ = admit(line, queue, web)
     assert said(rid) == b"waiting"
+    gone_web = lease(line)
+    left, _ = admit(line, queue, gone_web)
+    line.redis.delete(LEASE.format(gone_web))
+    assert said(left) == b"abandoned"
     line.redis.hset(INFO.format(rid), "queued_at", time.time() - 61)
     assert said(rid) == b"overdue"
     assert sweep.verdict(line, rid, queue) == line.expired  # and the watchdog expires it
@@ -306,7 +352,7 @@ def test_emit_appends_and_rings_each_chunk_after_the_one_before(line, queue):
     chunks = relay(line, rid)
     assert [c["n"] for c in chunks] == [1, 2]
     rings = line.redis.xrange(BELL.format(web))
-    assert [r[b"p"] for _, r in rings] == [b"0-0", rings[0][0]]
+    assert [r[b"p"] for _, r in rings] == [b"0-0", rings[0][1][b"i"]]
 
 
 def test_emit_of_a_quiet_request_rings_only_for_its_ending(line, queue):
@@ -344,3 +390,15 @@ def test_announce_tells_listeners_their_place_and_the_queue_its_depth(line, queu
     finally:
         admission.listen(line, second, -1)
         pubsub.close()
+
+
+def test_announce_drops_the_listeners_of_a_request_no_longer_waiting(line, queue):
+    """The listener registry forgets a request once it has left the line (the web process of
+    its listeners may have died without saying so)."""
+    rid, _ = admit(line, queue, lease(line))
+    future = f"not-sent-yet-{uuid.uuid4()}"
+    admission.listen(line, rid, 1)
+    admission.listen(line, future, 1)  # subscribed before its request is sent: kept
+    running.claim(line, queue)  # it runs: no place to announce any more
+    assert not line.redis.hexists(LISTENING, rid) and line.redis.hexists(LISTENING, future)
+    admission.listen(line, future, -1)

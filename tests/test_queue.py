@@ -253,3 +253,26 @@ def test_the_task_admission_pushes_is_the_one_celery_sends(stack):
     # Each task has ids of its own.
     again = json.loads(app.extensions["run_next_messages"](queue)[1])
     assert again["headers"]["id"] == again["properties"]["correlation_id"] != task_id
+
+
+def test_a_reply_running_past_max_request_seconds_is_stopped_and_kept(stack):
+    """MAX_REQUEST_SECONDS: a streamed reply that runs too long ends with an error line, and
+    what it had generated is kept in the session; the line moves on."""
+    short = stack.app_with({"MAX_REQUEST_SECONDS": 1})
+    server, url = serve(short)
+    try:
+        sid = str(uuid.uuid4())
+        began = time.monotonic()
+        resp = requests.post(url + "/api/chat", json=chat_body({**LONG, "num_predict": 5000}, sid),
+                             timeout=120)
+        took = time.monotonic() - began
+        lines = [json.loads(line) for line in resp.text.splitlines()]
+        assert resp.status_code == 200 and "MAX_REQUEST_SECONDS" in lines[-1]["error"]
+        streamed = "".join(line["message"]["content"] for line in lines[:-1])
+        assert streamed and took < 30
+        rows = stack.rows(sid)
+        assert [(r.role, r.status) for r in rows] == [("user", "ok"), ("assistant", "failed")]
+        assert rows[1].content == streamed
+        assert queue_state(stack.url)["running"] is None
+    finally:
+        server.shutdown()

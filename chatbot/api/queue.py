@@ -3,14 +3,15 @@
 a client that comes back (GET /api/requests/<id>/stream?after=N)."""
 import json
 import logging
+import queue as queue_module
 import time
 
 import redis
 from flask import Blueprint, Response, current_app, jsonify, request
-from flask_sse import Message, sse
+from flask_sse import Message
 
 from chatbot import line as lines
-from chatbot.api import auth, turns
+from chatbot.api import auth, notices, quota, turns
 from chatbot.api.errors import ApiError
 from chatbot.line import admission, events as ev
 from chatbot.redis_keys import stream_key
@@ -19,6 +20,7 @@ from chatbot.upstream import routing
 bp = Blueprint("queue", __name__)
 log = logging.getLogger(__name__)
 KEEPALIVE_SECONDS = 3
+RETRY_MS = 1000  # how soon an EventSource reconnects
 
 
 @bp.get("/api/queue")
@@ -90,48 +92,60 @@ def _known(request_id):
 
 @bp.get("/api/events")
 def events():
-    """flask-sse's messages, but subscribed before the first byte goes out (so a client that
-    has the headers misses nothing) and with a comment every few seconds, which keeps proxies
-    from closing the stream and lets us notice a client that left. After a Redis restart it
-    subscribes again (what was published meanwhile is lost, as with any pub/sub)."""
+    """flask-sse's messages through the process's one subscription (chatbot.api.notices),
+    subscribed before the first byte goes out (so a client that has the headers misses
+    nothing), with a comment every few seconds, which keeps proxies from closing the stream and
+    lets us notice a client that left. A stream lasts STREAM_MAX_SECONDS at most; the client
+    (EventSource does it by itself) comes back with Last-Event-ID and loses nothing: a
+    request's tokens after it are read back from its reply stream, and its place is said
+    again. An asker holds MAX_STREAMS_PER_KEY streams at most (429 past them)."""
     name = request.args.get("channel") or ev.QUEUE_CHANNEL
     channel = _channel(name)
     # A client that reconnects says the last token it has (EventSource sends it by itself).
     raw_last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     last_id = None if raw_last is None else _count(raw_last.strip(), "Last-Event-ID")
-    pubsub = sse.redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(channel)
+    notices, who = current_app.extensions["notices"], quota.asker()
+    stream_id = notices.open(who)
+    if stream_id is None:
+        raise ApiError(429, f"too many event streams: {notices.max_per_asker} per key "
+                            "(MAX_STREAMS_PER_KEY)", {"Retry-After": str(KEEPALIVE_SECONDS)})
+    try:
+        listener = notices.hub().listen(channel)
+    except BaseException:
+        notices.close(who, stream_id)
+        raise
     line, about_a_request = lines.get(), name != ev.QUEUE_CHANNEL
     client = current_app.extensions["redis"]  # the stream runs outside the app context
+    ends_at = time.monotonic() + notices.max_seconds
 
     def stream():
-        listener, sent, ended = pubsub, last_id, False  # the newest token it has; the end sent
+        sent, ended = last_id, False  # the newest token it has; the end sent
         if about_a_request:
             admission.listen(line, name, 1)  # its position is announced while someone listens
         try:
-            yield ": subscribed\n\n"
-            if about_a_request and last_id is not None:  # subscribed first: nothing falls between
-                for message in _since(client, name, last_id):
-                    sent = max(sent, message.id or 0)
-                    ended = ended or message.type in ev.FINAL
-                    yield str(message)
-            while True:
+            yield f"retry: {RETRY_MS}\n: subscribed\n\n"
+            if about_a_request:
+                if last_id is not None:  # subscribed first: nothing falls between
+                    for message in _since(client, name, last_id):
+                        sent = max(sent, message.id or 0)
+                        ended = ended or message.type in ev.FINAL
+                        yield str(message)
+                place = _place(line, name)
+                if place and not ended:
+                    yield str(Message({"position": place}, type="queued"))
+            while time.monotonic() < ends_at:
                 try:
-                    message = listener.get_message(timeout=KEEPALIVE_SECONDS)
-                except redis.RedisError:
-                    log.warning("SSE: redis went away; subscribing again")
-                    listener.close()
-                    listener = yield from _resubscribe(channel)
-                    continue
-                if message is None:
+                    data = listener.inbox.get(timeout=KEEPALIVE_SECONDS)
+                except queue_module.Empty:
                     yield ": keep-alive\n\n"
-                elif message["type"] == "message":
-                    fields = json.loads(message["data"])
-                    if _sent_already(fields, sent, ended):
-                        continue
+                    continue
+                fields = json.loads(data)
+                if not _sent_already(fields, sent, ended):
                     yield str(Message(**fields))
+            yield ": this stream has lasted STREAM_MAX_SECONDS; reconnect with Last-Event-ID\n\n"
         finally:
-            listener.close()
+            notices.hub().leave(listener)
+            notices.close(who, stream_id)
             if about_a_request:
                 try:
                     admission.listen(line, name, -1)
@@ -139,6 +153,15 @@ def events():
                     pass  # gone with Redis
 
     return Response(stream(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _place(line, request_id):
+    """A request's place in line, if it waits (None if Redis does not answer)."""
+    try:
+        info = line.info(request_id)
+        return line.position(request_id, info["queue"]) if info.get("state") == "queued" else None
+    except (redis.RedisError, KeyError):
+        return None
 
 
 def _sent_already(fields, sent, ended):
@@ -175,18 +198,6 @@ def _channel(name):
     return ev.sse_channel(auth.key_name(), name)
 
 
-def _resubscribe(channel):
-    """A new subscription once Redis answers again; comments meanwhile keep the client."""
-    while True:
-        time.sleep(1)
-        yield ": reconnecting\n\n"
-        listener = sse.redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            listener.subscribe(channel)
-            return listener
-        except redis.RedisError:
-            listener.close()
-
-
 def init_app(app):
     app.register_blueprint(bp)
+    notices.init_app(app)

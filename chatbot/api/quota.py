@@ -1,16 +1,19 @@
 """How much an asker (a key while keys are on, else a client address) may ask: requests per
-window (RATE_LIMIT, e.g. "60/minute", flask-limiter on Redis) and generated tokens per clock
-hour (TOKENS_PER_HOUR). Both off by default; over either is a 429 with Retry-After."""
+window on each route (RATE_LIMIT, e.g. "60/minute", flask-limiter on Redis) and on all routes
+together (RATE_LIMIT_PER_KEY), and generated tokens per clock hour (TOKENS_PER_HOUR). Both off by default; over either is a 429 with Retry-After."""
+import logging
 import math
 import time
 
+import redis
 from flask import current_app, request
 from flask_limiter import Limiter
 
-from chatbot.api.errors import ApiError
-
 from chatbot.api import auth
-from chatbot.redis_keys import TOKENS
+from chatbot.api.errors import ApiError
+from chatbot.redis_keys import TOKENS, TOKENS_KEPT
+
+log = logging.getLogger(__name__)
 
 
 def asker():
@@ -19,40 +22,62 @@ def asker():
 
 
 class TokenQuota:
-    """Generated tokens per asker per clock hour, counted by the workers whatever the limit
-    (a worker need not know it) and compared with TOKENS_PER_HOUR by the web."""
+    """Generated tokens per asker per clock hour. A request reserves its worst case (its
+    num_predict, MAX_NUM_PREDICT when it has none or -1/-2) at admission, refused with a 429
+    once the hour's count (what ran, plus what is reserved) has reached TOKENS_PER_HOUR; the
+    line settles the real count when the request ends (the reservation back if it never ran).
+    So requests sent at once overshoot by at most one reservation. With no limit nothing is
+    reserved, and the tokens are counted all the same."""
 
-    def __init__(self, client, per_hour):
-        self.redis, self.per_hour = client, per_hour
+    def __init__(self, client, per_hour, max_num_predict):
+        self.redis, self.per_hour, self.max_num_predict = client, per_hour, max_num_predict
 
-    def check(self, who):
-        """Raise a 429 if `who` has used this hour's tokens up."""
-        if self.per_hour <= 0:
-            return
+    def worst_case(self, options):
+        wanted = (options or {}).get("num_predict")
+        if wanted is None or wanted < 0:  # Ollama's -1 (no limit) and -2 (fill the context)
+            return self.max_num_predict
+        return min(wanted, self.max_num_predict)
+
+    def reserve(self, who, options):
+        """{tally_key, reserved}, the fields a request carries for the line to settle; a 429
+        if `who` has used (or reserved) this hour's tokens up."""
         hour, now = divmod(time.time(), 3600)
-        used = int(self.redis.get(TOKENS.format(who, int(hour))) or 0)
-        if used >= self.per_hour:
+        key = TOKENS.format(who, int(hour))
+        if self.per_hour <= 0:
+            return {"tally_key": key, "reserved": 0}
+        worst = self.worst_case(options)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incrby(key, worst)
+        pipe.expire(key, TOKENS_KEPT)
+        total, _ = pipe.execute()
+        if total - worst >= self.per_hour:
+            self.release(key, worst)
             raise ApiError(429, f"token limit exceeded: {self.per_hour} generated tokens per "
                                 "hour (TOKENS_PER_HOUR)",
                            {"Retry-After": str(max(1, math.ceil(3600 - now)))})
+        return {"tally_key": key, "reserved": worst}
 
-    def tally(self, who, tokens):
-        """What `who` generating `tokens` adds to its hour's count, as (key, amount, seconds
-        kept), for the worker to add when it ends the request (chatbot.line); None if
-        nothing."""
-        if who and tokens:
-            return TOKENS.format(who, int(time.time() // 3600)), int(tokens), 7200
-        return None
+    def release(self, key, reserved):
+        """A reservation given back: its request was never admitted."""
+        if reserved:
+            try:
+                self.redis.decrby(key, reserved)
+            except redis.RedisError:  # the error that brought us here is the one to tell
+                log.warning("could not give back %d reserved tokens", reserved)
 
 
 def init_app(app):
     """After the API's own before_request (which identifies the key): hooks run in order."""
-    rate = app.config["RATE_LIMIT"]
+    rate, overall = app.config["RATE_LIMIT"], app.config["RATE_LIMIT_PER_KEY"]
+    # RATE_LIMIT counts each route apart; RATE_LIMIT_PER_KEY all routes together
     app.extensions["rate_limiter"] = Limiter(
         asker, app=app, default_limits=[rate] if rate else [], storage_uri=app.config["REDIS_URL"],
-        headers_enabled=True, default_limits_exempt_when=auth.is_open, enabled=bool(rate),
+        headers_enabled=True, default_limits_exempt_when=auth.is_open,
+        application_limits=[overall] if overall else [],
+        application_limits_exempt_when=auth.is_open, enabled=bool(rate or overall),
         key_prefix="chatbot-rate")
-    app.extensions["tokens"] = TokenQuota(app.extensions["redis"], app.config["TOKENS_PER_HOUR"])
+    app.extensions["tokens"] = TokenQuota(app.extensions["redis"], app.config["TOKENS_PER_HOUR"],
+                                          app.config["MAX_NUM_PREDICT"])
 
 
 def tokens():

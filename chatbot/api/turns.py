@@ -33,20 +33,21 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
     is sent upstream (chat's context is added by the flow). A `resumable` request survives
     its client leaving for RESUME_GRACE_SECONDS, and is answered again as it was first
     (`answer`: (wire, stream); GET /api/requests/<id>/stream). Returns (request_id, queue)."""
-    owner, who = auth.key_name(), quota.asker()
-    quota.tokens().check(who)
+    owner = auth.key_name()
     if auth.scope() is not auth.ALL and not g.get("fresh_session"):
         exists, holder = store.session_owner(session_id)
         if exists and holder != owner:  # another key's session: as if there were none
             raise ApiError(404, f"session '{session_id}' not found")
     host, queue = routing.get().choose(model, session_id)
+    # Its worst case in tokens, reserved until it ends (then settled by the line)
+    tally = quota.tokens().reserve(quota.asker(), upstream_body.get("options"))
     hub = current_app.extensions["relay"].hub()
     line, lease = lines.get(), hub.lease
     g.model = model
 
     def admit():
         info = {"model": model, "session_id": session_id, "host": host, "owner": owner or "",
-                "channel": ev.sse_channel(owner, g.request_id)}
+                "channel": ev.sse_channel(owner, g.request_id), **tally}
         if resumable:
             info.update(resumable=current_app.config["RESUME_GRACE_SECONDS"],
                         wire=json.dumps([*answer[0].recipe(), answer[1]]))
@@ -55,8 +56,9 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         job = {"request_id": g.request_id, "session_id": session_id, "kind": kind,
                "model": model, "messages": messages, "upstream": {**upstream_body, "model": model},
                "host": host, "queue": queue, "fresh": bool(g.get("fresh_session")),
-               "owner": owner, "channel": info["channel"], "asker": who,
-               "quiet": bool(info.get("quiet"))}
+               "owner": owner, "channel": info["channel"],
+               "quiet": bool(info.get("quiet")),
+               "max_seconds": current_app.config["MAX_REQUEST_SECONDS"]}
         # Turns are taken between askers: the key, else the session.
         fair = current_app.config["QUEUE_ORDER"] == "fair"
         # One task per request, pushed by the admission itself; it runs whichever request
@@ -79,12 +81,15 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         while position is None:  # a client reusing an id never reads another request's reply
             g.request_id = str(uuid.uuid4())
             position = admit()
-    except admission.QueueFull:
-        log.warning("refused: queue %s is full", queue)
-        raise ApiError(503, BUSY, {"Retry-After": str(RETRY_AFTER_SECONDS)})
-    except redis.RedisError:
-        log.warning("refused: redis does not answer", exc_info=True)
-        raise ApiError(503, ev.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})
+    except BaseException as exc:
+        quota.tokens().release(tally["tally_key"], tally["reserved"])
+        if isinstance(exc, admission.QueueFull):  # the line, or this asker's share of it
+            log.warning("refused: %s (queue %s)", type(exc).__doc__.strip(), queue)
+            raise ApiError(503, BUSY, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if isinstance(exc, redis.RedisError):
+            log.warning("refused: redis does not answer", exc_info=True)
+            raise ApiError(503, ev.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        raise
     request_id = g.request_id
     g.marks["admitted"] = timing.now()
     # Said by the request's audit line (chatbot.api), which carries what is bound here.

@@ -16,6 +16,7 @@ from chatbot.engine import options as ollama_options, schema_limits
 
 ROLES = ("system", "user", "assistant", "tool")
 CEILINGS = {"num_ctx": "MAX_NUM_CTX", "num_predict": "MAX_NUM_PREDICT"}
+MAX_STOP, MAX_STOP_CHARS = 16, 512  # stop sequences per request, characters in one
 SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -115,6 +116,11 @@ def options(body, struct):
         if value is not None and value > current_app.config[ceiling]:
             raise ApiError(400, f"option \"{key}\" must be at most "
                                 f"{current_app.config[ceiling]} ({ceiling})")
+    stop = body["options"].get("stop") or ()
+    if len(stop) > MAX_STOP or any(len(str(s)) > MAX_STOP_CHARS for s in stop):
+        # each is checked after every token: a long list costs every other request's turn
+        raise ApiError(400, f"option \"stop\" takes at most {MAX_STOP} sequences of at most "
+                            f"{MAX_STOP_CHARS} characters")
 
 
 THINK_LEVELS = ("high", "medium", "low", "max")

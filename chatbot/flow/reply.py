@@ -55,6 +55,9 @@ class CallUpstream(Node):
         return reply
 
     def post(self, shared, prep_res, exec_res):
+        overdue = shared["running"].overdue_error()
+        if overdue and exec_res["status"] == "cancelled":  # stopped by MAX_REQUEST_SECONDS
+            exec_res = {**exec_res, "status": "failed", "error": overdue}
         shared["reply"] = exec_res
         if exec_res["error"]:
             shared["metrics"].inc("chatbot_upstream_errors_total", host=shared["upstream"].host,

@@ -16,10 +16,13 @@ from chatbot.line.core import Line
 
 def init_app(app, on_lost=None):
     """The app's line; `on_lost(request id, record, partial reply)` when a worker died."""
-    app.extensions["line"] = Line(app.extensions["redis"], app.config["MAX_QUEUE"],
-                                  app.config["QUEUE_TIMEOUT_SECONDS"],
-                                  app.config["RELAY_TTL_SECONDS"],
-                                  app.config["REDIS_WAIT_SECONDS"], on_lost)
+    config = app.config
+    share = config.get("MAX_QUEUE_PER_KEY")
+    if share is None:  # by default no asker may hold more than a quarter of the line
+        share = max(1, config["MAX_QUEUE"] // 4)
+    app.extensions["line"] = Line(app.extensions["redis"], config["MAX_QUEUE"],
+                                  config["QUEUE_TIMEOUT_SECONDS"], config["RELAY_TTL_SECONDS"],
+                                  config["REDIS_WAIT_SECONDS"], on_lost, share)
 
 
 def get():

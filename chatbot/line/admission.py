@@ -6,27 +6,35 @@ import time
 from chatbot.line import events
 from chatbot.line.core import INFO_TTL
 from chatbot.line.relay import LEASE_TTL
-from chatbot.redis_keys import FAIR, INFO, JOB, LEASE, LISTENING, NONE, WAITING, stream_key
+from chatbot.redis_keys import (ASKED, FAIR, INFO, JOB, LEASE, LISTENING, NONE, WAITING,
+                                stream_key)
 
 ROUND = 2520  # a request's cost in the fair order at weight 1: divisible by weights 1 to 10
 
 
 class QueueFull(Exception):
-    pass
+    """MAX_QUEUE requests wait already."""
+
+
+class ShareFull(QueueFull):
+    """The asker has its share of the line (MAX_QUEUE_PER_KEY) waiting or running already."""
 
 
 def admit(line, request_id, queue, info, lease, job=None, asker="", weight=0, task=None):
-    """Take a place in line and return it. Raises QueueFull at MAX_QUEUE waiting; returns None
+    """Take a place in line and return it. Raises QueueFull at MAX_QUEUE waiting, ShareFull when
+    the asker has its share (MAX_QUEUE_PER_KEY) waiting or running; returns None
     when the id has a record already (the caller picks a fresh one). `info` names the
     request's SSE `channel` (see events.sse_channel) and `owner`, with model and session; `job`
     is what a worker runs (chatbot.worker.tasks); `task` (list key, message) the broker message
     that has a worker run it, pushed only if the request is admitted. Requests take turns
     between askers by `weight` (0: in order of arrival; see lib.fair_score in lua/helpers.lua)."""
-    fields = {**info, "queue": queue, "state": "queued", "queued_at": time.time(), "lease": lease}
+    now = time.time()
+    fields = {**info, "queue": queue, "state": "queued", "queued_at": now, "lease": lease}
     position = line.scripts["admit"].call(
         waiting=WAITING.format(queue), info=INFO.format(request_id),
         stream=stream_key(request_id), lease=LEASE.format(lease), fair=FAIR.format(queue),
         job_key=JOB.format(request_id), task_list=task[0] if task else NONE,
+        asked=ASKED.format(queue, asker), max_per_asker=line.max_per_asker, now=now,
         max_queue=line.max_queue, request_id=request_id,
         fields=json.dumps([str(x) for kv in fields.items() for x in kv]), ttl=INFO_TTL,
         lease_ttl=LEASE_TTL, channel=info.get("channel", request_id), asker=asker,
@@ -34,6 +42,8 @@ def admit(line, request_id, queue, info, lease, job=None, asker="", weight=0, ta
         task=task[1] if task else "", **line.announcing(queue))
     if position == 0:
         raise QueueFull()
+    if position == -2:
+        raise ShareFull()
     return None if position < 0 else position
 
 

@@ -10,7 +10,7 @@ import json
 import time
 
 from chatbot.line import events, scripts
-from chatbot.redis_keys import BEAT, INFO, NONE, STARTED, WAITING, stream_key
+from chatbot.redis_keys import BEAT, INFO, NONE, STARTED, TOKENS_KEPT, WAITING, stream_key
 from chatbot.upstream import empty_reply, fold
 
 INFO_TTL = 3600  # seconds a request's record outlives its last change
@@ -18,9 +18,10 @@ INFO_TTL = 3600  # seconds a request's record outlives its last change
 
 class Line:
     def __init__(self, client, max_queue, queue_timeout, relay_ttl, redis_wait=0.0,
-                 on_lost=None):
+                 on_lost=None, max_per_asker=0):
         self.redis = client
         self.max_queue, self.queue_timeout, self.relay_ttl = max_queue, queue_timeout, relay_ttl
+        self.max_per_asker = max_per_asker  # one asker's requests waiting or running; 0: any
         # A waiting client outlasts a Redis that does not answer for this long (a restart of a
         # Redis that keeps the line); `away` is since when this process has not reached it.
         self.redis_wait, self.away = redis_wait, None
@@ -33,18 +34,18 @@ class Line:
     def move(self, request_id, queue, from_states, to_state, event, only_if_dead=False,
              cancel_running=False, lock=None, tally=None, then=None, before=()):
         """Move a request from one of `from_states` to `to_state` with its final `event`
-        (lua/move.lua). Returns [1 if it moved, the state it was in, ...]."""
+        (lua/move.lua), its `tally` (tokens generated, if known) settled against its
+        reservation. Returns [1 if it moved, the state it was in, ...]."""
         key, token = lock or (NONE, "")
-        counter, amount, kept = tally or (NONE, "", 0)
         ending = self.scripts["move"].bound(
             info=INFO.format(request_id), stream=stream_key(request_id),
             waiting=WAITING.format(queue), beat=BEAT.format(request_id),
-            started=STARTED.format(queue), lock=key, counter=counter,
+            started=STARTED.format(queue), lock=key,
             request_id=request_id, from_states=",".join(from_states), to_state=to_state,
             now=time.time(), event=json.dumps(event), notice=events.sse_notice(event),
             lock_token=token, ttl=self.relay_ttl, only_if_dead="1" if only_if_dead else "0",
             cancel_running="1" if cancel_running else "0", **self.announcing(queue),
-            tally=amount, tally_ttl=kept)
+            tally="" if tally is None else int(tally), tally_ttl=TOKENS_KEPT)
         # The events `before`, the ending (its client hears at once), then `then`'s writes
         # (whose failures are theirs: a metric never fails a request).
         ran, _ = self.one_trip([*before, ending], then.into if then is not None else None)

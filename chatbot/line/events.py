@@ -45,6 +45,12 @@ def expired(queue_timeout):
                             "starting (QUEUE_TIMEOUT_SECONDS); please retry")
 
 
+def overdue(max_seconds):
+    """The one text of a request stopped for running too long."""
+    return error_event(503, f"the reply ran past {max_seconds:g} s (MAX_REQUEST_SECONDS) and was "
+                            "stopped; what it had generated is kept in the session")
+
+
 # Why a worker stops a running request (the heartbeat script's answer).
 STOP_REASONS = {1: "cancelled", 2: "the client is gone", 3: "the request was ended elsewhere"}
 

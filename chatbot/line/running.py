@@ -10,7 +10,8 @@ import uuid
 from chatbot.line import events
 from chatbot.line.heartbeat import HEARTBEAT_TTL, THREAD_LOCK_TTL, Heartbeat
 from chatbot.ops import logs, timing
-from chatbot.redis_keys import FAIR, INFO, NONE, STARTED, THREAD, WAITING, stream_key
+from chatbot.redis_keys import (FAIR, INFO, NONE, STARTED, THREAD, TOKENS_KEPT, WAITING,
+                                stream_key)
 
 log = logging.getLogger(__name__)
 QUIET_EVERY = 0.05  # seconds a quiet request's chunks wait to go out together
@@ -44,7 +45,8 @@ def claim(line, queue, task_list=None, also=None, wait=None):
         now="now" if wait is not None else time.time(), heartbeat_ttl=HEARTBEAT_TTL,
         queue_timeout=line.queue_timeout, **_claim_events(line.queue_timeout),
         ttl=line.relay_ttl, **line.announcing(queue), lock_token=token,
-        lock_ttl_ms=THREAD_LOCK_TTL * 1000, take_task="1" if task_list else "0")
+        lock_ttl_ms=THREAD_LOCK_TTL * 1000, take_task="1" if task_list else "0",
+        tally_ttl=TOKENS_KEPT)
     first = (lambda pipe: pipe.brpop([wait[0]], timeout=wait[1])) if wait else None
     (out,), read = line.one_trip([call], also.queue if also else None, first=first)
     for result in read:
@@ -78,12 +80,16 @@ class Running:
         self.channel = (job or {}).get("channel", request_id)
         self.chunks = Chunks(line, request_id, self.channel, (job or {}).get("quiet", False))
         self.heartbeat = Heartbeat(line, request_id, lock)
-        self.marks, self.metrics, self.tally = {}, None, None
+        self.marks, self.metrics = {}, None
+        self.max_seconds = (job or {}).get("max_seconds") or 0  # MAX_REQUEST_SECONDS, as admitted
+        self.deadline = None
 
-    def start(self, marks, metrics, tally):
-        """It runs: beating from now. `marks` its timings, `metrics` the batch of metric writes
-        sent with its ending, `tally(tokens)` the counter its generated tokens add to."""
-        self.marks, self.metrics, self.tally = marks, metrics, tally
+    def start(self, marks, metrics):
+        """It runs: beating from now, and for at most its max_seconds. `marks` its timings,
+        `metrics` the batch of metric writes sent with its ending."""
+        self.marks, self.metrics = marks, metrics
+        if self.max_seconds > 0:
+            self.deadline = time.monotonic() + self.max_seconds
         self.heartbeat.start()
 
     # --- what the flow uses -------------------------------------------------------------
@@ -93,8 +99,14 @@ class Running:
         self.chunks(event)
 
     def stop_asked(self):
-        """Cancelled, its client gone, or ended elsewhere: stop."""
-        return self.heartbeat.stop_asked()
+        """Cancelled, its client gone, ended elsewhere, or past its deadline: stop."""
+        return self.heartbeat.stop_asked() or self.overdue_error() is not None
+
+    def overdue_error(self):
+        """The error of a request that ran past its deadline, else None."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return {k: v for k, v in events.overdue(self.max_seconds).items() if k != "t"}
+        return None
 
     def phase(self, phase, event, data=None):
         """A step its client may wait on (summarizing its history, say): `phase` in
@@ -109,18 +121,20 @@ class Running:
 
     def end(self, reply):
         """End it with the flow's reply: its state and final event, the chunks not yet sent,
-        its tokens counted and its metrics written, all in one round trip, before its client
+        its tokens settled against its reservation and its metrics written, all in one round trip, before its client
         hears; the thread lock released with it."""
         if self.state is not None:
             return
         self.state, event = events.outcome({**reply, "marks": self.marks, "waited": self.waited})
         generated = (reply.get("final") or {}).get("eval_count")
         logs.bind(tokens=generated)
+        if generated is None:  # it ended before its final chunk: a token per chunk streamed
+            generated = reply.get("chunks", 0)
         self.marks["ending"] = timing.now()
         self.heartbeat.lock = None
         ended = self.line.move(
             self.request_id, self.queue, ("running",), self.state, event, lock=self.lock,
-            tally=self.tally(generated) if self.tally else None, then=self.metrics,
+            tally=generated, then=self.metrics,
             before=[self.chunks.bound(chunk) for chunk in self.chunks.take()])
         if ended[0]:
             self.waiting, self.lock = ended[3], None  # the script released the lock

@@ -7,7 +7,7 @@ import time
 import redis
 
 from chatbot.line import events
-from chatbot.redis_keys import BEAT, INFO, LEASE, STARTED, WAITING
+from chatbot.redis_keys import BEAT, INFO, STARTED, WAITING
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,22 @@ def verdict(line, request_id, queue):
     line.away = None
     return {b"vanished": lambda: events.VANISHED, b"ended": lambda: events.ENDED,
             b"overdue": lambda: expire(line, request_id, queue),
-            b"dead": lambda: lose(line, request_id, queue)}.get(said, lambda: None)()
+            b"dead": lambda: lose(line, request_id, queue),
+            b"abandoned": lambda: abandon(line, request_id, queue)}.get(said, lambda: None)()
 
 
 def expire(line, request_id, queue):
     """A request that waited too long leaves the line; None if it started meanwhile."""
     if line.move(request_id, queue, ("queued",), "expired", line.expired)[0]:
         return line.expired
+    return None
+
+
+def abandon(line, request_id, queue):
+    """A waiting request nobody will read: its client left and did not come back within its
+    grace, or its web process died. It leaves the line (and its asker's share)."""
+    if line.move(request_id, queue, ("queued",), "cancelled", events.CLIENT_GONE)[0]:
+        return events.CLIENT_GONE
     return None
 
 
@@ -54,8 +63,8 @@ def lose(line, request_id, queue):
 
 def sweep(line, queue):
     """Clear what no client will: waiting entries with no record or waiting too long, waiting
-    requests whose web process died, and a running request whose worker died. Returns how many
-    were cleared."""
+    requests whose web process died or whose client left beyond its grace, and a running
+    request whose worker died. Returns how many were cleared."""
     cleared = 0
     for rid in line.redis.zrange(WAITING.format(queue), 0, -1):
         said = verdict(line, rid.decode(), queue)
@@ -63,10 +72,6 @@ def sweep(line, queue):
             cleared += line.redis.zrem(WAITING.format(queue), rid)
         elif said:
             cleared += 1
-        elif not _may_come_back(line, rid.decode()):
-            # The web process that admitted it died: nobody waits for the answer.
-            cleared += line.move(rid.decode(), queue, ("queued",), "cancelled",
-                                 events.CLIENT_GONE)[0]
     for rid in line.redis.smembers(STARTED.format(queue)):
         said = verdict(line, rid.decode(), queue)
         if said is events.VANISHED or said is events.ENDED:
@@ -76,8 +81,3 @@ def sweep(line, queue):
         line.announce(queue)
     return cleared
 
-
-def _may_come_back(line, request_id):
-    """Its web process lives, or its client may still resume it (the claim decides)."""
-    info = line.info(request_id)
-    return bool(info.get("resumable")) or bool(line.redis.exists(LEASE.format(info.get("lease"))))

@@ -127,10 +127,11 @@ def run_claimed(running, marks, writes, calibrations=None):
     metrics = ext["metrics"].batch()  # written with the ending, in its round trip
     metrics.observe("chatbot_queue_wait_seconds", running.waited, queue=running.queue)
     log.debug("started after %.3f s in line", running.waited)
-    running.start(marks, metrics, functools.partial(ext["tokens"].tally, job.get("asker")))
+    running.start(marks, metrics)
     try:
-        if not running.hold_thread():  # the client left while another turn held its thread
-            running.end({"status": "cancelled"})
+        if not running.hold_thread():  # told to stop while another turn held its thread
+            overdue = running.overdue_error()
+            running.end({"error": overdue} if overdue else {"status": "cancelled"})
             return running.waiting
         marks["begun"] = timing.now()
         # The turn's writes go through a plain Connection: half the cost per commit of the

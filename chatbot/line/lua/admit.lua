@@ -1,16 +1,30 @@
 -- A request takes a place in line, all or nothing: refused (0) when `max_queue` wait already,
--- refused (-1) when its id has a record or a stream already (a reused id never joins another
--- request's events); else it gets its place in the fair order, its record, its job, the web
--- process's lease renewed, its Celery task message pushed (`task`, if not ''), and SSE
--- listeners hear: everyone's place if it went in ahead of others, else the depth. Returns its
--- position (1 = next).
+-- refused (-2) when its asker has `max_per_asker` requests waiting or running already (those
+-- its client left beyond their grace not counted; 0: no such bound), refused (-1) when its id
+-- has a record or a stream already (a reused id never joins another request's events). Else
+-- it gets its place in the fair order, its record, its job, the web process's lease renewed,
+-- its Celery task message pushed (`task`, if not ''), and SSE listeners hear: everyone's place
+-- if it went in ahead of others, else the depth. Returns its position (1 = next).
 -- include: helpers
--- KEYS: waiting, info, stream, lease, fair, job_key, task_list
+-- KEYS: waiting, info, stream, lease, fair, job_key, task_list, asked
 -- ARGV: max_queue, request_id, fields, ttl, position_fmt, queue_channel, depth_fmt, lease_ttl
--- ARGV: channel, asker, cost, job, task
+-- ARGV: channel, asker, cost, job, task, max_per_asker, now
 if redis.call('EXISTS', info) == 1 or redis.call('EXISTS', stream) == 1 then return -1 end
 local waiting_before = redis.call('ZCARD', waiting)
 if waiting_before >= tonumber(max_queue) then return 0 end
+if tonumber(max_per_asker) > 0 then
+  local held = 0
+  for _, id in ipairs(redis.call('SMEMBERS', asked)) do
+    if lib.holds_place(KEY.req .. id, tonumber(now)) then
+      held = held + 1
+    else
+      redis.call('SREM', asked, id)
+    end
+  end
+  if held >= tonumber(max_per_asker) then return -2 end
+end
+redis.call('SADD', asked, request_id)
+redis.call('EXPIRE', asked, ttl)
 redis.call('ZADD', waiting, lib.fair_score(fair, asker, tonumber(cost), waiting_before == 0),
            request_id)
 redis.call('HSET', info, unpack(cjson.decode(fields)))

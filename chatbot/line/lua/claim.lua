@@ -1,18 +1,19 @@
 -- A worker takes the head of the line: the first request there that is still queued, whose
 -- client is still there and that has not waited too long (the others end here, as cancelled
--- or expired, their clients told, and are not run). The one taken runs: its heartbeat starts,
--- it joins the running set, its client hears `started`, and the worker gets its job and, when
--- free, its thread's lock (token `lock_token`). The fair order's clock moves to its turn, and
--- the line is announced. take_task = '1': one task message is taken off the broker's list
--- `task_list` too (a worker running a second request in one task consumes that request's
--- task, see chatbot/worker/tasks.py). `now`: the time, or 'now' for Redis's own (a claim sent
--- behind a blocking wait runs later than it was sent). Returns {'run', id, seconds waited,
--- 1 if it holds the lock, job, lock key}, or {'empty'}.
+-- or expired, their clients told, their tokens' reservations given back, and are not run).
+-- The one taken runs: its heartbeat starts, it joins the running set, its client hears
+-- `started`, and the worker gets its job and, when free, its thread's lock (token
+-- `lock_token`). The fair order's clock moves to its turn, and the line is announced.
+-- take_task = '1': one task message is taken off the broker's list `task_list` too (a worker
+-- running a second request in one task consumes that request's task, see
+-- chatbot/worker/tasks.py). `now`: the time, or 'now' for Redis's own (a claim sent behind a
+-- blocking wait runs later than it was sent). Returns {'run', id, seconds waited, 1 if it
+-- holds the lock, job, lock key}, or {'empty'}.
 -- include: helpers
 -- KEYS: waiting, started, fair, task_list
 -- ARGV: now, heartbeat_ttl, queue_timeout, started_fmt, started_notice, gone_event, gone_notice
 -- ARGV: expired_event, expired_notice, ttl, queue_channel, position_fmt, depth_fmt, lock_token
--- ARGV: lock_ttl_ms, take_task
+-- ARGV: lock_ttl_ms, take_task, tally_ttl
 local clock, stamp = tonumber(now), now
 if not clock then
   local t = redis.call('TIME')
@@ -44,6 +45,7 @@ while true do
       redis.call('SADD', started, id)
     else
       redis.call('HSET', info, 'state', verdict, 'finished_at', stamp)
+      lib.settle(info, 0, tally_ttl)
     end
     lib.append(info, KEY.relay .. id, id, event, ttl, verdict ~= 'run')
     redis.call('PUBLISH', redis.call('HGET', info, 'channel') or id, notice)

@@ -8,13 +8,17 @@ local lib = {}
 
 -- Every waiting request that an SSE client listens to (KEY.listening: request id -> how many
 -- listen) hears its position, and the queue channel the depth. Only listeners, found without
--- walking the line: ten thousand clients hanging up must not cost ten thousand squared.
+-- walking the line: ten thousand clients hanging up must not cost ten thousand squared. A
+-- request no longer waiting leaves the registry (its listeners' web process may have died).
 function lib.announce(waiting_key, queue_channel, position_fmt, depth_fmt)
   for _, id in ipairs(redis.call('HKEYS', KEY.listening)) do
     local rank = redis.call('ZRANK', waiting_key, id)
     if rank then
       local channel = redis.call('HGET', KEY.req .. id, 'channel') or id
       redis.call('PUBLISH', channel, string.format(position_fmt, rank + 1))
+    else
+      local state = redis.call('HGET', KEY.req .. id, 'state')
+      if state and state ~= 'queued' then redis.call('HDEL', KEY.listening, id) end
     end
   end
   redis.call('PUBLISH', queue_channel,
@@ -75,6 +79,26 @@ function lib.client_gone(info_key, now)
     return true
   end
   return false
+end
+
+-- Whether a request still holds its place in the line (or its worker): queued or running, and
+-- not left by its client beyond its grace (a resumable request's, see client_gone).
+function lib.holds_place(info_key, now)
+  local state = redis.call('HGET', info_key, 'state')
+  if state ~= 'queued' and state ~= 'running' then return false end
+  return not lib.client_gone(info_key, now)
+end
+
+-- A request's tokens settled against its asker's hour (see chatbot/api/quota.py) as it ends:
+-- `used` counted and its reservation given back.
+function lib.settle(info_key, used, kept)
+  local key, reserved = unpack(redis.call('HMGET', info_key, 'tally_key', 'reserved'))
+  if not key then return end
+  local change = used - tonumber(reserved or '0')
+  if change ~= 0 then
+    redis.call('INCRBY', key, change)
+    redis.call('EXPIRE', key, kept)
+  end
 end
 
 -- Whether a waiting request has waited too long to start: the one place that decides it.

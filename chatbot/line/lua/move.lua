@@ -7,16 +7,12 @@
 -- line, how many wait in line now}.
 -- only_if_dead = '1': a running request moves only if its heartbeat has stopped (a live worker
 -- is not declared lost). cancel_running = '1': a running request is flagged for cancel instead
--- (its worker ends it within a beat). tally (if not ''): added to counter `counter`, kept
--- tally_ttl s (tokens spent), whatever the state.
+-- (its worker ends it within a beat). Its tokens are settled with the move (lib.settle): none
+-- if it never ran, `tally` if its worker says how many (else its reservation stays counted).
 -- include: helpers
--- KEYS: info, stream, waiting, beat, started, lock, counter
+-- KEYS: info, stream, waiting, beat, started, lock
 -- ARGV: request_id, from_states, to_state, now, event, notice, lock_token, ttl, only_if_dead
 -- ARGV: cancel_running, queue_channel, position_fmt, depth_fmt, tally, tally_ttl
-if tally ~= '' then
-  redis.call('INCRBY', counter, tally)
-  redis.call('EXPIRE', counter, tally_ttl)
-end
 local state = redis.call('HGET', info, 'state')
 if not state then return {0, ''} end
 if cancel_running == '1' and state == 'running' then
@@ -28,6 +24,11 @@ if not string.find(',' .. from_states .. ',', ',' .. state .. ',', 1, true) then
 end
 if only_if_dead == '1' and redis.call('EXISTS', beat) == 1 then return {0, state} end
 redis.call('HSET', info, 'state', to_state, 'finished_at', now)
+if state == 'queued' then
+  lib.settle(info, 0, tally_ttl)
+elseif state == 'running' and tally ~= '' then
+  lib.settle(info, tonumber(tally), tally_ttl)
+end
 redis.call('EXPIRE', info, ttl)
 local left = redis.call('ZREM', waiting, request_id)
 if left == 1 then redis.call('DEL', KEY.job .. request_id) end

@@ -8,6 +8,14 @@ probed back to back; prints the probes' p50/p99/max and the web's loop lag
     python bench/abuse.py [--url http://127.0.0.1:8000] [--key KEY] [--model smollm2:135m]
                               [--engine-url http://127.0.0.1:11435]
 
+Part "share" (#25), with two keys (--key-a, --key-b; --share alone skips the other parts): key A
+chats in a loop (streamed, 4 tokens; its time to first token) while key B runs each vector in
+turn: fill the line with resumable requests and hang up, one embed of 96 inputs, a document
+upload, 1,000 SSE streams, 8 chats at once against the token budget, a never-ending
+generation. A table: vector, A's p50/p95 against its baseline, A's errors, B's outcome. Start
+the server with the keys, e.g. `API_KEYS=a=KEY_A,b=KEY_B TOKENS_PER_HOUR=2000
+MAX_REQUEST_SECONDS=30 chatbot up`.
+
 It starts nothing itself; every loop is bounded (one request per vector, probes until it ends).
 """
 import argparse
@@ -17,6 +25,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -113,13 +122,164 @@ def freeze(url, name, send, headers):
           f"max {ordered[-1] * 1000:7.1f} ms   loop lag {lag(url, headers):.3f} s")
 
 
+ESSAY = [{"role": "user", "content": "Write a long essay about the history of the sea."}]
+
+
+def first_token(url, headers, model):
+    """A's turn: seconds to its first token (None and the error if it failed)."""
+    body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "stream": True,
+            "options": {"num_predict": 4, "temperature": 0}}
+    t = time.perf_counter()
+    try:
+        with requests.post(url + "/api/chat", json=body, headers=headers, stream=True,
+                           timeout=600) as resp:
+            if resp.status_code != 200:
+                return None, f"{resp.status_code} {resp.text[:80]}"
+            for line in resp.iter_lines():
+                if line:
+                    took = time.perf_counter() - t
+                    chunk = json.loads(line)
+                    if "error" in chunk:
+                        return None, chunk["error"][:80]
+                    resp.close()
+                    return took, None
+    except requests.RequestException as exc:
+        return None, type(exc).__name__
+    return None, "empty reply"
+
+
+def a_meanwhile(url, headers, model, busy, least=10.0, most=180.0):
+    """A chats while `busy()` (at least `least` s, at most `most`): its times and errors."""
+    times, errors, started = [], [], time.monotonic()
+    while (busy() or time.monotonic() - started < least) and time.monotonic() - started < most:
+        took, error = first_token(url, headers, model)
+        (times.append(took) if error is None else errors.append(error))
+    return times, errors
+
+
+def pct(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+
+
+def b_fill(url, headers, model):
+    codes = {}
+    for _ in range(40):
+        body = {"model": model, "messages": ESSAY, "stream": False, "resumable": True,
+                "options": {"num_predict": 64}}
+        try:
+            code = requests.post(url + "/api/chat", json=body, headers=headers, timeout=0.3).status_code
+        except requests.Timeout:
+            code = "hung up"
+        codes[code] = codes.get(code, 0) + 1
+    return ", ".join(f"{n} x {code}" for code, n in codes.items())
+
+
+def b_embed(url, headers, model):
+    inputs = [" ".join(f"word{i}-{j}" for j in range(150)) for i in range(96)]
+    t = time.perf_counter()
+    resp = requests.post(url + "/api/embed", json={"model": "all-minilm", "input": inputs},
+                         headers=headers, timeout=600)
+    return f"{resp.status_code} in {time.perf_counter() - t:.1f} s"
+
+
+def b_document(url, headers, model):
+    text = "\n\n".join(f"Paragraph {i}: " + "the sea and its tides " * 40 for i in range(300))
+    t = time.perf_counter()
+    resp = requests.post(f"{url}/api/sessions/{uuid.uuid4()}/documents", headers=headers,
+                         files={"file": ("sea.txt", io.BytesIO(text.encode()), "text/plain")},
+                         timeout=600)
+    return f"{resp.status_code} ({len(text) // 1000} KB) in {time.perf_counter() - t:.1f} s"
+
+
+def b_streams(url, headers, model, hold=20.0):
+    streams, refused = [], None
+    for i in range(1000):
+        try:
+            resp = requests.get(f"{url}/api/events?channel=b-{i}-{uuid.uuid4()}", headers=headers,
+                                stream=True, timeout=10)
+        except requests.RequestException as exc:
+            refused = type(exc).__name__
+            break
+        if resp.status_code != 200:
+            refused = resp.status_code
+            resp.close()
+            break
+        streams.append(resp)
+    time.sleep(hold)
+    for resp in streams:
+        resp.close()
+    return f"{len(streams)} held" + (f", then {refused}" if refused else "")
+
+
+def b_budget(url, headers, model):
+    body = {"model": model, "messages": ESSAY, "stream": False, "options": {"num_predict": 200}}
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: requests.post(url + "/api/chat", json=body,
+                                                        headers=headers, timeout=900), range(8)))
+    done = [r.json().get("eval_count", 0) for r in replies if r.status_code == 200]
+    codes = sorted(r.status_code for r in replies)
+    return f"{codes.count(200)} admitted, {codes.count(429)} x 429, {sum(done)} tokens"
+
+
+def b_endless(url, headers, model):
+    body = {"model": model, "messages": ESSAY, "stream": True, "options": {"num_predict": -1}}
+    t, last = time.perf_counter(), ""
+    try:
+        with requests.post(url + "/api/chat", json=body, headers=headers, stream=True,
+                           timeout=(10, 60)) as resp:
+            for line in resp.iter_lines():
+                if line:
+                    last = line.decode()
+                if time.perf_counter() - t > 300:
+                    return "still going after 300 s (client hung up)"
+    except requests.RequestException as exc:
+        return f"{type(exc).__name__} after {time.perf_counter() - t:.0f} s"
+    end = json.loads(last) if last else {}
+    return f"ended after {time.perf_counter() - t:.0f} s: " + (
+        end.get("error", "")[:60] or f"done, {end.get('eval_count')} tokens")
+
+
+VECTORS = {"fill the line, hang up (resumable)": b_fill, "one embed of 96 inputs": b_embed,
+           "a document upload": b_document, "1,000 SSE streams": b_streams,
+           "8 chats at once, budget": b_budget, "a never-ending generation": b_endless}
+
+
+def share(url, key_a, key_b, model):
+    a, b = {"Authorization": f"Bearer {key_a}"}, {"Authorization": f"Bearer {key_b}"}
+    first_token(url, a, model)  # the model loaded
+    base, errors = a_meanwhile(url, a, model, lambda: False, least=15.0)
+    rows = [("A alone (baseline)", base, errors, "")]
+    for name, vector in VECTORS.items():
+        outcome = {}
+        thread = threading.Thread(target=lambda: outcome.setdefault("b", vector(url, b, model)))
+        thread.start()
+        times, errors = a_meanwhile(url, a, model, thread.is_alive)
+        thread.join()
+        rows.append((name, times, errors, outcome.get("b", "?")))
+        time.sleep(2)
+    print(f"{'vector':<36} {'A p50':>8} {'A p95':>8} {'x base':>7} {'A err':>6}  B's outcome")
+    for name, times, errors, outcome in rows:
+        ratio = pct(times, 0.95) / pct(base, 0.95)
+        print(f"{name:<36} {pct(times, 0.5):7.2f}s {pct(times, 0.95):7.2f}s {ratio:6.1f}x "
+              f"{len(errors):6d}  {outcome}" + (f"  [A: {errors[0]}]" if errors else ""))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--key", help="an API key, when keys are on")
     parser.add_argument("--model", default="smollm2:135m")
     parser.add_argument("--engine-url", help="the bundled engine too (chatbot up's upstream)")
+    parser.add_argument("--key-a", help="the key that just chats (part share)")
+    parser.add_argument("--key-b", help="the key that misbehaves (part share)")
+    parser.add_argument("--share", action="store_true", help="part share alone")
     args = parser.parse_args()
+    if args.key_a and args.key_b:
+        print("share: A chats while B misbehaves")
+        share(args.url.rstrip("/"), args.key_a, args.key_b, args.model)
+    if args.share:
+        return
     url, headers = args.url.rstrip("/"), {"Authorization": f"Bearer {args.key}"} if args.key else {}
     json_headers = {**headers, "Content-Type": "application/json"}
     imported = json.dumps(export(10_000)).encode()

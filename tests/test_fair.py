@@ -1,6 +1,7 @@
 """The fair line: a host's requests are taken in turns between askers (the key while keys are
 on, else the session), so a client that queues many does not make everyone wait behind all."""
 import json
+import threading
 import uuid
 
 import requests
@@ -114,10 +115,48 @@ def test_with_keys_on_one_key_holds_at_most_its_share_of_the_line(stack):
         assert int(refused.headers["Retry-After"]) > 0
         bobs = f"share-bob-{uuid.uuid4()}"
         sent.append(queue_up(url, None, bobs, bearer(B)))
+        # each key's places, its tokens (reserved while in line) and streams, for operators
+        scraped = requests.get(url + "/metrics", headers=bearer(A), timeout=10).text
+        assert 'chatbot_key_queue_places{key="alice",queue="ollama"} 2' in scraped
+        assert 'chatbot_key_queue_places{key="bob",queue="ollama"} 1' in scraped
         cancel(stack, slow_id)
         for request in sent:
             request.join(120)
             assert request.response.status_code == 200
         slow.join(30)
+        scraped = requests.get(url + "/metrics", headers=bearer(A), timeout=10).text
+        assert 'chatbot_key_queue_places{key="alice",queue="ollama"} 0' in scraped
+        assert 'chatbot_key_tokens_this_hour{key="alice"}' in scraped
     finally:
         server.shutdown()
+
+
+def test_embeddings_take_their_turn_in_the_line(keyed, stack):
+    """/api/embed, /api/embeddings and /v1/embeddings are jobs of their key in the fair line,
+    not a side door to the model: behind a running request they wait, in their turn."""
+    _, url = keyed
+    slow_id, slow = start_slow(stack)
+    sent = {}
+
+    def embed(path, body, rid):
+        sent[rid] = requests.post(url + path, json=body, timeout=120,
+                                  headers={**bearer(B), "X-Request-ID": rid})
+
+    calls = [("/api/embed", {"model": "all-minilm", "input": ["the sea", "the sky"]}),
+             ("/api/embeddings", {"model": "all-minilm", "prompt": "the sea"}),
+             ("/v1/embeddings", {"model": "all-minilm", "input": "the sea"})]
+    ids = [f"embed-{i}-{uuid.uuid4()}" for i in range(len(calls))]
+    threads = [threading.Thread(target=embed, args=(path, body, rid))
+               for (path, body), rid in zip(calls, ids)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: set(ids) <= set(waiting_ids(url, bearer(B))), what="the embeddings to wait")
+    assert not sent  # none answered while the model is busy
+    cancel(stack, slow_id)
+    for thread in threads:
+        thread.join(120)
+    slow.join(30)
+    embedded, legacy, openai_style = (sent[rid].json() for rid in ids)
+    assert [len(v) for v in embedded["embeddings"]] == [384, 384]
+    assert len(legacy["embedding"]) == 384
+    assert len(openai_style["data"][0]["embedding"]) == 384

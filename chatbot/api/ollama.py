@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, redirect, request
 
 from chatbot.upstream import routing
 from chatbot import web
-from chatbot.api import auth, turns, validate, wire
+from chatbot.api import auth, embeddings, turns, validate, wire
 from chatbot.api.errors import ApiError
 from chatbot.api.wire import dumps
 from chatbot.upstream import UpstreamError
@@ -79,12 +79,17 @@ def ps():
 @bp.post("/api/copy")
 @bp.delete("/api/delete")
 def model_passthrough():
-    """Embeddings and model management go straight to the upstream, not through the queue."""
-    if request.path not in ("/api/embed", "/api/embeddings"):
+    """Model management goes straight to the upstream; embeddings take their turn in the line
+    (chatbot.api.embeddings)."""
+    embedding = request.path in ("/api/embed", "/api/embeddings")
+    if not embedding:
         _may_manage_models()
     body = validate.json_body("Request")
     if not body.get("model") and body.get("name"):  # older clients send `name`
         body["model"] = body["name"]
+    if embedding:
+        model = validate.model_name(body)
+        return Response(dumps(embeddings.embed(model, request.path, body)), mimetype="application/json")
     if request.path == "/api/copy":
         return passthrough("POST", "/api/copy", body, host=_holder(body.get("source")))
     model = validate.model_name(body)

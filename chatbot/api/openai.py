@@ -8,6 +8,7 @@ from flask import Blueprint, Response
 
 from chatbot.upstream import routing
 from chatbot.api import openai_wire, turns, validate
+from chatbot.api.embeddings import embed
 from chatbot.api.errors import ApiError
 from chatbot.upstream import UpstreamError
 
@@ -95,12 +96,10 @@ def embeddings():
                             "values: ['float', 'base64'].")
     if not body.get("input"):
         raise ApiError(400, "invalid input")
-    router = routing.get()
-    upstream = router.upstream(router.candidates(model)[0])
     request = {"model": model, "input": body["input"]}
     if body.get("dimensions"):
         request["dimensions"] = body["dimensions"]
-    result = upstream.post_json("/api/embed", request)
+    result = embed(model, "/api/embed", request)  # in its asker's turn of the line
     as_base64 = encoding.lower() == "base64"
     data = [{"object": "embedding", "embedding": _base64(e) if as_base64 else e, "index": i}
             for i, e in enumerate(result["embeddings"])]

@@ -11,6 +11,7 @@ from chatbot import line as lines
 from chatbot.ops import metrics
 from chatbot.store import ChatSession, db
 from chatbot.store.models import utcnow
+from chatbot.redis_keys import ASKED, INFO, STREAMS, TOKENS
 from chatbot.upstream import UpstreamError, routing
 
 bp = Blueprint("ops", __name__)
@@ -29,9 +30,36 @@ def scrape():
         "chatbot_queue_running": ("Requests being generated (0 or 1 per queue).",
                                   [({"queue": q}, running) for q, (_, running) in counts.items()]),
         "chatbot_active_sessions": ("Sessions used within SESSION_TIMEOUT_HOURS.", [({}, active)]),
+        **_per_key(queues),
     }
     body = metrics.render(current_app.extensions["metrics"], gauges)
     return Response(body, mimetype="text/plain; version=0.0.4")
+
+
+def _per_key(queues):
+    """Each key's places in line (waiting or running), tokens this hour (generated, and
+    reserved by requests not ended) and open SSE streams: only while keys are on, when the
+    askers are a few named keys (else sessions and addresses, too many to label)."""
+    if not current_app.extensions["keys"].enabled():
+        return {}
+    client, now = current_app.extensions["redis"], time.time()
+    places, tokens, streams = [], [], []
+    for queue in queues:
+        for key in client.scan_iter(ASKED.format(queue, "*"), count=1000):
+            members = client.smembers(key)
+            pipe = client.pipeline(transaction=False)
+            for rid in members:
+                pipe.hget(INFO.format(rid.decode()), "state")
+            held = sum(state in (b"queued", b"running") for state in pipe.execute())
+            places.append(({"queue": queue, "key": key.decode().rsplit(":", 1)[1]}, held))
+    for key in client.scan_iter(TOKENS.format("*", int(now // 3600)), count=1000):
+        tokens.append(({"key": key.decode().split(":")[2]}, int(client.get(key) or 0)))
+    for key in client.scan_iter(STREAMS.format("*"), count=1000):
+        streams.append(({"key": key.decode().split(":", 2)[2]}, client.zcount(key, now, "+inf")))
+    return {"chatbot_key_queue_places": ("A key's requests waiting or running.", places),
+            "chatbot_key_tokens_this_hour": ("A key's tokens this clock hour: generated, and "
+                                             "reserved by requests still in line.", tokens),
+            "chatbot_key_streams": ("A key's open /api/events streams.", streams)}
 
 
 @bp.get("/healthz")

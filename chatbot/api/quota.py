@@ -38,14 +38,13 @@ class TokenQuota:
             return self.max_num_predict
         return min(wanted, self.max_num_predict)
 
-    def reserve(self, who, options):
-        """{tally_key, reserved}, the fields a request carries for the line to settle; a 429
-        if `who` has used (or reserved) this hour's tokens up."""
+    def reserve(self, who, worst):
+        """{tally_key, reserved}, the fields a request reserving `worst` tokens carries for the
+        line to settle; a 429 if `who` has used (or reserved) this hour's tokens up."""
         hour, now = divmod(time.time(), 3600)
         key = TOKENS.format(who, int(hour))
         if self.per_hour <= 0:
             return {"tally_key": key, "reserved": 0}
-        worst = self.worst_case(options)
         pipe = self.redis.pipeline(transaction=False)
         pipe.incrby(key, worst)
         pipe.expire(key, TOKENS_KEPT)

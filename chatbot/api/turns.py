@@ -9,7 +9,7 @@ import redis
 from flask import Response, current_app, g, request, stream_with_context
 
 from chatbot import line as lines, store
-from chatbot.api import auth, openai_wire, quota, wire as ollama_wire
+from chatbot.api import auth, quota
 from chatbot.api.errors import ApiError
 from chatbot.api.disconnect import client_gone, client_socket
 from chatbot.line import admission, events as ev, sweep
@@ -23,37 +23,39 @@ CHECK_EVERY = 0.5  # seconds between looks at the client socket (and a running r
 LOOK_EVERY = 2.0  # seconds between asking the line about a request still waiting in it
 LOOKS_PER_SECOND = 200  # ... at most this many asks a second from one process
 log = logging.getLogger(__name__)
-# The wires a client that comes back may be answered on, by name (their recipe()).
-WIRES = {cls.__name__: cls for cls in (ollama_wire.OllamaChat, ollama_wire.OllamaGenerate,
-                                       openai_wire.OpenAIChat, openai_wire.OpenAICompletion)}
 
 
-def submit(kind, model, messages, upstream_body, session_id, answer=None, resumable=False):
-    """Queue a turn. `messages` are what the session gains; `upstream_body` the rest of what
-    is sent upstream (chat's context is added by the flow). A `resumable` request survives
-    its client leaving for RESUME_GRACE_SECONDS, and is answered again as it was first
-    (`answer`: (wire, stream); GET /api/requests/<id>/stream). Returns (request_id, queue)."""
+
+def submit(kind, model, messages, upstream_body, session_id, answer=None, resumable=False,
+           path=None):
+    """Queue a turn (kind chat or generate), or an embedding request (kind embed, to `path`,
+    no session). `messages` are what the session gains; `upstream_body` the rest of what is
+    sent upstream (chat's context is added by the flow). A `resumable` request survives its
+    client leaving for RESUME_GRACE_SECONDS, and is answered again as it was first (`answer`:
+    (wire, stream); GET /api/requests/<id>/stream). Returns (request_id, queue)."""
     owner = auth.key_name()
-    if auth.scope() is not auth.ALL and not g.get("fresh_session"):
+    if session_id and auth.scope() is not auth.ALL and not g.get("fresh_session"):
         exists, holder = store.session_owner(session_id)
         if exists and holder != owner:  # another key's session: as if there were none
             raise ApiError(404, f"session '{session_id}' not found")
     host, queue = routing.get().choose(model, session_id)
     # Its worst case in tokens, reserved until it ends (then settled by the line)
-    tally = quota.tokens().reserve(quota.asker(), upstream_body.get("options"))
+    worst = 0 if kind == "embed" else quota.tokens().worst_case(upstream_body.get("options"))
+    tally = quota.tokens().reserve(quota.asker(), worst)
     hub = current_app.extensions["relay"].hub()
     line, lease = lines.get(), hub.lease
     g.model = model
 
     def admit():
-        info = {"model": model, "session_id": session_id, "host": host, "owner": owner or "",
+        sid = session_id or f"embed-{g.request_id}"  # a thread of its own: no lock to wait for
+        info = {"model": model, "session_id": sid, "host": host, "owner": owner or "",
                 "channel": ev.sse_channel(owner, g.request_id), **tally}
         if resumable:
             info.update(resumable=current_app.config["RESUME_GRACE_SECONDS"],
                         wire=json.dumps([*answer[0].recipe(), answer[1]]))
         elif answer and not answer[1]:  # it waits for the whole reply: rung for that alone
             info["quiet"] = 1
-        job = {"request_id": g.request_id, "session_id": session_id, "kind": kind,
+        job = {"request_id": g.request_id, "session_id": sid, "kind": kind, "path": path,
                "model": model, "messages": messages, "upstream": {**upstream_body, "model": model},
                "host": host, "queue": queue, "fresh": bool(g.get("fresh_session")),
                "owner": owner, "channel": info["channel"],
@@ -69,7 +71,7 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         waiter, position = hub.watch(g.request_id, again=True), None
         try:
             position = admission.admit(line, g.request_id, queue, info, lease, job,
-                                       asker=owner or session_id, weight=1 if fair else 0,
+                                       asker=owner or sid, weight=1 if fair else 0,
                                        task=task)
             return position
         finally:
@@ -138,7 +140,7 @@ def respond(request_id, queue, session_id, stream, wire, resumable=False, after=
     if first["t"] == ERROR:
         resp = wire.failure(first["status"], first["error"])
     elif not stream:
-        last = first if first["t"] == DONE else _last(events)
+        last = first if first["t"] == DONE else final_event(events)
         resp = wire.failure(last["status"], last["error"]) if last["t"] == ERROR else wire.whole(last)
         # What each layer took (see chatbot.ops.timing); clients that don't know it ignore it.
         if after is None:
@@ -162,7 +164,7 @@ def _first_reply_event(events, request_id, resumable):
         raise
 
 
-def _last(events):
+def final_event(events):
     for event in events:
         if event["t"] in FINAL:
             return event
@@ -212,31 +214,11 @@ def _timed(events, started):
         yield event
 
 
-def resume(request_id, info, after):
-    """Answer a client that came back to a resumable request: every chunk after the first
-    `after`, then live to the end, on the wire of its first call. From now on the request's
-    events ring this process, and it is no longer given up."""
-    hub = current_app.extensions["relay"].hub()
-    waiter = hub.watch(request_id, again=True)  # before taking over: no ring comes too early
-    try:
-        admission.resume(lines.get(), request_id, hub.lease)
-        hub.read([request_id])  # what is there already
-    except redis.RedisError:
-        hub.unwatch(request_id, waiter)
-        raise ApiError(503, ev.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})
-    name, args, stream = json.loads(info["wire"])
-    wire = WIRES[name](*args)
-    logs.bind(request_id=request_id, session_id=info["session_id"], model=info["model"])
-    log.info("client came back after %d chunk(s)", after)
-    return respond(request_id, info["queue"], info["session_id"], stream, wire,
-                   resumable=True, after=after, waiter=waiter)
-
-
 def _leave(request_id, resumable, event=CANCELLED):
     """The client left: a resumable request goes on for its grace period, for the client
     to come back; any other is cancelled."""
     if not resumable:
-        return _cancel(request_id, event)
+        return cancel(request_id, event)
     try:
         admission.detach(lines.get(), request_id, current_app.extensions["relay"].hub().lease,
                          current_app.config["RESUME_GRACE_SECONDS"])
@@ -246,7 +228,7 @@ def _leave(request_id, resumable, event=CANCELLED):
         log.warning("could not keep %s for its client: redis does not answer", request_id)
 
 
-def _cancel(request_id, event=CANCELLED):
+def cancel(request_id, event=CANCELLED):
     """Nobody waits for it any more. With Redis away there is nothing left to cancel, and
     the error that brought us here must not be masked."""
     try:

@@ -12,8 +12,8 @@ from chatbot.upstream import routing
 from chatbot.flow.documents import EmbedChunks, ReadDocument, Retrieve, StoreDocument
 from chatbot.flow.nodes import (Begin, BuildContext, LoadThread, SizeWindow, StoreRequest,
                                 TakePrompt)
-from chatbot.flow.reply import (Calibrate, CallChat, CallGenerate, Finish, ShrinkContext,
-                                StoreReply)
+from chatbot.flow.reply import (Calibrate, CallChat, CallEmbed, CallGenerate, Finish,
+                                ShrinkContext, StoreReply)
 from chatbot.flow.summarize import SummarizeDropped
 
 
@@ -42,6 +42,8 @@ def create_chat_flow():
     store_generate = StoreRequest()
     begin - "generate" >> TakePrompt() >> store_generate >> CallGenerate() >> StoreReply() >> Finish()
     store_generate - "conflict" >> store_generate
+    # embed: one upstream call in its asker's turn, nothing stored.
+    begin - "embed" >> CallEmbed() >> Finish()
     return TimedFlow(start=begin)
 
 

@@ -68,6 +68,27 @@ class CallUpstream(Node):
                                   model=shared["job"]["model"])
 
 
+class CallEmbed(Node):
+    """An embedding request, in its asker's turn of the line: one upstream call, whose JSON is
+    the reply (the final event's `d`)."""
+
+    def prep(self, shared):
+        job = shared["job"]
+        return shared["upstream"], job["path"], job["upstream"]
+
+    def exec(self, prep_res):
+        upstream, path, body = prep_res
+        reply = {**empty_reply(), "final": None, "status": "ok", "error": None, "chunks": 0}
+        try:
+            reply["final"] = upstream.post_json(path, body)
+        except UpstreamError as exc:
+            reply["status"], reply["error"] = "failed", {"status": exc.status, "error": exc.error}
+        return reply
+
+    def post(self, shared, prep_res, exec_res):
+        shared["reply"] = exec_res
+
+
 class CallChat(CallUpstream):
     def request(self, shared):
         # chatbot sizes the window itself: the upstream must refuse, never silently drop.

@@ -67,6 +67,9 @@ class Router:
         candidates = self.candidates(model)
         if len(self.hosts) == 1:  # nothing to choose: spare the round trips
             return candidates[0], self.queues[candidates[0]]
+        if session_id is None:  # no session to stick to: the shortest queue
+            host = min(candidates, key=lambda h: self.line.load(self.queues[h]))
+            return host, self.queues[host]
         sticky = self.redis.get(STICKY.format(session_id))
         host = sticky.decode() if sticky and sticky.decode() in candidates else None
         if host is None:

@@ -160,3 +160,22 @@ def test_embeddings_take_their_turn_in_the_line(keyed, stack):
     assert [len(v) for v in embedded["embeddings"]] == [384, 384]
     assert len(legacy["embedding"]) == 384
     assert len(openai_style["data"][0]["embedding"]) == 384
+
+
+def test_a_long_embedding_is_sent_in_slices_and_answered_as_one(stack):
+    """Inputs past SLICE go to the line as slices, one job after another (other askers' turns
+    in between); the client gets one answer, the same as the slices' own."""
+    from chatbot.api.embeddings import SLICE
+
+    def embed(inputs):
+        resp = requests.post(stack.url + "/api/embed", json={"model": "all-minilm", "input": inputs},
+                             timeout=120)
+        assert resp.status_code == 200
+        return resp.json()
+
+    inputs = [f"sentence number {i} about the sea" for i in range(2 * SLICE + 8)]
+    whole = embed(inputs)
+    parts = [embed(inputs[i:i + SLICE]) for i in range(0, len(inputs), SLICE)]
+    assert len(whole["embeddings"]) == len(inputs) and list(whole)[:2] == ["model", "embeddings"]
+    assert whole["embeddings"] == [e for part in parts for e in part["embeddings"]]
+    assert whole["prompt_eval_count"] == sum(part["prompt_eval_count"] for part in parts)

@@ -12,7 +12,8 @@ def create_app(config=None):
     from chatbot.ops import logs, metrics
     from chatbot.line import relay
     from chatbot.api import quota
-    from chatbot.worker import celery_init_app, tasks  # noqa: F401  tasks registers the Celery tasks
+    from chatbot.worker import celery_init_app
+    from chatbot.worker import tasks  # noqa: F401  registers the Celery tasks
     from chatbot.flow.window import Calibration, Windows
     from chatbot.upstream.routing import Router
 

@@ -3,11 +3,12 @@ see chatbot.line.scripts). `{}` is filled with the id named beside it.
 
 The line, per queue: WAITING the requests waiting, in the order they will run (a sorted set) ·
 FAIR that order's clock and each asker's next turn · STARTED the requests running, one per
-worker · ASKED the requests of one asker waiting or running (its share). Per request: INFO what it is (state, queue, session, model, lease, cancel flag, its
-SSE channel, ...) · JOB what a worker runs, until one takes it · BEAT alive while its worker
-beats · RELAY its events, in order (a stream) · THREAD the lock a turn holds on its session's
-thread. Per web process: LEASE alive while it lives · BELL its doorbell, rung with each event
-for a request it waits on. LISTENING how many SSE clients listen to each request's position."""
+worker · ASKED the requests of one asker waiting or running (its share). Per request: INFO what
+it is (state, queue, session, model, lease, cancel flag, its SSE channel, ...) · JOB what a
+worker runs, until one takes it · BEAT alive while its worker beats · RELAY its events, in
+order (a stream) · THREAD the lock a turn holds on its session's thread. Per web process: LEASE
+alive while it lives · BELL its doorbell, rung with each event for a request it waits on.
+LISTENING how many SSE clients listen to each request's position."""
 
 WAITING = "chatbot:waiting:{}"  # queue
 FAIR = "chatbot:fair:{}"  # queue

@@ -89,7 +89,8 @@ def model_passthrough():
         body["model"] = body["name"]
     if embedding:
         model = validate.model_name(body)
-        return Response(dumps(embeddings.embed(model, request.path, body)), mimetype="application/json")
+        return Response(dumps(embeddings.embed(model, request.path, body)),
+                        mimetype="application/json")
     if request.path == "/api/copy":
         return passthrough("POST", "/api/copy", body, host=_holder(body.get("source")))
     model = validate.model_name(body)

@@ -85,13 +85,14 @@ def _answer_again(request_id, info, after):
         hub.read([request_id])  # what is there already
     except redis.RedisError:
         hub.unwatch(request_id, waiter)
-        raise ApiError(503, ev.UNAVAILABLE["error"], {"Retry-After": str(turns.RETRY_AFTER_SECONDS)})
+        raise ApiError(503, ev.UNAVAILABLE["error"],
+                       {"Retry-After": str(turns.RETRY_AFTER_SECONDS)})
     name, args, stream = json.loads(info["wire"])
     wire = WIRES[name](*args)
     logs.bind(request_id=request_id, session_id=info["session_id"], model=info["model"])
     log.info("client came back after %d chunk(s)", after)
     return turns.respond(request_id, info["queue"], info["session_id"], stream, wire,
-                   resumable=True, after=after, waiter=waiter)
+                         resumable=True, after=after, waiter=waiter)
 
 
 def _count(text, name):
@@ -128,19 +129,19 @@ def events():
     # A client that reconnects says the last token it has (EventSource sends it by itself).
     raw_last = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     last_id = None if raw_last is None else _count(raw_last.strip(), "Last-Event-ID")
-    notices, who = current_app.extensions["notices"], quota.asker()
-    stream_id = notices.open(who)
+    streams, who = current_app.extensions["notices"], quota.asker()
+    stream_id = streams.open(who)
     if stream_id is None:
-        raise ApiError(429, f"too many event streams: {notices.max_per_asker} per key "
+        raise ApiError(429, f"too many event streams: {streams.max_per_asker} per key "
                             "(MAX_STREAMS_PER_KEY)", {"Retry-After": str(KEEPALIVE_SECONDS)})
     try:
-        listener = notices.hub().listen(channel)
+        listener = streams.hub().listen(channel)
     except BaseException:
-        notices.close(who, stream_id)
+        streams.close(who, stream_id)
         raise
     line, about_a_request = lines.get(), name != ev.QUEUE_CHANNEL
     client = current_app.extensions["redis"]  # the stream runs outside the app context
-    ends_at = time.monotonic() + notices.max_seconds
+    ends_at = time.monotonic() + streams.max_seconds
 
     def stream():
         sent, ended = last_id, False  # the newest token it has; the end sent
@@ -168,8 +169,8 @@ def events():
                     yield str(Message(**fields))
             yield ": this stream has lasted STREAM_MAX_SECONDS; reconnect with Last-Event-ID\n\n"
         finally:
-            notices.hub().leave(listener)
-            notices.close(who, stream_id)
+            streams.hub().leave(listener)
+            streams.close(who, stream_id)
             if about_a_request:
                 try:
                     admission.listen(line, name, -1)
@@ -203,7 +204,7 @@ def _since(client, request_id, last_id):
         entries = ()
     for _, fields in entries:
         event = json.loads(fields[b"e"])
-        if event["t"] in (ev.CHUNK, *ev.FINAL) and (event["t"] != ev.CHUNK or event.get("n", 0) > last_id):
+        if event["t"] in ev.FINAL or (event["t"] == ev.CHUNK and event.get("n", 0) > last_id):
             type_, data, *id_ = ev.notice(event)
             yield Message(data, type=type_, id=(id_ or [None])[0])
 

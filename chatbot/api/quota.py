@@ -1,6 +1,7 @@
 """How much an asker (a key while keys are on, else a client address) may ask: requests per
 window on each route (RATE_LIMIT, e.g. "60/minute", flask-limiter on Redis) and on all routes
-together (RATE_LIMIT_PER_KEY), and generated tokens per clock hour (TOKENS_PER_HOUR). Both off by default; over either is a 429 with Retry-After."""
+together (RATE_LIMIT_PER_KEY), and generated tokens per clock hour (TOKENS_PER_HOUR). All off
+by default; over any is a 429 with Retry-After."""
 import logging
 import math
 import time

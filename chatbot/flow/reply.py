@@ -32,7 +32,7 @@ class CallUpstream(Node):
 
     def exec(self, prep_res):
         upstream, path, body, emit, stop, wait = prep_res
-        reply = {**empty_reply(), "final": None, "status": "ok", "error": None, "chunks": 0}
+        reply = _new_reply()
         try:
             for raw, chunk in upstream.stream(path, body, wait=wait):
                 if "error" in chunk:
@@ -51,7 +51,7 @@ class CallUpstream(Node):
                     raise UpstreamError(502, "ollama ended the reply early")
                 reply["status"] = "cancelled"  # told to stop while waiting for the upstream
         except UpstreamError as exc:
-            reply["status"], reply["error"] = "failed", {"status": exc.status, "error": exc.error}
+            _failed(reply, exc)
         return reply
 
     def post(self, shared, prep_res, exec_res):
@@ -78,11 +78,11 @@ class CallEmbed(Node):
 
     def exec(self, prep_res):
         upstream, path, body = prep_res
-        reply = {**empty_reply(), "final": None, "status": "ok", "error": None, "chunks": 0}
+        reply = _new_reply()
         try:
             reply["final"] = upstream.post_json(path, body)
         except UpstreamError as exc:
-            reply["status"], reply["error"] = "failed", {"status": exc.status, "error": exc.error}
+            _failed(reply, exc)
         return reply
 
     def post(self, shared, prep_res, exec_res):
@@ -202,6 +202,15 @@ class Calibrate(Node):
             log.warning("upstream %s evaluated %s tokens of a prompt we sized at %s for %s "
                         "(window %s): it truncated", host, seen, sent, model, window)
             shared["metrics"].inc("chatbot_upstream_truncations_total", model=model)
+
+
+def _new_reply():
+    """A call's reply before the upstream answers (see `reply` in chatbot.flow.nodes)."""
+    return {**empty_reply(), "final": None, "status": "ok", "error": None, "chunks": 0}
+
+
+def _failed(reply, exc):
+    reply["status"], reply["error"] = "failed", {"status": exc.status, "error": exc.error}
 
 
 def _wire(message):

@@ -121,8 +121,8 @@ class Running:
 
     def end(self, reply):
         """End it with the flow's reply: its state and final event, the chunks not yet sent,
-        its tokens settled against its reservation and its metrics written, all in one round trip, before its client
-        hears; the thread lock released with it."""
+        its tokens settled against its reservation and its metrics written, all in one round
+        trip, before its client hears; the thread lock released with it."""
         if self.state is not None:
             return
         self.state, event = events.outcome({**reply, "marks": self.marks, "waited": self.waited})

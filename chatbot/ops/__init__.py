@@ -1,1 +1,2 @@
-"""The operations around the line and the flow: processes and the launcher, logs, metrics, timing."""
+"""The operations around the line and the flow: processes and the launcher, logs, metrics,
+timing."""

@@ -309,7 +309,8 @@ def _migrate():
 
 
 def _may_start(app, host, port):
-    """Before any worker or the web: what the web would refuse to start with (chatbot.ops.startup)."""
+    """Before any worker or the web: what the web would refuse to start with
+    (chatbot.ops.startup)."""
     from chatbot.ops import startup
 
     problem = startup.refusal(app, [f"{host}:{port}"])

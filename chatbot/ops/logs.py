@@ -73,7 +73,8 @@ class TextFormatter(logging.Formatter):
 
     @staticmethod
     def short(name):
-        """chatbot.api.turns -> api.turns, chatbot.worker.tasks -> worker, celery.app.trace -> celery."""
+        """chatbot.api.turns -> api.turns, chatbot.worker.tasks -> worker,
+        celery.app.trace -> celery."""
         if name.startswith("chatbot."):
             name = name[len("chatbot."):]
             return "worker" if name == "worker.tasks" else name

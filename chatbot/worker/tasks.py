@@ -34,9 +34,9 @@ def run_next(self, queue=QUEUE):
     DRAIN_SECONDS: while more wait it runs the next too, its claim taking one waiting task
     message off the queue in exchange; when none waits, it waits LINGER_SECONDS for the
     next task message itself, its claim sent behind the wait so that both come back in one
-    round trip (chatbot.line.running.claim's `wait`). A busy line then costs one Celery delivery, ack and
-    log line per drain instead of per request, and back-to-back requests skip the broker's
-    hop."""
+    round trip (chatbot.line.running.claim's `wait`). A busy line then costs one Celery
+    delivery, ack and log line per drain instead of per request, and back-to-back requests skip
+    the broker's hop."""
     line, writes = current_app.extensions["line"], Writes()
     drain_until = time.monotonic() + DRAIN_SECONDS
     # owed: the next claim takes a waiting task message, this task's own having run a request;
@@ -177,7 +177,8 @@ def summarizer(config):
 def sweep_line():
     """Beat's periodic job: clear line entries no client will (see chatbot.line.sweep)."""
     line = current_app.extensions["line"]
-    cleared = sum(sweep.sweep(line, queue) for queue in current_app.extensions["router"].queues.values())
+    queues = current_app.extensions["router"].queues.values()
+    cleared = sum(sweep.sweep(line, queue) for queue in queues)
     if cleared:
         log.info("swept %d stale request(s) from the line", cleared)
     return cleared

@@ -16,7 +16,7 @@ from flask.cli import AppGroup
 
 from chatbot import store
 from chatbot.flow.flow import index_document
-from chatbot.store import keys as api_keys, lifecycle
+from chatbot.store import keys as api_keys, lifecycle, usage
 from chatbot.store import admin, documents as stored, transfer
 from chatbot.upstream import UpstreamError
 
@@ -68,10 +68,12 @@ def create_key(name, admin, as_json):
 @keys.command("list")
 @as_json
 def list_keys(as_json):
-    """Key names (never the keys)."""
-    data = api_keys.listing()
-    rows = [(k["name"], "admin" if k["admin"] else "", when(k["created_at"])) for k in data]
-    out(data, table(("NAME", "SCOPE", "CREATED"), rows) + _locked(), as_json)
+    """Key names (never the keys), and the bytes each one's sessions store."""
+    stored = usage.bytes_used()
+    data = [{**k, "stored_bytes": stored.get(k["name"], 0)} for k in api_keys.listing()]
+    rows = [(k["name"], "admin" if k["admin"] else "", when(k["created_at"]),
+             str(k["stored_bytes"])) for k in data]
+    out(data, table(("NAME", "SCOPE", "CREATED", "STORED"), rows) + _locked(), as_json)
 
 
 @keys.command("revoke")

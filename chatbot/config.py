@@ -84,6 +84,14 @@ def load(instance_path):
         "MAX_STREAMS_PER_KEY": _int("MAX_STREAMS_PER_KEY", 64),
         "STREAM_MAX_SECONDS": _float("STREAM_MAX_SECONDS", 600),
         "TOKENS_PER_HOUR": _int("TOKENS_PER_HOUR", 0),
+        # What a key may store (messages, images, summaries, documents); 0: no limit
+        "MAX_STORAGE_BYTES_PER_KEY": _int("MAX_STORAGE_BYTES_PER_KEY", 0),
+        # Replies of deterministic requests answered again from Redis this long; 0: off
+        "RESPONSE_CACHE_TTL": _float("RESPONSE_CACHE_TTL", 0),
+        # Model listings and /api/show answers kept this long in each web process
+        "MODEL_INFO_CACHE_SECONDS": _float("MODEL_INFO_CACHE_SECONDS", 5),
+        # What one request may hold in Redis while it waits (its messages and images)
+        "MAX_JOB_BYTES": _int("MAX_JOB_BYTES", 8 * 1024 * 1024),
         "CORS_ORIGINS": os.environ.get("CORS_ORIGINS", ""),
         # Documents (RAG): embedded with EMBED_MODEL at upload, searched before each turn.
         "EMBED_MODEL": os.environ.get("EMBED_MODEL", "all-minilm"),
@@ -92,6 +100,7 @@ def load(instance_path):
         "RAG_CHUNK_OVERLAP": _int("RAG_CHUNK_OVERLAP", 40),
         "MAX_DOCUMENT_BYTES": _int("MAX_DOCUMENT_BYTES", 10 * 1024 * 1024),
         "MAX_DOCUMENT_CHUNKS": _int("MAX_DOCUMENT_CHUNKS", 1000),
+        "MAX_DOCUMENTS_PER_SESSION": _int("MAX_DOCUMENTS_PER_SESSION", 50),
         # Hostile input: budgets that keep the web's event loop answering (README).
         "MAX_SESSION_BODY_BYTES": _int("MAX_SESSION_BODY_BYTES", 8 * 1024 * 1024),
         "MAX_JSON_VALUES": _int("MAX_JSON_VALUES", 200_000),

@@ -31,6 +31,8 @@ STREAMS = "chatbot:streams:{}"  # asker: its open SSE streams, each until it lap
 SSE_WAKE = "chatbot:sse-wake:{}"  # a web process's SSE hub: a channel rung to take a new one
 TOKENS = "chatbot:tokens:{}:{}"  # asker, clock hour: tokens generated and reserved
 TOKENS_KEPT = 7200  # seconds an hour's count is kept
+RESPONSE = "chatbot:response:{}"  # a request's cache key: the reply it had (RESPONSE_CACHE_TTL)
+STORED = "chatbot:stored:{}"  # key name: the bytes its sessions store, as last counted
 
 
 def stream_key(request_id):

@@ -287,6 +287,39 @@ def test_bad_ids(rag):
     assert requests.get(f"{url}/api/sessions/{unknown}/documents", timeout=30).status_code == 404
 
 
+def test_an_uploads_embeddings_take_their_turn_in_the_line(rag):
+    """The embeddings of an upload are its asker's jobs in the fair line (as any /api/embed):
+    its channel hears them queued, started and done."""
+    _, url = rag
+    rid = str(uuid.uuid4())
+    events = requests.get(f"{url}/api/events?channel={rid}", stream=True, timeout=60)
+    made = post_doc(url, json={"name": "a.md", "content": VOLCANO}, headers={"X-Request-ID": rid})
+    assert made.status_code == 201, made.text
+    heard = []
+    for line in events.iter_lines(decode_unicode=True):
+        if line.startswith("event:"):
+            heard.append(line.split(":", 1)[1].strip())
+            if heard[-1] in ("done", "error"):
+                break
+    events.close()
+    assert heard[0] == "queued" and "started" in heard and heard[-1] == "done", heard
+
+
+def test_documents_per_session_are_bounded(stack):
+    app = stack.app_with({**SETTINGS, "MAX_DOCUMENTS_PER_SESSION": 1})
+    server, url = serve(app)
+    sid = str(uuid.uuid4())
+    try:
+        assert post_doc(url, sid, json={"name": "a.md", "content": VOLCANO}).status_code == 201
+        before = stack.count("document_chunks")
+        second = post_doc(url, sid, json={"name": "b.md", "content": BREAD})
+        assert second.status_code == 413 and "MAX_DOCUMENTS_PER_SESSION" in second.json()["error"]
+        assert stack.count("document_chunks") == before
+        assert post_doc(url, json={"name": "b.md", "content": BREAD}).status_code == 201
+    finally:
+        server.shutdown()
+
+
 def test_embedding_errors_are_ollamas_and_store_nothing(stack):
     def app_with(**config):
         return stack.app_with({**SETTINGS, **config})

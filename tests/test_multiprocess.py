@@ -6,6 +6,7 @@ Sessions hop between the two web processes turn by turn, several at once, and on
 sent twice at once through both; meanwhile ten clients share one more session. PostgreSQL
 then holds every turn once, whole and in order, and the logs and Redis show that both web
 processes, both workers and both hosts did the work."""
+import contextlib
 import json
 import sys
 import threading
@@ -20,6 +21,9 @@ from chatbot.redis_keys import INFO
 from chatbot.upstream.routing import queue_name
 from tests.conftest import migrated_app
 from tests.test_faults import assert_whole_ordered_turns, chat, ten_clients_three_turns
+from tests.test_queue import SHORT, Background, chat_body
+from chatbot.api.turns import BUSY
+import requests
 
 REDIS_DB = 5  # a broker of its own: the suite's shared worker must never take these tasks
 OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 8}
@@ -36,7 +40,14 @@ class Cluster:
 
 @pytest.fixture
 def cluster(postgres_url, redis_url, logs_dir):
-    """Two engines, two workers (one per host's queue), two web processes; all stopped after."""
+    with running_cluster(postgres_url, redis_url, logs_dir) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def running_cluster(postgres_url, redis_url, logs_dir, **settings):
+    """Two engines, two workers (one per host's queue), two web processes, with `settings` in
+    their environment; all stopped after."""
     redis = redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
     started, app = [], None
     try:
@@ -49,7 +60,7 @@ def cluster(postgres_url, redis_url, logs_dir):
         app, _ = migrated_app(redis, engines[0], postgres_url)
         app.extensions["redis"].flushdb()  # nothing left from an earlier run
         env = {"REDIS_URL": redis, "DATABASE_URL": postgres_url, "OLLAMA_HOSTS": ",".join(engines),
-               "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
+               "LOG_FORMAT": "json", "LOG_LEVEL": "INFO", **settings}
         queues = {host: queue_name(i, len(engines)) for i, host in enumerate(engines)}
         worker_logs = {q: logs_dir / f"mp-worker-{n}.log" for n, q in enumerate(queues.values(), 1)}
         workers = [procs.start_worker(env, queues=q, log=log) for q, log in worker_logs.items()]
@@ -195,3 +206,51 @@ def test_two_webs_two_workers_two_hosts_share_one_redis_and_one_postgresql(clust
     assert all(web_ids) and all(worker_ids.values())
     print(f"{len(per_request)} turns in {elapsed:.1f} s; per host:",
           {h: len(ids) for h, ids in hosts.items()})
+
+
+def test_each_keys_share_holds_across_two_webs_and_two_workers(postgres_url, redis_url, logs_dir):
+    """The share rules live in Redis, not in a process: with keys on, a key sending through
+    both web processes holds at most MAX_QUEUE_PER_KEY places per host's line (503 past it)
+    while another key gets in through either; its event streams (MAX_STREAMS_PER_KEY) and its
+    requests on all routes (RATE_LIMIT_PER_KEY) are counted together across both."""
+    keys = {"alice": "key-alice-0123456789", "bob": "key-bob-0123456789",
+            "carol": "key-carol-0123456789"}
+    auth = {name: {"Authorization": f"Bearer {key}"} for name, key in keys.items()}
+    with running_cluster(postgres_url, redis_url, logs_dir,
+                         API_KEYS=",".join(f"{n}={k}" for n, k in keys.items()),
+                         MAX_QUEUE_PER_KEY="1", MAX_STREAMS_PER_KEY="3",
+                         RATE_LIMIT_PER_KEY="10/minute") as cluster:
+        webs = cluster.webs
+        long = {"temperature": 0, "seed": 42, "num_predict": 300}
+        # Bob: six long chats at once, three through each web process.
+        bob = [Background(webs[i % 2], chat_body(long, stream=False), headers=auth["bob"],
+                          timeout=180) for i in range(6)]
+        line = cluster.app.extensions["line"]
+        procs.wait_until(lambda: sum(s.response is not None for s in bob) >= 4, 60,
+                         what="bob's refusals")
+        time.sleep(1)  # one admitted per host's line; both, unless two chose the same at once
+        refused = [s for s in bob if s.response is not None]
+        for sent in refused:
+            sent.join(10)
+        assert len(refused) in (4, 5) and all(s.response.status_code == 503 for s in refused)
+        assert all(s.lines == [{"error": BUSY}] for s in refused)
+        assert sum(line.load(q) for q in cluster.queues.values()) <= 2  # one per host's line
+        # Alice gets in through either web process meanwhile.
+        for web in webs:
+            answer = requests.post(web + "/api/chat", headers=auth["alice"], timeout=180,
+                                   json=chat_body(SHORT, stream=False))
+            assert answer.status_code == 200, answer.text
+        # Carol's streams, two on each web: the fourth is refused, wherever it is opened.
+        streams = [requests.get(webs[i % 2] + "/api/events", headers=auth["carol"], stream=True,
+                                timeout=30) for i in range(4)]
+        try:
+            assert [s.status_code for s in streams] == [200, 200, 200, 429]
+        finally:
+            for s in streams:
+                s.close()
+        # Carol's requests on every route, through both webs: ten a minute in all.
+        codes = [requests.get(webs[i % 2] + path, headers=auth["carol"], timeout=30).status_code
+                 for i, path in enumerate(["/api/tags", "/api/ps", "/api/queue"] * 4)]
+        assert codes[:6] == [200] * 6 and codes[-2:] == [429, 429], codes
+        for sent in bob:
+            sent.join(180)

@@ -16,7 +16,7 @@ import requests
 
 from chatbot.ops import procs
 from chatbot.api.queue import KEEPALIVE_SECONDS
-from chatbot.flow.context import (NOTE, PER_MESSAGE, SUMMARY, cost, fit_summarized,
+from chatbot.flow.context import (NOTE, PER_MESSAGE, SUMMARIZE, SUMMARY, cost, fit_summarized,
                                   summary_message, summary_request, summary_room)
 from tests.conftest import MODEL, migrated_app, serve
 
@@ -73,7 +73,7 @@ def test_the_summary_request_extends_the_previous_one_with_the_span_only():
     assert shown == 5 and "The user is called Ada." in prompt and SUMMARY not in prompt
     assert [line for line in prompt.splitlines() if line.startswith("user: ")] == \
         [f"user: m{s}" for s in range(11, 16)]
-    assert body["stream"] is False and body["options"]["num_predict"] == 40
+    assert body["stream"] is True and body["options"]["num_predict"] == 40
     assert body["options"]["num_ctx"] == 512 and "top_k" not in body["options"]
     # A span too long for the window: its newest messages are shown.
     _, shown = summary_request("m", None, span, 40, {}, 40 + 2 * (30 + PER_MESSAGE) + 80)
@@ -92,6 +92,7 @@ class Tap:
 
     def __init__(self, engine_url):
         self.engine, self.seen = engine_url, []
+        self.hold_summaries, self.trickled = False, []  # summaries that never end, and how
         tap = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -104,6 +105,8 @@ class Tap:
                 data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if method == "POST" and data:
                     tap.seen.append((self.path, json.loads(data)))
+                    if tap.hold_summaries and tap.chats(len(tap.seen) - 1)[0]:
+                        return self._trickle()
                 resp = requests.request(method, tap.engine + self.path, data=data, timeout=300,
                                         headers={"Content-Type": "application/json"})
                 self.send_response(resp.status_code)
@@ -111,6 +114,25 @@ class Tap:
                 self.send_header("Content-Length", str(len(resp.content)))
                 self.end_headers()
                 self.wfile.write(b"" if method == "HEAD" else resp.content)
+
+            def _trickle(self):
+                """A summary that never ends: a token every 0.2 s for a minute (chunked, as
+                Ollama streams)."""
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.close_connection = True
+                line = json.dumps({"model": MODEL, "done": False,
+                                   "message": {"role": "assistant", "content": "so "}}) + "\n"
+                try:
+                    for _ in range(300):
+                        self.wfile.write(f"{len(line):x}\r\n{line}\r\n".encode())
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                    tap.trickled.append("ended")
+                except OSError:  # the worker hung up: the summary was stopped
+                    tap.trickled.append("stopped")
 
             def do_GET(self):
                 self._forward("GET")
@@ -131,8 +153,8 @@ class Tap:
     def chats(self, since=0, until=None):
         """The /api/chat bodies seen[since:until]: (summary requests, the turns' own)."""
         bodies = [body for path, body in self.seen[since:until] if path == "/api/chat"]
-        return ([b for b in bodies if b.get("stream") is False],
-                [b for b in bodies if b.get("stream") is not False])
+        asks = [b for b in bodies if b["messages"][0].get("content") == SUMMARIZE]
+        return asks, [b for b in bodies if b not in asks]
 
 
 @contextlib.contextmanager
@@ -294,3 +316,57 @@ def test_a_failing_summary_falls_back_to_the_note(engine_url, tmp_path, logs_dir
         assert sent[0]["messages"][0]["content"].startswith(NOTE.split(";")[0])
         assert summaries(app, sid) == []
         assert turns[-1].reply.json()["message"]["content"]
+
+
+def long_session(url):
+    """A session whose imported history (30 messages) does not fit num_ctx 512."""
+    said = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"{i}. {SAY}"}
+            for i in range(30)]
+    made = requests.post(f"{url}/api/sessions/import", json={"threads": {MODEL: said}}, timeout=30)
+    assert made.status_code == 201, made.text
+    return made.json()["id"]
+
+
+def chat(url, sid, rid, stream=False):
+    return requests.post(f"{url}/api/chat", timeout=120, stream=stream,
+                         headers={"X-Request-ID": rid},
+                         json={"model": MODEL, "session_id": sid, "stream": stream,
+                               "options": OPTIONS, "messages": [{"role": "user", "content": SAY}]})
+
+
+def test_a_summary_stops_when_its_turn_is_cancelled_or_overdue(engine_url, tmp_path, logs_dir):
+    """The summary is part of its asker's turn: a cancel or MAX_REQUEST_SECONDS stops it at
+    the next token, the turn ends with nothing stored and nothing sent, and the worker is free
+    for the next request at once."""
+    with summarizing_stack(engine_url, tmp_path, logs_dir, "summary-stops",
+                           SUMMARY_MAX_TOKENS="40") as (app, url, tap):
+        sid = long_session(url)
+        before, _ = thread(app, sid)
+        tap.hold_summaries = True
+        rid, replies = str(uuid.uuid4()), []
+        asking = threading.Thread(target=lambda: replies.append(chat(url, sid, rid)))
+        asking.start()
+        procs.wait_until(lambda: tap.chats()[0], 60, None, "the summary request")
+        mark = len(tap.seen)
+        started = time.monotonic()
+        assert requests.delete(f"{url}/api/queue/{rid}", timeout=10).status_code == 200
+        asking.join(30)
+        assert not asking.is_alive() and time.monotonic() - started < 10
+        procs.wait_until(lambda: tap.trickled, 10, None, "the summary's end")
+        assert tap.trickled == ["stopped"]  # the worker hung up on it
+        assert tap.chats(mark) == ([], [])  # the turn itself was never sent
+        assert thread(app, sid)[0] == before and summaries(app, sid) == []
+        # MAX_REQUEST_SECONDS ends it too, with its clear error.
+        app.config["MAX_REQUEST_SECONDS"] = 2
+        started = time.monotonic()
+        overdue = chat(url, sid, str(uuid.uuid4()))
+        assert overdue.status_code == 503 and "MAX_REQUEST_SECONDS" in overdue.json()["error"]
+        assert time.monotonic() - started < 15
+        procs.wait_until(lambda: len(tap.trickled) == 2, 10, None, "the second summary's end")
+        assert tap.trickled == ["stopped", "stopped"]
+        assert thread(app, sid)[0] == before and summaries(app, sid) == []
+        # The worker is free: the next turn is summarized and answered.
+        tap.hold_summaries, app.config["MAX_REQUEST_SECONDS"] = False, 600
+        answered = chat(url, sid, str(uuid.uuid4()))
+        assert answered.status_code == 200, answered.text
+        assert len(summaries(app, sid)) == 1

@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 from chatbot.api.errors import ApiError, error_response
 from chatbot.ops import logs, timing
 from chatbot.upstream import UpstreamError
+from chatbot.upstream.catalog import Answers
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("chatbot.audit")
@@ -42,6 +43,7 @@ def init_app(app):
     from chatbot import web
     web.init_app(app)  # the chat page at /chat
     queue.init_app(app)
+    app.extensions["model_answers"] = Answers(app.config["MODEL_INFO_CACHE_SECONDS"])
 
     @app.before_request
     def _request_id():

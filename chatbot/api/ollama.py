@@ -48,7 +48,7 @@ def status():
 
 @bp.get("/api/tags")
 def tags():
-    return listing("/api/tags")
+    return kept("GET", "/api/tags")
 
 
 def listing(path):
@@ -58,17 +58,36 @@ def listing(path):
     return Response(dumps(router.merged(path)), mimetype="application/json")
 
 
+def kept(method, path, body=None, host=None):
+    status, content_type, content = model_info(method, path, body, host)
+    return Response(content, status, content_type=content_type)
+
+
+def model_info(method, path, body=None, host=None):
+    """A model listing or description, (status, content type, bytes) as the upstream gave
+    them, kept briefly (MODEL_INFO_CACHE_SECONDS; see chatbot.upstream.catalog.Answers)."""
+    def fetch():
+        router = routing.get()
+        if method == "GET" and len(router.hosts) > 1:  # a listing of every host's models
+            return 200, "application/json", dumps(router.merged(path)).encode()
+        resp = router.upstream(host).request(method, path, json=body)
+        return resp.status_code, resp.headers.get("Content-Type"), resp.content
+
+    return current_app.extensions["model_answers"].get(
+        (path, host, dumps(body) if body else ""), fetch)
+
+
 @bp.post("/api/show")
 def show():
     body = validate.json_body("ShowRequest")
     if not body.get("model") and body.get("name"):  # older clients send `name`
         body["model"] = body["name"]
-    return passthrough("POST", "/api/show", body, host=_holder(validate.model_name(body)))
+    return kept("POST", "/api/show", body, host=_holder(validate.model_name(body)))
 
 
 @bp.get("/api/ps")
 def ps():
-    return listing("/api/ps")
+    return listing("/api/ps")  # what is loaded now: never kept
 
 
 @bp.post("/api/embed")
@@ -91,6 +110,7 @@ def model_passthrough():
         model = validate.model_name(body)
         return Response(dumps(embeddings.embed(model, request.path, body)),
                         mimetype="application/json")
+    current_app.extensions["model_answers"].forget()  # the models are about to change
     if request.path == "/api/copy":
         return passthrough("POST", "/api/copy", body, host=_holder(body.get("source")))
     model = validate.model_name(body)
@@ -153,6 +173,4 @@ def _turn(kind, body, model, messages, wire_class):
     upstream_body = {k: v for k, v in body.items()
                      if k not in ("session_id", "messages", "stream", "resumable")}
     wire_ = wire_class(session_id)
-    request_id, queue = turns.submit(kind, model, messages, upstream_body, session_id,
-                                     (wire_, stream), resumable)
-    return turns.respond(request_id, queue, session_id, stream, wire_, resumable)
+    return turns.turn(kind, model, messages, upstream_body, session_id, wire_, stream, resumable)

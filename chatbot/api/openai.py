@@ -6,8 +6,7 @@ from datetime import datetime
 
 from flask import Blueprint, Response
 
-from chatbot.upstream import routing
-from chatbot.api import openai_wire, turns, validate
+from chatbot.api import ollama, openai_wire, turns, validate
 from chatbot.api.embeddings import embed
 from chatbot.api.errors import ApiError
 from chatbot.upstream import UpstreamError
@@ -26,7 +25,7 @@ def _error(exc):
 
 
 def all_models():
-    return routing.get().merged("/api/tags")["models"]
+    return json.loads(ollama.model_info("GET", "/api/tags")[2]).get("models") or []
 
 
 def _model_entry(model):
@@ -121,9 +120,7 @@ def _turn(kind, body, model, messages, upstream_body, wire_class):
     session_id = validate.session_id({})
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     resumable, wire = validate.resumable(body), wire_class(model, include_usage)
-    request_id, queue = turns.submit(kind, model, messages, upstream_body, session_id,
-                                     (wire, stream), resumable)
-    return turns.respond(request_id, queue, session_id, stream, wire, resumable)
+    return turns.turn(kind, model, messages, upstream_body, session_id, wire, stream, resumable)
 
 
 def _list(body, name):

@@ -9,7 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from chatbot import line as lines
 from chatbot.ops import metrics
-from chatbot.store import ChatSession, db
+from chatbot.store import ChatSession, db, usage
 from chatbot.store.models import utcnow
 from chatbot.redis_keys import ASKED, INFO, STREAMS, TOKENS
 from chatbot.upstream import UpstreamError, routing
@@ -59,7 +59,10 @@ def _per_key(queues):
     return {"chatbot_key_queue_places": ("A key's requests waiting or running.", places),
             "chatbot_key_tokens_this_hour": ("A key's tokens this clock hour: generated, and "
                                              "reserved by requests still in line.", tokens),
-            "chatbot_key_streams": ("A key's open /api/events streams.", streams)}
+            "chatbot_key_streams": ("A key's open /api/events streams.", streams),
+            "chatbot_key_storage_bytes": ("What a key's sessions store: messages, images, "
+                                          "summaries, documents.",
+                                          [({"key": k}, n) for k, n in usage.bytes_used().items()])}
 
 
 @bp.get("/healthz")

@@ -1,7 +1,8 @@
 """How much an asker (a key while keys are on, else a client address) may ask: requests per
 window on each route (RATE_LIMIT, e.g. "60/minute", flask-limiter on Redis) and on all routes
-together (RATE_LIMIT_PER_KEY), and generated tokens per clock hour (TOKENS_PER_HOUR). All off
-by default; over any is a 429 with Retry-After."""
+together (RATE_LIMIT_PER_KEY), and generated tokens per clock hour (TOKENS_PER_HOUR): over any
+is a 429 with Retry-After. And how much a key may store (MAX_STORAGE_BYTES_PER_KEY): past it,
+a 413. All off by default."""
 import logging
 import math
 import time
@@ -12,7 +13,8 @@ from flask_limiter import Limiter
 
 from chatbot.api import auth
 from chatbot.api.errors import ApiError
-from chatbot.redis_keys import TOKENS, TOKENS_KEPT
+from chatbot.redis_keys import STORED, TOKENS, TOKENS_KEPT
+from chatbot.store import usage
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,40 @@ class TokenQuota:
                 log.warning("could not give back %d reserved tokens", reserved)
 
 
+class StorageQuota:
+    """MAX_STORAGE_BYTES_PER_KEY: what a key's sessions store (messages, images, summaries,
+    documents; chatbot.store.usage). A request that would add to it is refused (413) once the
+    key is at its limit, or would pass it with what it brings (an import, a document). The
+    count is taken from the database and kept for FRESH seconds, so a key overshoots by at most
+    what it writes in that time; a write through the API forgets it at once."""
+    FRESH = 10
+
+    def __init__(self, client, limit):
+        self.redis, self.limit = client, limit
+
+    def used(self, owner):
+        cached = self.redis.get(STORED.format(owner))
+        if cached is not None:
+            return int(cached)
+        used = usage.bytes_used([owner]).get(owner, 0)
+        self.redis.set(STORED.format(owner), used, ex=self.FRESH)
+        return used
+
+    def check(self, owner, adding=0):
+        if self.limit <= 0 or not owner:
+            return
+        used = self.used(owner)
+        if used >= self.limit or used + adding > self.limit:
+            raise ApiError(413, f"storage limit reached: key '{owner}' stores {used} bytes"
+                                f"{f' and this adds {adding}' if adding else ''}, at most "
+                                f"{self.limit} (MAX_STORAGE_BYTES_PER_KEY); delete sessions or "
+                                "documents to free space")
+
+    def forget(self, owner):
+        if self.limit > 0 and owner:
+            self.redis.delete(STORED.format(owner))
+
+
 def init_app(app):
     """After the API's own before_request (which identifies the key): hooks run in order."""
     rate, overall = app.config["RATE_LIMIT"], app.config["RATE_LIMIT_PER_KEY"]
@@ -78,8 +114,14 @@ def init_app(app):
         key_prefix="chatbot-rate")
     app.extensions["tokens"] = TokenQuota(app.extensions["redis"], app.config["TOKENS_PER_HOUR"],
                                           app.config["MAX_NUM_PREDICT"])
+    app.extensions["storage"] = StorageQuota(app.extensions["redis"],
+                                             app.config["MAX_STORAGE_BYTES_PER_KEY"])
 
 
 def tokens():
     return current_app.extensions["tokens"]
 
+
+
+def storage():
+    return current_app.extensions["storage"]

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from chatbot.flow.flow import index_document
 from chatbot.ops import offload
-from chatbot.api import auth, validate
+from chatbot.api import auth, embeddings, quota, validate
 from chatbot.api.errors import error_response
 from chatbot.store import admin, documents as stored, session_owner, transfer
 
@@ -97,7 +97,9 @@ def update(sid):
 @bp.delete("/<sid>")
 def delete(sid):
     sid = _mine(sid)
-    return jsonify(id=sid, deleted=True, messages=offload.run(admin.delete, sid))
+    deleted = offload.run(admin.delete, sid)
+    quota.storage().forget(auth.key_name())  # room again for its key at once
+    return jsonify(id=sid, deleted=True, messages=deleted)
 
 
 @bp.post("/<sid>/archive")
@@ -122,7 +124,12 @@ def export(sid):
 
 @bp.post("/import")
 def import_():
-    return _json(transfer.import_session, _body(), None, auth.key_name(), status=201)
+    owner = auth.key_name()
+    body = _body()
+    quota.storage().check(owner, request.content_length or 0)
+    made = _json(transfer.import_session, body, None, owner, status=201)
+    quota.storage().forget(owner)
+    return made
 
 
 @bp.post("/<sid>/documents")
@@ -152,7 +159,14 @@ def add_document(sid):
         # Lone surrogates become U+FFFD, as for a chat message (they cannot be stored).
         data = validate.SURROGATE.sub("\ufffd", data).encode()
         name = validate.SURROGATE.sub("\ufffd", name or "document.txt")
-    return jsonify(index_document(sid, name, data, declared, owner=auth.key_name())), 201
+    owner = auth.key_name()
+    quota.storage().check(owner, len(data))
+    # Its embeddings are its asker's jobs in the fair line, cancelled if the client leaves.
+    model = current_app.config["EMBED_MODEL"]
+    post = lambda path, body: embeddings.embed(model, path, body)  # noqa: E731
+    made = index_document(sid, name, data, declared, owner=owner, post=post)
+    quota.storage().forget(owner)
+    return jsonify(made), 201
 
 
 @bp.get("/<sid>/documents")

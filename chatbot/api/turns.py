@@ -1,5 +1,9 @@
 """A chat or generate request's life on the web side: queue it, then answer from its events.
-The line (chatbot.line) decides every ending; this module only asks it."""
+The line (chatbot.line) decides every ending; this module only asks it.
+
+Its size is earned: the whole web-side life of a request reads top to bottom here (the cache
+or the line, admission with each refusal it can meet, the watchdog while it waits, the answer
+streamed or whole, and a client leaving), so that no step of it is decided elsewhere."""
 import json
 import logging
 import time
@@ -9,7 +13,7 @@ import redis
 from flask import Response, current_app, g, request, stream_with_context
 
 from chatbot import line as lines, store
-from chatbot.api import auth, quota
+from chatbot.api import answers, auth, quota
 from chatbot.api.errors import ApiError
 from chatbot.api.disconnect import client_gone, client_socket
 from chatbot.line import admission, events as ev, sweep
@@ -26,18 +30,47 @@ log = logging.getLogger(__name__)
 
 
 
+def turn(kind, model, messages, upstream_body, session_id, wire, stream, resumable):
+    """A chat or generate turn's response: from the response cache (chatbot.api.answers) when
+    it holds this very request's reply, else through the line."""
+    digest, tail = None, None
+    if not resumable and answers.wanted(upstream_body):
+        digest, tail = answers.key(kind, model, messages, upstream_body, _session(session_id))
+    kept = answers.lookup(digest)
+    if kept:
+        quota.storage().check(auth.key_name())
+        if answers.store_turn(kind, model, messages, session_id, g.request_id, tail, kept):
+            return answers.respond(kind, kept, session_id, stream, wire)
+    ttl = current_app.config["RESPONSE_CACHE_TTL"]
+    request_id, queue = submit(kind, model, messages, upstream_body, session_id, (wire, stream),
+                               resumable, cache=digest and [digest, max(1, int(ttl))])
+    resp = respond(request_id, queue, session_id, stream, wire, resumable)
+    if digest:
+        resp.headers["X-Cache"] = "miss"
+    return resp
+
+
+def _session(session_id):
+    """The session a turn may use: another key's is as if there were none (404)."""
+    if session_id and auth.scope() is not auth.ALL and not g.get("fresh_session"):
+        exists, holder = store.session_owner(session_id)
+        if exists and holder != auth.key_name():
+            raise ApiError(404, f"session '{session_id}' not found")
+    return session_id
+
+
 def submit(kind, model, messages, upstream_body, session_id, answer=None, resumable=False,
-           path=None):
+           path=None, cache=None):
     """Queue a turn (kind chat or generate), or an embedding request (kind embed, to `path`,
     no session). `messages` are what the session gains; `upstream_body` the rest of what is
     sent upstream (chat's context is added by the flow). A `resumable` request survives its
     client leaving for RESUME_GRACE_SECONDS, and is answered again as it was first (`answer`:
-    (wire, stream); GET /api/requests/<id>/stream). Returns (request_id, queue)."""
+    (wire, stream); GET /api/requests/<id>/stream). `cache`: [key, seconds] its reply is
+    kept under (chatbot.api.answers). Returns (request_id, queue)."""
     owner = auth.key_name()
-    if session_id and auth.scope() is not auth.ALL and not g.get("fresh_session"):
-        exists, holder = store.session_owner(session_id)
-        if exists and holder != owner:  # another key's session: as if there were none
-            raise ApiError(404, f"session '{session_id}' not found")
+    _session(session_id)
+    if kind != "embed":  # a turn is stored: its key must have room left
+        quota.storage().check(owner)
     host, queue = routing.get().choose(model, session_id)
     # Its worst case in tokens, reserved until it ends (then settled by the line)
     worst = 0 if kind == "embed" else quota.tokens().worst_case(upstream_body.get("options"))
@@ -60,7 +93,7 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
                "host": host, "queue": queue, "fresh": bool(g.get("fresh_session")),
                "owner": owner, "channel": info["channel"],
                "quiet": bool(info.get("quiet")),
-               "max_seconds": current_app.config["MAX_REQUEST_SECONDS"]}
+               "max_seconds": current_app.config["MAX_REQUEST_SECONDS"], "cache": cache}
         # Turns are taken between askers: the key, else the session.
         fair = current_app.config["QUEUE_ORDER"] == "fair"
         # One task per request, pushed by the admission itself; it runs whichever request
@@ -88,6 +121,8 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         if isinstance(exc, admission.QueueFull):  # the line, or this asker's share of it
             log.warning("refused: %s (queue %s)", type(exc).__doc__.strip(), queue)
             raise ApiError(503, BUSY, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if isinstance(exc, admission.JobTooLarge):
+            raise ApiError(413, str(exc))
         if isinstance(exc, redis.RedisError):
             log.warning("refused: redis does not answer", exc_info=True)
             raise ApiError(503, ev.UNAVAILABLE["error"], {"Retry-After": str(RETRY_AFTER_SECONDS)})

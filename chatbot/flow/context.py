@@ -169,7 +169,7 @@ def newest_within(newest_first, room):
 
 
 def summary_request(model, previous, messages, max_tokens, options, budget):
-    """The non-streamed /api/chat body asking for a summary of `messages` (oldest first),
+    """The /api/chat body (streamed, so that it can stop at any token) asking for a summary of `messages` (oldest first),
     extending `previous` (a summary's content, or None), and how many of the messages it
     shows: the newest that fit `budget` (our tokens, the chat's) less the reply and the rest
     of the prompt. It keeps the chat's num_ctx, so the upstream need not reload the model."""
@@ -178,7 +178,7 @@ def summary_request(model, previous, messages, max_tokens, options, budget):
     shown = newest_within(messages[::-1], room)[::-1]
     transcript = "\n".join(f"{m['role']}: {m['content']}" for m in shown)
     kept = {k: options[k] for k in ("num_ctx", "seed") if k in options}
-    return {"model": model, "stream": False,
+    return {"model": model, "stream": True,
             "messages": [{"role": "system", "content": SUMMARIZE},
                          {"role": "user", "content": f"{head}Conversation:\n{transcript}"}],
             "options": {**kept, "temperature": 0, "num_predict": max_tokens}}, len(shown)

@@ -4,8 +4,8 @@
 Indexing (the index flow, run in the web request that uploads a document; reading, chunking
 and storing off the web's loop, chatbot.ops.offload), shared store:
   upload   {session_id, owner, name, data: bytes, type}   limits {size, overlap, max_bytes,
-           max_chunks, max_chars, max_pages, max_seconds}   model: EMBED_MODEL   upstream: a
-           host that has it
+           max_chunks, max_chars, max_pages, max_seconds, max_documents}   model: EMBED_MODEL   post: how
+           an embedding is asked, post(path, body) -> JSON (through the line, or a host)
   chunks   [(text, tokens)] (ReadDocument)   vectors (EmbedChunks)   document (StoreDocument)
 
 Retrieve (the chat flow, before BuildContext) writes `retrieved`: the session's chunks
@@ -24,10 +24,16 @@ from chatbot.upstream import UpstreamError
 
 class ReadDocument(Node):
     def prep(self, shared):
-        return shared["upload"], shared["limits"]
+        upload, limits = shared["upload"], shared["limits"]
+        return upload, limits, stored.count_documents(upload["session_id"])
 
     def exec(self, prep_res):
-        return offload.run(self.read, *prep_res)  # seconds of CPU for a big PDF or text
+        upload, limits, held = prep_res
+        if held >= limits["max_documents"]:
+            raise rag.TooLarge(f"too many documents: the session has {held}, at most "
+                               f"{limits['max_documents']} (MAX_DOCUMENTS_PER_SESSION); "
+                               "remove one first")
+        return offload.run(self.read, upload, limits)  # seconds of CPU for a big PDF or text
 
     @staticmethod
     def read(upload, limits):
@@ -45,7 +51,7 @@ class EmbedChunks(BatchNode):
 
     def prep(self, shared):
         texts = [text for text, _ in shared["chunks"]]
-        return [(shared["upstream"], shared["model"], texts[i:i + rag.EMBED_BATCH])
+        return [(shared["post"], shared["model"], texts[i:i + rag.EMBED_BATCH])
                 for i in range(0, len(texts), rag.EMBED_BATCH)]
 
     def exec(self, batch):
@@ -88,7 +94,7 @@ class Retrieve(Node):
             return []
         upstream, model, query, chunks, k = prep_res
         try:
-            vector = rag.embed(upstream, model, [query])[0]
+            vector = rag.embed(upstream.post_json, model, [query])[0]
         except UpstreamError as exc:
             return {"status": exc.status,
                     "error": f"could not search the session's documents: {exc.error}"}

@@ -37,7 +37,9 @@ def create_chat_flow():
     store_chat - "conflict" >> load  # another turn took the thread's next place: start over
     build - "too_long" >> finish_chat  # nothing stored, nothing sent: the client gets a 400
     retrieve - "failed" >> finish_chat  # the documents could not be searched: likewise
-    build - "summarize" >> SummarizeDropped() >> store_chat  # CONTEXT_STRATEGY=summarize
+    summarize = SummarizeDropped()
+    build - "summarize" >> summarize >> store_chat  # CONTEXT_STRATEGY=summarize
+    summarize - "stopped" >> finish_chat  # cancelled or overdue while summarizing
     # generate: single-turn, its own endpoint.
     store_generate = StoreRequest()
     begin - "generate" >> TakePrompt() >> store_generate >> CallGenerate() >> StoreReply() >> Finish()
@@ -54,12 +56,17 @@ def create_index_flow():
     return Flow(start=read)
 
 
-def index_document(session_id, name, data, declared_type, owner=None):
+def index_document(session_id, name, data, declared_type, owner=None, post=None):
     """Read, chunk, embed and store a document in the session (made if missing), through the
-    index flow; its description. Shared by the REST API and `flask docs`. Embedding errors
-    (model missing, host down) propagate as UpstreamError with nothing stored."""
-    config, router = current_app.config, routing.get()
+    index flow; its description. Shared by the REST API and `flask docs`. The embeddings are
+    asked by `post(path, body)` (the API's: jobs of the asker in the fair line), else straight
+    of a host that has EMBED_MODEL. Embedding errors (model missing, host down) propagate with
+    nothing stored."""
+    config = current_app.config
     model = config["EMBED_MODEL"]
+    if post is None:
+        router = routing.get()
+        post = router.upstream(router.candidates(model)[0]).post_json
     name = (name or "").replace("\x00", "").strip()[:255] or "document"
     shared = {"upload": {"session_id": session_id, "owner": owner, "name": name, "data": data,
                          "type": rag.content_type(name, declared_type)},
@@ -68,8 +75,9 @@ def index_document(session_id, name, data, declared_type, owner=None):
                          "max_chunks": config["MAX_DOCUMENT_CHUNKS"],
                          "max_chars": config["MAX_DOCUMENT_TEXT_CHARS"],
                          "max_pages": config["MAX_PDF_PAGES"],
-                         "max_seconds": config["MAX_PDF_SECONDS"]},
-              "model": model, "upstream": router.upstream(router.candidates(model)[0])}
+                         "max_seconds": config["MAX_PDF_SECONDS"],
+                         "max_documents": config["MAX_DOCUMENTS_PER_SESSION"]},
+              "model": model, "post": post}
     create_index_flow().run(shared)
     log.info("document %s added to session %s: %s chunks", shared["document"]["id"],
              session_id, shared["document"]["chunks"])

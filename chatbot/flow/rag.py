@@ -1,7 +1,7 @@
 """Documents for retrieval (RAG): reading an upload's text, cutting it into overlapping token
 chunks, embedding through the upstream's /api/embed, and ranking chunks against a query with
 numpy: plain helpers of the index flow's nodes (flow/documents.py), pure apart from `embed`
-(one upstream call). A document is added by running that flow (chatbot.flow.flow.index_document)."""
+(one embedding call). A document is added by running that flow (chatbot.flow.flow.index_document)."""
 import io
 import logging
 import os
@@ -122,9 +122,9 @@ def chunk(text, size, overlap, max_chunks):
     return pieces
 
 
-def embed(upstream, model, texts):
-    """Unit vectors (float32, one row per text) from one /api/embed call."""
-    result = upstream.post_json("/api/embed", {"model": model, "input": list(texts)})
+def embed(post, model, texts):
+    """Unit vectors (float32, one row per text) from one /api/embed call, `post(path, body)`."""
+    result = post("/api/embed", {"model": model, "input": list(texts)})
     vectors = np.asarray(result.get("embeddings") or [], dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) != len(texts):
         raise UpstreamError(502, f"model '{model}' returned no embeddings")

@@ -32,7 +32,7 @@ class CallUpstream(Node):
 
     def exec(self, prep_res):
         upstream, path, body, emit, stop, wait = prep_res
-        reply = _new_reply()
+        reply = new_reply()
         try:
             for raw, chunk in upstream.stream(path, body, wait=wait):
                 if "error" in chunk:
@@ -78,7 +78,7 @@ class CallEmbed(Node):
 
     def exec(self, prep_res):
         upstream, path, body = prep_res
-        reply = _new_reply()
+        reply = new_reply()
         try:
             reply["final"] = upstream.post_json(path, body)
         except UpstreamError as exc:
@@ -204,7 +204,7 @@ class Calibrate(Node):
             shared["metrics"].inc("chatbot_upstream_truncations_total", model=model)
 
 
-def _new_reply():
+def new_reply():
     """A call's reply before the upstream answers (see `reply` in chatbot.flow.nodes)."""
     return {**empty_reply(), "final": None, "status": "ok", "error": None, "chunks": 0}
 

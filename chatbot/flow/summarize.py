@@ -6,15 +6,18 @@ from pocketflow import Node
 
 from chatbot import store
 from chatbot.flow.context import cost, summary_message, summary_request
-from chatbot.upstream import UpstreamError
+from chatbot.flow.reply import new_reply
+from chatbot.upstream import UpstreamError, empty_reply, fold
 
 log = logging.getLogger(__name__)
 
 
 class SummarizeDropped(Node):
     """CONTEXT_STRATEGY=summarize, when BuildContext left out messages no summary covers: one
-    non-streamed call for a short summary of them (extending the previous summary), stored and
-    sent in place of the plain note. Any failure keeps the note."""
+    call for a short summary of them (extending the previous summary), stored and sent in
+    place of the plain note. Any failure keeps the note. It is part of its asker's turn, so it
+    obeys what the turn does: streamed, it stops at the next token when the request is
+    cancelled or past MAX_REQUEST_SECONDS, and the turn ends there with nothing stored."""
 
     def prep(self, shared):
         job, summarizer, summary = shared["job"], shared["summarizer"], shared.get("summary")
@@ -23,19 +26,27 @@ class SummarizeDropped(Node):
         messages = store.span_messages(job["session_id"], job["model"], first, last, skip)
         options = job["upstream"].get("options") or {}
         return (shared["upstream"], summarizer["model"] or job["model"], summary, messages,
-                summarizer["max_tokens"], options, shared["budget"])
+                summarizer["max_tokens"], options, shared["budget"], shared["running"].stop_asked)
 
     def exec(self, prep_res):
-        upstream, model, summary, messages, max_tokens, options, budget = prep_res
+        upstream, model, summary, messages, max_tokens, options, budget, stop = prep_res
         body, shown = summary_request(model, summary and summary["content"], messages,
                                       max_tokens, options, budget)
         if not shown:
             return {"error": "none of the messages to summarize fits a request"}
+        reply = empty_reply()
         try:
-            answer = upstream.post_json("/api/chat", body)
-            text = ((answer.get("message") or {}).get("content") or "").strip()
+            for _, chunk in upstream.stream("/api/chat", body):
+                if "error" in chunk:
+                    raise UpstreamError(500, chunk["error"])
+                fold(reply, chunk)
+                if chunk.get("done"):
+                    break
+                if stop():
+                    return {"stopped": True}
         except (UpstreamError, ValueError, AttributeError) as exc:
             return {"error": getattr(exc, "error", str(exc))}
+        text = reply["content"].strip()
         if not text:
             return {"error": "the summary came back empty"}
         return {"text": text, "left_out": len(messages) - shown}
@@ -43,6 +54,12 @@ class SummarizeDropped(Node):
     def post(self, shared, prep_res, exec_res):
         job, (first, last), summary = shared["job"], shared["span"], shared.get("summary")
         model = job["model"]
+        if exec_res.get("stopped"):  # cancelled or overdue: the turn ends, nothing stored
+            shared["running"].phase(None, "summarized", {"ok": False})
+            overdue = shared["running"].overdue_error()
+            shared["reply"] = {**new_reply(), "error": overdue,
+                               "status": "failed" if overdue else "cancelled"}
+            return "stopped"
         if "error" in exec_res:
             log.warning("summary of messages %d-%d failed, the note stays: %s", first, last,
                         exec_res["error"])

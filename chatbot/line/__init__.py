@@ -22,7 +22,8 @@ def init_app(app, on_lost=None):
         share = max(1, config["MAX_QUEUE"] // 4)
     app.extensions["line"] = Line(app.extensions["redis"], config["MAX_QUEUE"],
                                   config["QUEUE_TIMEOUT_SECONDS"], config["RELAY_TTL_SECONDS"],
-                                  config["REDIS_WAIT_SECONDS"], on_lost, share)
+                                  config["REDIS_WAIT_SECONDS"], on_lost, share,
+                                  config["MAX_JOB_BYTES"])
 
 
 def get():

@@ -20,14 +20,25 @@ class ShareFull(QueueFull):
     """The asker has its share of the line (MAX_QUEUE_PER_KEY) waiting or running already."""
 
 
+class JobTooLarge(Exception):
+    """The request would hold more than MAX_JOB_BYTES in Redis while it waits."""
+
+    def __init__(self, size, limit):
+        super().__init__(f"request too large to queue: {size} bytes, at most {limit} "
+                         "(MAX_JOB_BYTES)")
+
+
 def admit(line, request_id, queue, info, lease, job=None, asker="", weight=0, task=None):
     """Take a place in line and return it. Raises QueueFull at MAX_QUEUE waiting, ShareFull when
     the asker has its share (MAX_QUEUE_PER_KEY) waiting or running; returns None
     when the id has a record already (the caller picks a fresh one). `info` names the
     request's SSE `channel` (see events.sse_channel) and `owner`, with model and session; `job`
-    is what a worker runs (chatbot.worker.tasks); `task` (list key, message) the broker message
+    is what a worker runs (chatbot.worker.tasks), refused past MAX_JOB_BYTES (JobTooLarge); `task` (list key, message) the broker message
     that has a worker run it, pushed only if the request is admitted. Requests take turns
     between askers by `weight` (0: in order of arrival; see lib.fair_score in lua/helpers.lua)."""
+    payload = json.dumps(job or {})
+    if line.max_job_bytes and len(payload) > line.max_job_bytes:
+        raise JobTooLarge(len(payload), line.max_job_bytes)
     now = time.time()
     fields = {**info, "queue": queue, "state": "queued", "queued_at": now, "lease": lease}
     position = line.scripts["admit"].call(
@@ -38,7 +49,7 @@ def admit(line, request_id, queue, info, lease, job=None, asker="", weight=0, ta
         max_queue=line.max_queue, request_id=request_id,
         fields=json.dumps([str(x) for kv in fields.items() for x in kv]), ttl=INFO_TTL,
         lease_ttl=LEASE_TTL, channel=info.get("channel", request_id), asker=asker,
-        cost=ROUND // weight if weight else 0, job=json.dumps(job or {}),
+        cost=ROUND // weight if weight else 0, job=payload,
         task=task[1] if task else "", **line.announcing(queue))
     if position == 0:
         raise QueueFull()

@@ -18,10 +18,11 @@ INFO_TTL = 3600  # seconds a request's record outlives its last change
 
 class Line:
     def __init__(self, client, max_queue, queue_timeout, relay_ttl, redis_wait=0.0,
-                 on_lost=None, max_per_asker=0):
+                 on_lost=None, max_per_asker=0, max_job_bytes=0):
         self.redis = client
         self.max_queue, self.queue_timeout, self.relay_ttl = max_queue, queue_timeout, relay_ttl
         self.max_per_asker = max_per_asker  # one asker's requests waiting or running; 0: any
+        self.max_job_bytes = max_job_bytes  # what one waiting request holds in Redis; 0: any
         # A waiting client outlasts a Redis that does not answer for this long (a restart of a
         # Redis that keeps the line); `away` is since when this process has not reached it.
         self.redis_wait, self.away = redis_wait, None

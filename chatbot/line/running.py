@@ -10,7 +10,7 @@ import uuid
 from chatbot.line import events
 from chatbot.line.heartbeat import HEARTBEAT_TTL, THREAD_LOCK_TTL, Heartbeat
 from chatbot.ops import logs, timing
-from chatbot.redis_keys import (FAIR, INFO, NONE, STARTED, THREAD, TOKENS_KEPT, WAITING,
+from chatbot.redis_keys import (FAIR, INFO, NONE, RESPONSE, STARTED, THREAD, TOKENS_KEPT, WAITING,
                                 stream_key)
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,10 @@ class Running:
             generated = reply.get("chunks", 0)
         self.marks["ending"] = timing.now()
         self.heartbeat.lock = None
+        kept = (self.job or {}).get("cache")
+        if kept and self.state == "done" and self.metrics is not None:  # RESPONSE_CACHE_TTL
+            self.metrics.pipe.set(RESPONSE.format(kept[0]), json.dumps(
+                {"d": event["d"], "reply": event["reply"]}), ex=kept[1])
         ended = self.line.move(
             self.request_id, self.queue, ("running",), self.state, event, lock=self.lock,
             tally=generated, then=self.metrics,

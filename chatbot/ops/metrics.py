@@ -40,6 +40,8 @@ METRICS = {
                                            "we sent (it truncated).", None),
     "chatbot_upstream_errors_total": ("counter", "Upstream failures by host and status.", None),
     "chatbot_stream_disconnects_total": ("counter", "Clients that left before the end.", None),
+    "chatbot_response_cache_total": ("counter", "Deterministic requests looked up in the "
+                                     "response cache (RESPONSE_CACHE_TTL), by outcome.", None),
     "chatbot_proxy_overhead_seconds": ("histogram",
                                        "Request time not spent waiting in line or in the model.",
                                        LATENCY_BUCKETS),

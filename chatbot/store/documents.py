@@ -27,6 +27,11 @@ def describe(doc):
             "created_at": doc.created_at.isoformat() + "Z"}
 
 
+def count_documents(session_id):
+    return db.session.execute(db.select(db.func.count()).select_from(Document)
+                              .where(Document.session_id == session_id)).scalar_one()
+
+
 def list_documents(session_id):
     rows = db.session.execute(db.select(Document).where(Document.session_id == session_id)
                               .order_by(Document.id)).scalars()

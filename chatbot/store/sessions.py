@@ -188,9 +188,18 @@ def save_lost_reply(session_id, model, request_id, reply):
 
 def fail_request(request_id):
     """A turn the upstream refused before answering: its messages leave the thread (kept,
-    marked failed), so they are never replayed."""
+    marked failed, without their images, which nobody will see again), so they are never
+    replayed."""
+    refused = db.session.execute(db.select(Message.id, Message.extra).where(
+        Message.request_id == request_id, Message.status == "ok")).all()
     db.session.execute(db.update(Message).where(Message.request_id == request_id,
                                                 Message.status == "ok")
                        .values(status="failed", seq=None, chain=None)
                        .execution_options(synchronize_session=False))
+    for row in refused:
+        if (row.extra or {}).get("images"):
+            extra = {k: v for k, v in row.extra.items() if k != "images"}
+            db.session.execute(db.update(Message).where(Message.id == row.id)
+                               .values(extra=extra or None)
+                               .execution_options(synchronize_session=False))
     db.session.commit()

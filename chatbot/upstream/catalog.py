@@ -38,3 +38,32 @@ class Catalog:
 
     def _known(self, model):
         return model in self.names or (":" not in model and f"{model}:latest" in self.names)
+
+
+class Answers:
+    """The upstream's answers about its models (listings, /api/show), kept `ttl` seconds in
+    this process: clients ask them on every page or start (Open WebUI, the CLI), and they must
+    not cost the model's host a round trip each. At most `size` answers; forgotten whole when
+    a model is pulled, created, copied or deleted through this process."""
+
+    def __init__(self, ttl, size=256):
+        self.ttl, self.size, self.kept, self.lock = ttl, size, {}, threading.Lock()
+
+    def get(self, key, fetch):
+        now = time.monotonic()
+        with self.lock:
+            hit = self.kept.get(key)
+        if hit and hit[0] > now:
+            return hit[1]
+        answer = fetch()
+        if self.ttl > 0:
+            with self.lock:
+                if len(self.kept) >= self.size:
+                    self.kept = {k: v for k, v in self.kept.items() if v[0] > now}
+                if len(self.kept) < self.size:
+                    self.kept[key] = (now + self.ttl, answer)
+        return answer
+
+    def forget(self):
+        with self.lock:
+            self.kept = {}

@@ -192,6 +192,20 @@ def list_(page, per_page, archived, model, as_json):
 
 
 @sessions.command()
+@click.argument("text")
+@click.option("--page", default=1, show_default=True)
+@click.option("--per-page", default=20, show_default=True)
+@as_json
+def search(text, page, per_page, as_json):
+    """Sessions whose title contains TEXT or whose messages say its words."""
+    data = admin.list_sessions(page, per_page, search=text)
+    rows = [(s["id"], short(s["title"], 30), short((s.get("match") or {}).get("snippet"), 60))
+            for s in data["sessions"]]
+    text = table(("ID", "TITLE", "MATCH"), rows)
+    out(data, f"{text}\npage {data['page']}, {data['total']} session(s) in all", as_json)
+
+
+@sessions.command()
 @click.argument("session_id")
 @click.option("--model", help="Only this model's thread.")
 @click.option("--page", default=1, show_default=True)

@@ -31,6 +31,7 @@ STREAMS = "chatbot:streams:{}"  # asker: its open SSE streams, each until it lap
 SSE_WAKE = "chatbot:sse-wake:{}"  # a web process's SSE hub: a channel rung to take a new one
 TOKENS = "chatbot:tokens:{}:{}"  # asker, clock hour: tokens generated and reserved
 TOKENS_KEPT = 7200  # seconds an hour's count is kept
+SAME = "chatbot:same:{}"  # what makes a request the same as a retry of it: its id, while it lives
 RESPONSE = "chatbot:response:{}"  # a request's cache key: the reply it had (RESPONSE_CACHE_TTL)
 STORED = "chatbot:stored:{}"  # key name: the bytes its sessions store, as last counted
 
@@ -43,4 +44,4 @@ def lua_prefixes():
     """The per-id keys as prefixes a script appends an id to: {'req': 'chatbot:req:', ...}."""
     return {"req": INFO[:-2], "job": JOB[:-2], "beat": BEAT[:-2], "relay": RELAY[:-2],
             "thread": THREAD[:-5], "lease": LEASE[:-2], "bell": BELL[:-2],
-            "listening": LISTENING}
+            "listening": LISTENING, "same": SAME[:-2]}

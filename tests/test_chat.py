@@ -50,13 +50,17 @@ def test_generate_streamed_and_not(stack):
     assert [r.role for r in stack.rows(sid)] == ["user", "assistant", "user", "assistant"]
 
 
+NEXT = {"role": "user", "content": "And 3+3?"}
+
+
 def test_session_id_returned_in_header_and_final_body(stack):
     body = {"model": MODEL, "messages": [QUESTION], "options": OPTIONS, "stream": False}
     resp = requests.post(stack.url + "/api/chat", json=body, timeout=60)
     sid = resp.headers["X-Session-ID"]
     assert resp.json()["session_id"] == sid and uuid.UUID(sid)
-    lines = requests.post(stack.url + "/api/chat", json={**body, "stream": True,
-                                                          "session_id": sid}, timeout=60)
+    # (the same question again would be a regenerate: see test_branches)
+    lines = requests.post(stack.url + "/api/chat", json={**body, "stream": True, "session_id": sid,
+                                                          "messages": [NEXT]}, timeout=60)
     assert lines.headers["Content-Type"].startswith("application/x-ndjson")
     assert lines.headers["X-Session-ID"] == sid
     last = json.loads(lines.text.strip().splitlines()[-1])
@@ -80,7 +84,7 @@ def test_second_turn_sees_the_first(stack):
 def test_new_session_starts_empty(stack):
     old = new_session()
     client(stack, old).chat(MODEL, messages=[QUESTION], options=OPTIONS, stream=False)
-    grown = client(stack, old).chat(MODEL, messages=[QUESTION], options=OPTIONS, stream=False)
+    grown = client(stack, old).chat(MODEL, messages=[NEXT], options=OPTIONS, stream=False)
     fresh = client(stack, new_session()).chat(MODEL, messages=[QUESTION], options=OPTIONS,
                                               stream=False)
     assert fresh.prompt_eval_count < grown.prompt_eval_count

@@ -172,7 +172,9 @@ def test_each_model_keeps_its_own_thread(stack):
         sid = str(uuid.uuid4())
         question = [{"role": "user", "content": "What is 2+2?"}]
         chat(stack, sid, question, {**GREEDY, "num_predict": 4})
-        grown = chat(stack, sid, question, {**GREEDY, "num_predict": 4})
+        # (the same question again would be a regenerate: a branch, see test_branches)
+        grown = chat(stack, sid, [{"role": "user", "content": "What is 3+3?"}],
+                     {**GREEDY, "num_predict": 4})
         switched = chat(stack, sid, question, {**GREEDY, "num_predict": 4}, model=other)
         fresh = chat(stack, str(uuid.uuid4()), question, {**GREEDY, "num_predict": 4})
         assert switched.prompt_eval_count == fresh.prompt_eval_count < grown.prompt_eval_count

@@ -18,7 +18,9 @@ def waiting_ids(url, headers=None):
 
 
 def queue_up(url, session_id, rid, headers=None):
-    body = chat_body(SHORT, session_id, stream=False)
+    # Each its own question: the same one again in a session would join the first (a retry)
+    body = {**chat_body(SHORT, session_id, stream=False),
+            "messages": [{"role": "user", "content": f"Write about the sea ({rid})."}]}
     sent = Background(url, body, rid, headers=headers)
     wait_for(lambda: rid in waiting_ids(url, headers), what=f"{rid} to wait")
     return sent

@@ -59,14 +59,14 @@ def test_archive_spares_a_session_used_meanwhile(ctx):
 def test_chat_restores_an_archived_session(stack, ctx):
     sid = str(uuid.uuid4())
     client = ollama.Client(host=stack.url, headers={"X-Session-ID": sid})
-    ask = lambda: client.chat(MODEL, messages=[{"role": "user", "content": "Hi"}],  # noqa: E731
-                              options={**OPTIONS, "num_predict": 4}, stream=False)
-    ask()
+    ask = lambda said: client.chat(MODEL, messages=[{"role": "user", "content": said}],  # noqa: E731
+                                   options={**OPTIONS, "num_predict": 4}, stream=False)
+    ask("Hi")
     long_ago = utcnow() - timedelta(days=3)
     db.session.execute(db.update(ChatSession).where(ChatSession.id == sid)
                        .values(archived=True, last_access=long_ago))
     db.session.commit()
-    ask()
+    ask("Hi again")
     archived, last_access = state(sid)
     assert archived is False and last_access > long_ago + timedelta(days=2)
     assert len(stack.rows(sid)) == 4

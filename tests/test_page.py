@@ -308,6 +308,18 @@ def test_markdown_renderer_in_the_browser(page):
     assert rendered == [html for _, html in MARKDOWN]
 
 
+def test_sidebar_search_finds_what_was_said(page, stack):
+    word = f"quokka{uuid.uuid4().hex[:6]}"
+    said = imported(stack.url, [{"role": "user", "content": f"Have you seen a {word} today?"}],
+                    title="Animals")
+    tab = page.open()
+    tab.fill("#search", word)
+    page.until("document.querySelectorAll('#sessions li').length === 1")
+    assert tab.locator("#sessions li").get_attribute("data-id") == said
+    assert f"[{word}]" in tab.locator("#sessions .match").inner_text()
+    page.shot("7b-search-messages")
+
+
 def test_sidebar_search_rename_archive_delete_and_export(page, stack):
     word = uuid.uuid4().hex[:8]
     alpha = imported(stack.url, [{"role": "user", "content": "a"}], title=f"Alpha {word}")

@@ -94,14 +94,20 @@ def test_the_cache_is_never_used_across_keys_or_for_random_replies(cached):
 
 def test_a_session_that_moved_on_is_a_new_request(cached, stack):
     """The key holds the session's thread: the same question later in a conversation is
-    asked of the model, with its history."""
+    asked of the model, with its history; asked again right after its reply, it is a
+    regenerate (a branch), never answered from the cache."""
     app, url = cached
     sid = str(uuid.uuid4())
     messages = [{"role": "user", "content": f"Name a bird. ({uuid.uuid4()})"}]
+    other = [{"role": "user", "content": "Name a fish."}]
     assert ask(url, messages=messages, session_id=sid).headers["X-Cache"] == "miss"
+    again = ask(url, messages=messages, session_id=sid)
+    assert "X-Cache" not in again.headers and ran_in_line(app, again)
+    assert len(stack.rows(sid)) == 3  # the question once, two replies (siblings)
+    assert ask(url, messages=other, session_id=sid).headers["X-Cache"] == "miss"
     later = ask(url, messages=messages, session_id=sid)
     assert later.headers["X-Cache"] == "miss" and ran_in_line(app, later)
-    assert len(stack.rows(sid)) == 4
+    assert len(stack.rows(sid)) == 7
     # Another key's session stays another key's, cached or not.
     assert ask(url, key=B, messages=messages, session_id=sid).status_code == 404
 

@@ -21,7 +21,7 @@ from chatbot.flow.context import new_messages
 from chatbot.line.events import CHUNK, DONE
 from chatbot.ops import logs
 from chatbot.redis_keys import RESPONSE
-from chatbot.store import documents
+from chatbot.store import branches, documents
 from chatbot.tokens import count_tokens
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ def key(kind, model, messages, upstream_body, session_id):
     """The request's cache key, and the session's thread tail it was taken at."""
     known = session_id and not g.get("fresh_session")
     tail = store.thread_tail(session_id, model) if known else (0, "")
+    if kind == "chat" and branches.resend_point(session_id, model, messages, tail)[1]:
+        return None, None  # it starts a branch: the worker's to store
     docs = documents.count_documents(session_id) if known else 0
     what = [auth.key_name() or "", kind, model, list(tail), docs, messages, upstream_body]
     digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()

@@ -253,6 +253,11 @@ PATHS = {
                     body(ref("SessionPatch")), [SID]),
         "delete": op("Delete a session and its messages", {**ok(JSON), **errors(400, 404)},
                      params=[SID])},
+    "/api/sessions/{sid}/branch": {"post": op(
+        "Make the path through a message (an edit's or a regenerate's branch) the active one",
+        {**ok(JSON), **errors(400, 404)},
+        body({"type": "object", "required": ["message_id"],
+              "properties": {"message_id": {"type": "integer", "minimum": 1}}}), [SID])},
     "/api/sessions/{sid}/archive": {"post": op("Archive a session",
                                                {**ok(JSON), **errors(400, 404)}, params=[SID])},
     "/api/sessions/{sid}/restore": {"post": op("Restore a session",

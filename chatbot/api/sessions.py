@@ -8,7 +8,7 @@ from chatbot.flow.flow import index_document
 from chatbot.ops import offload
 from chatbot.api import auth, embeddings, quota, validate
 from chatbot.api.errors import error_response
-from chatbot.store import admin, documents as stored, session_owner, transfer
+from chatbot.store import admin, branches, documents as stored, session_owner, transfer
 
 bp = Blueprint("sessions", __name__, url_prefix="/api/sessions")
 
@@ -81,6 +81,20 @@ def show(sid):
     args = request.args
     return jsonify(admin.show(_mine(sid), args.get("page", 1), args.get("per_page", 20),
                               model=args.get("model") or None))
+
+
+@bp.post("/<sid>/branch")
+def switch_branch(sid):
+    """{"message_id": N}: the path through that message becomes the thread's active one."""
+    sid, body = _mine(sid), _body()
+    message_id = body.get("message_id")
+    if not isinstance(message_id, int) or isinstance(message_id, bool) or \
+            not 0 < message_id < 2 ** 31:
+        raise admin.AdminError("message_id must be a message's id (an integer)")
+    if branches.switch(sid, message_id) is None:
+        raise admin.NotFound(f"message {message_id} not found in session '{sid}'")
+    args = request.args
+    return jsonify(admin.show(sid, args.get("page", 1), args.get("per_page", 20)))
 
 
 @bp.patch("/<sid>")

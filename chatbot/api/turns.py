@@ -4,6 +4,7 @@ The line (chatbot.line) decides every ending; this module only asks it.
 Its size is earned: the whole web-side life of a request reads top to bottom here (the cache
 or the line, admission with each refusal it can meet, the watchdog while it waits, the answer
 streamed or whole, and a client leaving), so that no step of it is decided elsewhere."""
+import hashlib
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from chatbot.api.errors import ApiError
 from chatbot.api.disconnect import client_gone, client_socket
 from chatbot.line import admission, events as ev, sweep
 from chatbot.line.events import CANCELLED, CHUNK, CLIENT_GONE, DONE, ERROR, FINAL, STARTED
+from chatbot.redis_keys import stream_key
 from chatbot.ops import logs, timing
 from chatbot.upstream import routing
 
@@ -31,8 +33,13 @@ log = logging.getLogger(__name__)
 
 
 def turn(kind, model, messages, upstream_body, session_id, wire, stream, resumable):
-    """A chat or generate turn's response: from the response cache (chatbot.api.answers) when
+    """A chat or generate turn's response: joined to the same request sent before when that
+    one is still to answer (a retry), else from the response cache (chatbot.api.answers) when
     it holds this very request's reply, else through the line."""
+    same = _same(kind, model, messages, upstream_body, session_id, stream, resumable)
+    first = _named_again(same)
+    if first:
+        return _join(first, stream, wire)
     digest, tail = None, None
     if not resumable and answers.wanted(upstream_body):
         digest, tail = answers.key(kind, model, messages, upstream_body, _session(session_id))
@@ -42,12 +49,51 @@ def turn(kind, model, messages, upstream_body, session_id, wire, stream, resumab
         if answers.store_turn(kind, model, messages, session_id, g.request_id, tail, kept):
             return answers.respond(kind, kept, session_id, stream, wire)
     ttl = current_app.config["RESPONSE_CACHE_TTL"]
-    request_id, queue = submit(kind, model, messages, upstream_body, session_id, (wire, stream),
-                               resumable, cache=digest and [digest, max(1, int(ttl))])
+    try:
+        request_id, queue = submit(kind, model, messages, upstream_body, session_id,
+                                   (wire, stream), resumable,
+                                   cache=digest and [digest, max(1, int(ttl))],
+                               # a conversation retried is one in a session the client names
+                               same=same if not g.get("fresh_session") else None)
+    except admission.SameAsked as exc:
+        return _join(exc.request_id, stream, wire)
     resp = respond(request_id, queue, session_id, stream, wire, resumable)
     if digest:
         resp.headers["X-Cache"] = "miss"
     return resp
+
+
+def _same(kind, model, messages, upstream_body, session_id, stream, resumable):
+    """What makes a request the same as one sent before (a retry): its asker, route kind,
+    session, messages and every other field."""
+    what = [auth.key_name() or "", kind, model, session_id, messages, upstream_body, stream,
+            bool(resumable)]
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _named_again(same):
+    """The id of the request the client names by its X-Request-ID when it is this same request
+    and its reply can still be read (waiting, running, or done with its events kept)."""
+    if not g.get("request_id_given"):
+        return None
+    line = lines.get()
+    info = line.info(g.request_id)
+    if info.get("same") == same and (info["state"] in ("queued", "running") or (
+            info["state"] == "done" and line.redis.exists(stream_key(g.request_id)))):
+        return g.request_id
+    return None
+
+
+def _join(request_id, stream, wire):
+    """Answer a retry from the first request's events, from the start."""
+    info = lines.get().info(request_id)
+    g.joined = True  # this client leaving does not end the first one's request
+    logs.bind(request_id=request_id, joined=True)
+    log.info("joined to the same request sent before: %s", request_id)
+    hub = current_app.extensions["relay"].hub()
+    waiter = hub.watch(request_id, again=True)
+    hub.read([request_id])  # what is there already
+    return respond(request_id, info["queue"], info["session_id"], stream, wire, waiter=waiter)
 
 
 def _session(session_id):
@@ -60,13 +106,14 @@ def _session(session_id):
 
 
 def submit(kind, model, messages, upstream_body, session_id, answer=None, resumable=False,
-           path=None, cache=None):
+           path=None, cache=None, same=None):
     """Queue a turn (kind chat or generate), or an embedding request (kind embed, to `path`,
     no session). `messages` are what the session gains; `upstream_body` the rest of what is
     sent upstream (chat's context is added by the flow). A `resumable` request survives its
     client leaving for RESUME_GRACE_SECONDS, and is answered again as it was first (`answer`:
     (wire, stream); GET /api/requests/<id>/stream). `cache`: [key, seconds] its reply is
-    kept under (chatbot.api.answers). Returns (request_id, queue)."""
+    kept under (chatbot.api.answers); `same` what makes it the same request as a retry of
+    it (see _same). Returns (request_id, queue)."""
     owner = auth.key_name()
     _session(session_id)
     if kind != "embed":  # a turn is stored: its key must have room left
@@ -83,6 +130,8 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         sid = session_id or f"embed-{g.request_id}"  # a thread of its own: no lock to wait for
         info = {"model": model, "session_id": sid, "host": host, "owner": owner or "",
                 "channel": ev.sse_channel(owner, g.request_id), **tally}
+        if same:
+            info["same"] = same
         if resumable:
             info.update(resumable=current_app.config["RESUME_GRACE_SECONDS"],
                         wire=json.dumps([*answer[0].recipe(), answer[1]]))
@@ -105,7 +154,7 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         try:
             position = admission.admit(line, g.request_id, queue, info, lease, job,
                                        asker=owner or sid, weight=1 if fair else 0,
-                                       task=task)
+                                       task=task, same=same)
             return position
         finally:
             if position is None:
@@ -251,7 +300,10 @@ def _timed(events, started):
 
 def _leave(request_id, resumable, event=CANCELLED):
     """The client left: a resumable request goes on for its grace period, for the client
-    to come back; any other is cancelled."""
+    to come back; any other is cancelled, unless this client was joined to it (another
+    one asked it first)."""
+    if g.get("joined"):
+        return
     if not resumable:
         return cancel(request_id, event)
     try:

@@ -21,7 +21,9 @@ Shared store (built by chatbot.worker.tasks):
   metrics    the request's batch of metric writes (chatbot.ops.metrics.Batch), sent once it ends
   started_at when the worker took the request
   attempts   how often the turn found its thread moved on and started over
-  tail       (seq, chain) of the stored thread (LoadThread; StoreRequest moves it on)
+  tail       (seq, chain) of the stored thread (LoadThread; StoreRequest moves it on); where
+             the request branches off it, when it does
+  fork       the seq the request branches after (an edit or a regenerate), else None
   system     the thread's leading system messages (LoadThread)
   summarizer {model, max_tokens} when CONTEXT_STRATEGY=summarize, else None
   summary    the thread's newest summary of its dropped history (LoadThread, SummarizeDropped)
@@ -39,6 +41,7 @@ import logging
 from pocketflow import Node
 
 from chatbot import store
+from chatbot.store import branches
 from chatbot.flow.context import (PROMPT_TOO_LONG, TooLong, cost, fit, fit_summarized,
                                   new_messages, reserve_sources, summary_room, with_sources)
 from chatbot.flow.window import reply_reserve
@@ -57,20 +60,29 @@ class Begin(Node):
 
 
 class LoadThread(Node):
+    """The thread's newest message, leading system messages and summary; and whether the
+    request starts a branch (an edit or a regenerate: chatbot.store.branches), in which case
+    the thread is read only up to where it branches."""
+
     def prep(self, shared):
         job = shared["job"]
         if job.get("fresh"):  # a session made for this request has no history to look up
-            return (0, ""), [], None
+            return ((0, ""), None), [], None
         summary = store.latest_summary(job["session_id"], job["model"]) \
             if shared.get("summarizer") else None
-        return (store.thread_tail(job["session_id"], job["model"]),
+        tail = store.thread_tail(job["session_id"], job["model"])
+        return (branches.resend_point(job["session_id"], job["model"], job["messages"], tail),
                 store.leading_system(job["session_id"], job["model"]), summary)
 
     def exec(self, prep_res):
-        return prep_res
+        (tail, fork), system, summary = prep_res
+        if fork is not None:  # what lies past the branch point is not this turn's history
+            system = [m for m in system if m["seq"] <= fork]
+            summary = summary if summary and summary["last_seq"] <= fork else None
+        return tail, fork, system, summary
 
     def post(self, shared, prep_res, exec_res):
-        shared["tail"], shared["system"], shared["summary"] = exec_res
+        shared["tail"], shared["fork"], shared["system"], shared["summary"] = exec_res
 
 
 class SizeWindow(Node):
@@ -106,6 +118,8 @@ class BuildContext(Node):
         covered = summary["last_seq"] if summary else 0
         stored, used = [], 0  # newest first, as far as the budget could possibly reach
         for message in store.newest_first(job["session_id"], job["model"]) if tail[0] else ():
+            if message["seq"] > tail[0]:  # past a branch point: another branch's
+                continue
             if message["seq"] <= covered:  # sent as the summary
                 break
             stored.append(message)
@@ -141,7 +155,11 @@ class BuildContext(Node):
             context, used = with_sources(context, sources, new), used + cost(sources)
         pure = not job["upstream"].get("tools") and not any(
             m.get("images") or m.get("tool_calls") for m in context)
-        return {"new": new, "context": context, "sent_tokens": used, "dropped": dropped,
+        # Nothing new, and the thread ends with a question its reply never reached (a retry
+        # after the first was cancelled): this reply is the one to keep.
+        unanswered = not new and bool(stored) and stored[0]["role"] != "assistant"
+        return {"new": new, "unanswered": unanswered, "context": context, "sent_tokens": used,
+                "dropped": dropped,
                 "pure_text": pure, "span": span, "sources": [
                     {k: hit[k] for k in ("document", "document_id", "chunk", "score")}
                     for hit in hits]}
@@ -177,17 +195,20 @@ class StoreRequest(Node):
     def prep(self, shared):
         job = shared["job"]
         return (job["session_id"], job.get("owner"), job["model"], shared["new"],
-                job["request_id"], shared["dropped"], shared["tail"], shared.get("writes"))
+                job["request_id"], shared["dropped"], shared["tail"], shared.get("writes"),
+                shared.get("fork"))
 
     def exec(self, prep_res):
         return prep_res
 
     def post(self, shared, prep_res, exec_res):
-        session_id, owner, model, new, request_id, dropped, tail, writes = exec_res
+        session_id, owner, model, new, request_id, dropped, tail, writes, fork = exec_res
         # The turn's reads end here: no transaction stays open while the model talks.
         store.db.session.close()
         try:
             store.touch_session(session_id, owner, writes)
+            if fork is not None:  # the branch's place: the old path's rest steps aside
+                branches.fork(session_id, model, fork, writes)
             # Always commits: the session's last use counts even for a load or a pure resend.
             shared["tail"] = store.append_messages(session_id, model, new, request_id,
                                                    truncated=dropped, tail=tail, conn=writes)

@@ -149,14 +149,17 @@ class StoreReply(Node):
     def prep(self, shared):
         job = shared["job"]
         return (job["session_id"], job["model"], job["request_id"], shared["new"],
-                shared["reply"], shared["started_at"], shared["tail"], shared.get("writes"))
+                shared["reply"], shared["started_at"], shared["tail"], shared.get("writes"),
+                shared.get("fork") is not None or shared.get("unanswered"))
 
     def exec(self, prep_res):
         return prep_res
 
     def post(self, shared, prep_res, exec_res):
-        session_id, model, request_id, new, reply, started_at, tail, writes = exec_res
-        if not new:  # nothing was asked (a load, or a pure resend): there is no turn to keep
+        session_id, model, request_id, new, reply, started_at, tail, writes, answers = exec_res
+        # Nothing new and nothing it answers (a load, or a pure resend): no turn to keep. A
+        # regenerate (a branch) or a retry of a question left unanswered keeps its reply.
+        if not new and not answers:
             return
         if reply["error"] and not reply["chunks"]:
             store.fail_request(request_id)

@@ -20,6 +20,14 @@ class ShareFull(QueueFull):
     """The asker has its share of the line (MAX_QUEUE_PER_KEY) waiting or running already."""
 
 
+class SameAsked(Exception):
+    """The same request (a retry) is waiting or running already: `request_id` is its id."""
+
+    def __init__(self, request_id):
+        super().__init__(request_id)
+        self.request_id = request_id
+
+
 class JobTooLarge(Exception):
     """The request would hold more than MAX_JOB_BYTES in Redis while it waits."""
 
@@ -28,9 +36,11 @@ class JobTooLarge(Exception):
                          "(MAX_JOB_BYTES)")
 
 
-def admit(line, request_id, queue, info, lease, job=None, asker="", weight=0, task=None):
+def admit(line, request_id, queue, info, lease, job=None, asker="", weight=0, task=None,
+          same=""):
     """Take a place in line and return it. Raises QueueFull at MAX_QUEUE waiting, ShareFull when
-    the asker has its share (MAX_QUEUE_PER_KEY) waiting or running; returns None
+    the asker has its share (MAX_QUEUE_PER_KEY) waiting or running, SameAsked when the request
+    `same` as it (a retry: chatbot.api.turns) waits or runs already; returns None
     when the id has a record already (the caller picks a fresh one). `info` names the
     request's SSE `channel` (see events.sse_channel) and `owner`, with model and session; `job`
     is what a worker runs (chatbot.worker.tasks), refused past MAX_JOB_BYTES (JobTooLarge); `task` (list key, message) the broker message
@@ -50,7 +60,9 @@ def admit(line, request_id, queue, info, lease, job=None, asker="", weight=0, ta
         fields=json.dumps([str(x) for kv in fields.items() for x in kv]), ttl=INFO_TTL,
         lease_ttl=LEASE_TTL, channel=info.get("channel", request_id), asker=asker,
         cost=ROUND // weight if weight else 0, job=payload,
-        task=task[1] if task else "", **line.announcing(queue))
+        task=task[1] if task else "", same=same or "", **line.announcing(queue))
+    if isinstance(position, bytes):
+        raise SameAsked(position.decode())
     if position == 0:
         raise QueueFull()
     if position == -2:

@@ -9,6 +9,7 @@ module reads rows directly and never inserts them.
 import uuid
 from datetime import datetime, timezone
 
+from chatbot.store import branches, search as text_search
 from chatbot.store.models import EXTRA_FIELDS, ChatSession, Message, Summary, db
 from chatbot.store.summaries import newest_per_model
 
@@ -118,13 +119,16 @@ def summary(session, threads=None):
 
 def list_sessions(page=1, per_page=20, archived=None, model=None, visible_to=None, search=None):
     """Newest use first; `model` keeps sessions having at least one message of that model;
-    `visible_to` only that key's sessions; `search` those whose title contains it (any case)."""
+    `visible_to` only that key's sessions; `search` those whose title contains it (any case) or
+    with a message that says its words (chatbot.store.search), each found by a message with
+    `match`: {message_id, snippet}."""
     (page, per_page), archived = paging(page, per_page), flag(archived)
-    query = db.select(ChatSession)
+    query, found = db.select(ChatSession), {}
     if search:
         if len(search) > MAX_TITLE:
             raise AdminError(f"search must be at most {MAX_TITLE} characters")
-        query = query.where(ChatSession.title.icontains(search, autoescape=True))
+        condition, found = text_search.where(search, visible_to)
+        query = query.where(condition)
     if visible_to is not None:
         query = query.where(ChatSession.owner == visible_to)
     if archived is not None:
@@ -135,7 +139,9 @@ def list_sessions(page=1, per_page=20, archived=None, model=None, visible_to=Non
     query = query.order_by(ChatSession.last_access.desc(), ChatSession.id)
     rows, info = _page(query, page, per_page)
     counts = _thread_counts([row.id for row in rows])
-    return {"sessions": [summary(row, counts.get(row.id, {})) for row in rows], **info}
+    return {"sessions": [{**summary(row, counts.get(row.id, {})),
+                          **({"match": found[row.id]} if row.id in found else {})}
+                         for row in rows], **info}
 
 
 def message_dict(row):
@@ -145,13 +151,20 @@ def message_dict(row):
 
 
 def show(sid, page=1, per_page=20, model=None):
+    """The session's messages as its threads' active paths show them (with the turns kept
+    aside, failed or cancelled); a message with siblings (the branches at its place,
+    chatbot.store.branches) says which, oldest first."""
     session, (page, per_page) = get(sid), paging(page, per_page)
-    query = db.select(Message).where(Message.session_id == session.id)
+    query = db.select(Message).where(Message.session_id == session.id, db.or_(
+        Message.seq.is_not(None), Message.pos.is_(None)))  # not a branch off the path
     if model:
         query = query.where(Message.model == model)
     rows, info = _page(query.order_by(Message.id), page, per_page)
-    return {**summary(session), "messages": [message_dict(row) for row in rows],
-            "summaries": summaries(session.id, model), **info}
+    shown = branches.siblings(session.id, rows)
+    return {**summary(session), "messages": [
+        {**message_dict(row), **({"siblings": shown[row.id]}
+                                 if shown.get(row.id, {}).get("count", 1) > 1 else {})}
+        for row in rows], "summaries": summaries(session.id, model), **info}
 
 
 def summaries(sid, model=None):

@@ -52,6 +52,7 @@ class Message(db.Model):
                  sqlite_where=db.text("seq IS NOT NULL"), postgresql_where=db.text("seq IS NOT NULL")),
         # At most one copy of a request's rows: a duplicated or late write is refused.
         db.Index("ux_messages_request_part", "request_id", "part", unique=True),
+        db.Index("ix_messages_children", "session_id", "model", "prev_chain"),
     )
 
     id = db.Column(db.Integer, primary_key=True, autoincrement=True)
@@ -70,6 +71,11 @@ class Message(db.Model):
     # with the stored one, so no turn ever needs the whole history.
     seq = db.Column(db.Integer)
     chain = db.Column(db.String(64))
+    # The thread is a tree (an edit or a regenerate starts a branch): an ok message's place on
+    # its path and its parent's chain (its siblings share it). Messages of the active path
+    # have seq = pos; those of a branch off it keep pos, with seq NULL.
+    pos = db.Column(db.Integer)
+    prev_chain = db.Column(db.String(64))
     request_id = db.Column(db.String(36))
     # The row's place among its request's rows: the request's new messages, then the reply.
     part = db.Column(db.Integer)

@@ -135,6 +135,7 @@ def append_messages(session_id, model, messages, request_id, status="ok", starte
     rows, now = [], utcnow()
     for part, message in enumerate(messages, first_part):
         extra = {k: message[k] for k in EXTRA_FIELDS if message.get(k)}
+        parent = last
         if status == "ok":
             seq, last = seq + 1, chain(last, message["role"], message.get("content"))
         rows.append(dict(
@@ -142,6 +143,7 @@ def append_messages(session_id, model, messages, request_id, status="ok", starte
             content=message.get("content") or "", extra=extra or None,
             tokens=message.get("tokens", 0), status=status, request_id=request_id,
             started_at=started_at, seq=seq, chain=last, part=part, created_at=now,
+            pos=seq, prev_chain=parent if status == "ok" else None,
         ))
     try:
         if rows:  # one Core INSERT (the table's, not the ORM's bulk path): the hot path

@@ -19,15 +19,26 @@ IMPORT_BATCH = 1000  # rows an INSERT (executemany)
 def export(sid):
     """The versioned export: {version, id, title, created_at, meta, threads: {model: [...]},
     summaries: [...]} (summaries are shown, not imported: the next turn that needs one makes
-    it again)."""
+    it again). A thread with branches carries its tree: each ok message its `parent` (the
+    index of its parent in the thread's list; null for a first message), and a message off
+    the active path `"active": false`."""
     session = get(sid)
-    threads = {}
+    threads, places = {}, {}
     rows = db.session.execute(
         db.select(Message).where(Message.session_id == session.id).order_by(Message.id)).scalars()
+    rows = list(rows)
+    branched = {row.model for row in rows if row.seq is None and row.pos is not None}
     for row in rows:
         message = message_dict(row)
         del message["id"], message["model"]  # the database's row id and the thread's key
-        threads.setdefault(row.model, []).append(message)
+        listed = threads.setdefault(row.model, [])
+        if row.model in branched and row.pos is not None:
+            at = places.setdefault(row.model, {})
+            message["parent"] = at.get(row.prev_chain)
+            if row.seq is None:
+                message["active"] = False
+            at.setdefault(row.chain, len(listed))
+        listed.append(message)
     return {"version": EXPORT_VERSION, "id": session.id, "title": session.title,
             "created_at": iso(session.created_at), "meta": session.meta or {},
             "threads": threads, "summaries": summaries(session.id)}
@@ -96,15 +107,27 @@ def import_session(doc, progress=None, owner=None):
 
 def _rows(sid, runs):
     """The messages' rows as append_messages writes them, for a new session: ok messages
-    numbered and chained in their thread, the others kept aside; a request's rows numbered
-    on across runs (its reply may differ in status)."""
+    numbered and chained in their thread (on their path, for an export with branches), the
+    others kept aside; a request's rows numbered on across runs (its reply may differ in
+    status)."""
     rows, tails, parts, now = [], {}, {}, utcnow()
+    placed, taken = {}, set()  # (model, index) -> (pos, chain, active); active (model, pos)
     for model, status, request_id, messages in runs:
         for message in messages:
             seq, last = tails.get(model, (0, ""))
-            if status == "ok":
+            parent, pos = last, None
+            if status == "ok" and "_parent" in message:  # a tree: the message's own path
+                pos, parent, active = _place(placed, model, message)
+                last = chain(parent, message["role"], message.get("content"))
+                placed[model, message["_index"]] = pos, last, active
+                seq = pos if active else None
+                if active and (model, pos) in taken:
+                    raise AdminError(f"threads[{model!r}][{message['_index']}]: two active "
+                                     "messages at one place")
+                taken.add((model, pos)) if active else None
+            elif status == "ok":
                 seq, last = seq + 1, chain(last, message["role"], message.get("content"))
-                tails[model] = seq, last
+                tails[model], pos = (seq, last), seq
             part = parts.get(request_id, 0)
             parts[request_id] = part + 1
             extra = {k: message[k] for k in EXTRA_FIELDS if message.get(k)}
@@ -113,8 +136,23 @@ def _rows(sid, runs):
                 content=message.get("content") or "", extra=extra or None,
                 tokens=message.get("tokens", 0), status=status, request_id=request_id,
                 started_at=None, seq=seq if status == "ok" else None,
-                chain=last if status == "ok" else None, part=part, created_at=now))
+                chain=last if status == "ok" else None, part=part, created_at=now,
+                pos=pos, prev_chain=parent if status == "ok" else None))
     return rows
+
+
+def _place(placed, model, message):
+    """(pos, parent's chain, active) of a tree export's ok message, its parent placed before it."""
+    parent, active, where = message["_parent"], message["_active"], \
+        f"threads[{model!r}][{message['_index']}]"
+    if parent is None:
+        return 1, "", active
+    if (model, parent) not in placed:
+        raise AdminError(f"{where}.parent must be the index of an ok message before it")
+    pos, last, parent_active = placed[model, parent]
+    if active and not parent_active:
+        raise AdminError(f"{where}: an active message's parent must be active")
+    return pos + 1, last, active
 
 
 def _checked_export(doc, max_messages):
@@ -146,7 +184,7 @@ def _checked_export(doc, max_messages):
         if not model or len(model) > 200 or not isinstance(messages, list):
             raise AdminError(f"threads[{model!r}] must be a list under a model name of 1-200 chars")
         for i, raw in enumerate(messages):
-            message, status = _checked_message(f"threads[{model!r}][{i}]", raw)
+            message, status = _checked_message(f"threads[{model!r}][{i}]", raw, i)
             # Fresh request ids (one per original request) so that importing the same export
             # twice never makes two sessions share a request id, while a turn stays grouped.
             request_id = fresh_ids.setdefault((model, raw.get("request_id") or i),
@@ -158,7 +196,7 @@ def _checked_export(doc, max_messages):
     return session, runs
 
 
-def _checked_message(where, raw):
+def _checked_message(where, raw, index):
     if not isinstance(raw, dict):
         raise AdminError(f"{where} must be an object")
     if raw.get("role") not in ROLES:
@@ -179,4 +217,12 @@ def _checked_message(where, raw):
     if not all(isinstance(image, str) for image in message.get("images", [])):
         raise AdminError(f"{where}.images must be base64 strings")
     message["tokens"] = count_tokens(message)  # our tokenizer's count, whatever the file says
+    if "parent" in raw and status == "ok":  # an export with branches
+        parent, active = raw["parent"], raw.get("active", True)
+        if parent is not None and (not isinstance(parent, int) or isinstance(parent, bool)
+                                   or not 0 <= parent < index):
+            raise AdminError(f"{where}.parent must be null or the index of a message before it")
+        if not isinstance(active, bool):
+            raise AdminError(f"{where}.active must be a boolean")
+        message.update(_parent=parent, _active=active, _index=index)
     return message, status

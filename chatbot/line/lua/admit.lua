@@ -4,12 +4,24 @@
 -- has a record or a stream already (a reused id never joins another request's events). Else
 -- it gets its place in the fair order, its record, its job, the web process's lease renewed,
 -- its Celery task message pushed (`task`, if not ''), and SSE listeners hear: everyone's place
--- if it went in ahead of others, else the depth. Returns its position (1 = next).
+-- if it went in ahead of others, else the depth. Returns its position (1 = next). A request
+-- the same as one still waiting or running (`same`, if not '': the same asker and request, a
+-- retry) takes no place: the first one's id is returned, for its client to join.
 -- include: helpers
 -- KEYS: waiting, info, stream, lease, fair, job_key, task_list, asked
 -- ARGV: max_queue, request_id, fields, ttl, position_fmt, queue_channel, depth_fmt, lease_ttl
--- ARGV: channel, asker, cost, job, task, max_per_asker, now
+-- ARGV: channel, asker, cost, job, task, max_per_asker, now, same
 if redis.call('EXISTS', info) == 1 or redis.call('EXISTS', stream) == 1 then return -1 end
+if same ~= '' then
+  local first = redis.call('GET', KEY.same .. same)
+  if first then
+    local state = redis.call('HGET', KEY.req .. first, 'state')
+    if (state == 'queued' or state == 'running')
+        and redis.call('HGET', KEY.req .. first, 'same') == same then
+      return first
+    end
+  end
+end
 local waiting_before = redis.call('ZCARD', waiting)
 if waiting_before >= tonumber(max_queue) then return 0 end
 if tonumber(max_per_asker) > 0 then
@@ -29,6 +41,7 @@ redis.call('ZADD', waiting, lib.fair_score(fair, asker, tonumber(cost), waiting_
            request_id)
 redis.call('HSET', info, unpack(cjson.decode(fields)))
 redis.call('EXPIRE', info, ttl)
+if same ~= '' then redis.call('SET', KEY.same .. same, request_id, 'EX', ttl) end
 redis.call('SET', job_key, job, 'EX', ttl)
 redis.call('SET', lease, 1, 'EX', lease_ttl)
 if task ~= '' then redis.call('LPUSH', task_list, task) end

@@ -89,6 +89,12 @@ function sessionItem(session) {
   const info = document.createElement('small');
   info.textContent = `${when(session.last_access)} · ${session.message_count} messages`;
   open.append(title, info);
+  if (session.match) { // found by what was said: the words around it
+    const said = document.createElement('small');
+    said.className = 'match';
+    said.textContent = session.match.snippet;
+    open.append(said);
+  }
   const actions = document.createElement('div');
   actions.className = 'actions';
   actions.append(

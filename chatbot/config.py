@@ -86,6 +86,8 @@ def load(instance_path):
         "TOKENS_PER_HOUR": _int("TOKENS_PER_HOUR", 0),
         # What a key may store (messages, images, summaries, documents); 0: no limit
         "MAX_STORAGE_BYTES_PER_KEY": _int("MAX_STORAGE_BYTES_PER_KEY", 0),
+        # After a session's first reply, a title asked of the model (never over a user's)
+        "AUTO_TITLES": _bool("AUTO_TITLES", True),
         # Replies of deterministic requests answered again from Redis this long; 0: off
         "RESPONSE_CACHE_TTL": _float("RESPONSE_CACHE_TTL", 0),
         # Model listings and /api/show answers kept this long in each web process

@@ -15,6 +15,7 @@ from chatbot.flow.nodes import (Begin, BuildContext, LoadThread, SizeWindow, Sto
 from chatbot.flow.reply import (Calibrate, CallChat, CallEmbed, CallGenerate, Finish,
                                 ShrinkContext, StoreReply)
 from chatbot.flow.summarize import SummarizeDropped
+from chatbot.flow.title import NameSession
 
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def create_chat_flow():
     call_chat, store_reply, shrink = CallChat(), StoreReply(), ShrinkContext()
     begin - "chat" >> load >> size >> retrieve >> build >> store_chat >> call_chat \
         >> store_reply >> Calibrate() >> finish_chat
+    finish_chat >> NameSession()  # AUTO_TITLES: after a session's first reply, if nobody waits
     # The upstream refused the context as too long: leave out more history, send it again.
     call_chat - "too_long" >> shrink >> call_chat
     shrink - "give_up" >> store_reply

@@ -83,6 +83,7 @@ class LoadThread(Node):
 
     def post(self, shared, prep_res, exec_res):
         shared["tail"], shared["fork"], shared["system"], shared["summary"] = exec_res
+        shared["first_turn"] = exec_res[0][0] == 0  # an empty thread: this is its first turn
 
 
 class SizeWindow(Node):

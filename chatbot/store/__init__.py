@@ -8,8 +8,8 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from chatbot.store.models import db, ChatSession, Message, Summary  # noqa: F401
 from chatbot.store.sessions import (  # noqa: F401
     Conflict, append_messages, chain, fail_request, leading_system, newest_first,
-    note_truncation, open_session, save_lost_reply, save_reply, session_owner, thread_tail,
-    touch_session,
+    note_truncation, open_session, save_lost_reply, save_reply, session_owner, session_title,
+    set_title_if_unset, thread_tail, touch_session,
 )
 from chatbot.store.summaries import latest_summary, save_summary, span_messages  # noqa: F401
 

@@ -58,6 +58,20 @@ def touch_session(session_id, owner=None, conn=None):
                                           "meta": {}, "owner": owner})
 
 
+def session_title(session_id):
+    return db.session.execute(db.select(ChatSession.title)
+                              .where(ChatSession.id == session_id)).scalar()
+
+
+def set_title_if_unset(session_id, title):
+    """Name the session unless it has a title (one a user set is never replaced)."""
+    done = db.session.execute(db.update(ChatSession).where(
+        ChatSession.id == session_id, ChatSession.title.is_(None)).values(title=title)
+        .execution_options(synchronize_session=False))
+    db.session.commit()
+    return done.rowcount == 1
+
+
 def session_owner(session_id):
     """(whether the session exists, the key that owns it)."""
     row = db.session.execute(db.select(ChatSession.owner).where(ChatSession.id == session_id)).first()

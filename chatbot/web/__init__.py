@@ -4,7 +4,7 @@ The page is plain HTML, CSS and a few small ES modules, no build step and nothin
 It calls the same public API as any client (/api/tags, /api/chat, /api/sessions...,
 /api/events), sending the key it keeps in the browser when keys are on. The page and its
 files hold no data, so they are served without a key (chatbot.api.auth.is_open)."""
-from flask import Blueprint, make_response, render_template, request
+from flask import Blueprint, current_app, make_response, render_template, request
 
 STATIC = "/chat/static"
 bp = Blueprint("web", __name__, template_folder="templates", static_folder="static",
@@ -18,7 +18,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 @bp.get("/chat")
 def page():
-    resp = make_response(render_template("chat.html"))
+    resp = make_response(render_template("chat.html",
+                                         auto_titles=current_app.config["AUTO_TITLES"]))
     resp.headers["Content-Security-Policy"] = CSP
     resp.headers["X-Content-Type-Options"] = "nosniff"
     resp.headers["Referrer-Policy"] = "no-referrer"

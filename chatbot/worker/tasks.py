@@ -144,6 +144,7 @@ def run_claimed(running, marks, writes, calibrations=None):
             "calibrations": calibrations,
             "metrics": metrics, "reserve": current_app.config["CONTEXT_REPLY_RESERVE"],
             "summarizer": summarizer(current_app.config),
+            "auto_titles": current_app.config["AUTO_TITLES"],
             "writes": writes.get(),
         })
     except Exception:  # the waiting client must hear of it rather than hang

@@ -12,6 +12,8 @@ const els = Object.fromEntries(['sessions', 'no-sessions', 'more-sessions', 'sea
   .map((id) => [id.replace(/-(\w)/g, (_, c) => c.toUpperCase()), $(id)]));
 
 const PER_PAGE = 30;
+const TITLE_WAIT_MS = 8000; // how long a new session's title is waited for (AUTO_TITLES)
+const AUTO_TITLES = document.body.dataset.autoTitles === 'true';
 const state = { sessionId: null, page: 1, listed: 0, truncations: 0, turn: null };
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const when = (iso) => (iso ? new Date(iso).toLocaleString() : '');
@@ -251,6 +253,8 @@ async function send(text) {
   scrollDown(true);
 
   const turn = { rid, stopped: false, events: new AbortController(), chat: new AbortController() };
+  let named; // the server names a new session after its first reply (AUTO_TITLES)
+  const titled = new Promise((resolve) => { named = resolve; });
   state.turn = turn;
   busy(true);
   const started = () => {
@@ -264,6 +268,8 @@ async function send(text) {
       reply.badge.textContent = `waiting: position ${event.data.position}`;
     } else if (event.type === 'started') {
       started();
+    } else if (event.type === 'title') {
+      named(event.data.title);
     }
   });
   await Promise.race([subscribed, sleep(3000)]);
@@ -311,11 +317,12 @@ async function send(text) {
     ending(turn.stopped ? 'stopped' : 'error', turn.stopped ? '' : error.message);
     if (error instanceof api.Unauthorized) throw error;
   } finally {
-    turn.events.abort();
+    if (!wasNew) turn.events.abort(); // a new session's title may still come
     state.turn = null;
     busy(false);
   }
-  if (sessionId) await afterTurn(sessionId, wasNew, text, reply.el.isConnected);
+  if (sessionId) await afterTurn(sessionId, wasNew, text, reply.el.isConnected, titled);
+  turn.events.abort();
 }
 
 // Resolves once the server has subscribed us (its first comment); events go to `handle`.
@@ -344,8 +351,11 @@ async function stop() {
   setTimeout(() => turn.chat.abort(), resp?.ok ? 5000 : 0);
 }
 
-async function afterTurn(sessionId, wasNew, text, shown) {
-  if (wasNew) { // named after its first message, as the sidebar shows titles
+async function afterTurn(sessionId, wasNew, text, shown, titled) {
+  // A new session: the server names it (AUTO_TITLES) within a few seconds, else it is named
+  // after its first message.
+  const named = wasNew && AUTO_TITLES && await Promise.race([titled, sleep(TITLE_WAIT_MS)]);
+  if (wasNew && !named && !(await api.json(`/api/sessions/${sessionId}?per_page=1`)).title) {
     const title = text.replace(/\s+/g, ' ').trim();
     await api.json(`/api/sessions/${sessionId}`, { method: 'PATCH',
       body: { title: title.length > 60 ? `${title.slice(0, 59)}…` : title } }).catch(() => {});

@@ -1,0 +1,90 @@
+"""AUTO_TITLES (#27 part 3): after a session's first reply, a title asked of the model while
+nobody waits, never over a title a user set, told over SSE. A worker of its own, titles on."""
+import contextlib
+import json
+import threading
+import time
+import uuid
+
+import requests
+
+from chatbot.ops import procs
+from chatbot.api.queue import KEEPALIVE_SECONDS
+from chatbot.flow.title import cleaned
+from tests.conftest import MODEL, migrated_app, serve
+
+OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 8}
+
+
+@contextlib.contextmanager
+def titling_stack(engine_url, tmp_path, logs_dir):
+    redis_proc, redis_url = procs.start_redis(procs.free_port(), log=logs_dir / "titles-redis.log")
+    app, env = migrated_app(redis_url, engine_url, f"sqlite:///{tmp_path / 'titles.db'}")
+    worker = procs.start_worker({**env, "AUTO_TITLES": "true"}, log=logs_dir / "titles-worker.log")
+    server = None
+    try:
+        procs.wait_until(lambda: app.extensions["celery"].control.ping(timeout=0.5), 60, worker,
+                         "titles worker")
+        server, url = serve(app)
+        yield app, url
+    finally:
+        if server:
+            server.shutdown()
+            time.sleep(KEEPALIVE_SECONDS + 0.5)
+        procs.stop(worker)
+        procs.stop(redis_proc)
+
+
+def chat(url, sid, content, rid=None):
+    return requests.post(url + "/api/chat", timeout=120, headers={"X-Request-ID": rid or
+                                                                  str(uuid.uuid4())},
+                         json={"model": MODEL, "stream": False, "options": OPTIONS,
+                               "session_id": sid,
+                               "messages": [{"role": "user", "content": content}]})
+
+
+def title(url, sid):
+    return requests.get(f"{url}/api/sessions/{sid}?per_page=1", timeout=30).json()["title"]
+
+
+def test_an_api_session_names_itself_and_a_users_title_stays(engine_url, tmp_path, logs_dir):
+    with titling_stack(engine_url, tmp_path, logs_dir) as (app, url):
+        sid, rid = str(uuid.uuid4()), str(uuid.uuid4())
+        events = requests.get(f"{url}/api/events?channel={rid}", stream=True, timeout=60)
+        heard = []
+
+        def listen():
+            kind = None
+            for line in events.iter_lines(decode_unicode=True):
+                if line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and kind == "title":
+                    heard.append(json.loads(line.split(":", 1)[1]))
+                    return
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        assert chat(url, sid, "How do I bake sourdough bread at home?", rid).status_code == 200
+        procs.wait_until(lambda: title(url, sid), 30, what="the title")
+        named = title(url, sid)
+        assert 0 < len(named) <= 60 and "\n" not in named
+        listener.join(10)
+        events.close()
+        assert heard == [{"session_id": sid, "title": named}]
+        # Later turns leave it alone.
+        assert chat(url, sid, "And how long should it rise?").status_code == 200
+        time.sleep(1)
+        assert title(url, sid) == named
+        # A title the user set first is never replaced.
+        mine = str(uuid.uuid4())
+        requests.post(f"{url}/api/sessions/import", timeout=30,
+                      json={"id": mine, "title": "My own title", "threads": {}})
+        assert chat(url, mine, "What is the capital of France?").status_code == 200
+        time.sleep(2)
+        assert title(url, mine) == "My own title"
+
+
+def test_a_title_is_cleaned_to_one_short_line():
+    assert cleaned('"Baking Sourdough Bread."\nMore text') == "Baking Sourdough Bread"
+    assert cleaned("**Title:** Sea stories") == "Sea stories"
+    assert len(cleaned("word " * 40)) == 60

@@ -204,6 +204,44 @@ TIDES = [  # an earlier conversation, so that the screenshot shows rendered Mark
      "A rough period: `12 h 25 min` between high tides."}]
 
 
+def test_edit_regenerate_and_step_between_branches(page, stack):
+    tab = page.open()
+    page.options({**FAST, "num_predict": 4})
+    page.send("Name a colour.")
+    tab.wait_for_selector("#messages article.assistant[data-state=done]", timeout=REPLY)
+    page.send("Name a fruit.")
+    tab.wait_for_selector("#messages article.assistant:nth-of-type(4)[data-state=done]",
+                          timeout=REPLY)
+    tab.wait_for_selector("#messages article.user:nth-of-type(3) .branch .edit")
+    sid = page.session_id()
+    bodies = lambda: tab.locator("#messages article .body").all_inner_texts()  # noqa: E731
+
+    # Edit the second question: a branch, its old question and reply aside.
+    tab.click("#messages article.user:nth-of-type(3) .edit")
+    tab.fill("#messages article.user:nth-of-type(3) .edit-input", "Name an animal.")
+    tab.click("#messages article.user:nth-of-type(3) .save")
+    tab.wait_for_selector("#messages article.user:nth-of-type(3) .where >> text='2/2'",
+                          timeout=REPLY)
+    assert bodies()[2] == "Name an animal." and len(bodies()) == 4
+    page.shot("8-edited")
+    assert len(stack.rows(sid)) == 6  # nothing stored twice
+
+    # Regenerate the last reply: a sibling of it.
+    tab.click("#messages article.assistant:nth-of-type(4) .regenerate")
+    tab.wait_for_selector("#messages article.assistant:nth-of-type(4) .where >> text='2/2'",
+                          timeout=REPLY)
+    assert len(stack.rows(sid)) == 7 and bodies()[2] == "Name an animal."
+
+    # Step back to the first branch of the second question: its own reply comes with it.
+    tab.click("#messages article.user:nth-of-type(3) .prev")
+    tab.wait_for_selector("#messages article.user:nth-of-type(3) .where >> text='1/2'")
+    assert bodies()[2] == "Name a fruit." and len(bodies()) == 4
+    page.shot("9-branch-1-of-2")
+    tab.reload()  # the server keeps the active branch
+    tab.wait_for_selector("#messages article.user:nth-of-type(3) .where >> text='1/2'")
+    assert bodies()[2] == "Name a fruit."
+
+
 def test_position_badge_while_another_request_holds_the_worker(page, stack):
     sid = imported(stack.url, TIDES, title="What makes the tides?")
     tab = page.open(f"#{sid}")

@@ -169,8 +169,9 @@ def _turn(kind, body, model, messages, wire_class):
     validate.format_(body.get("format"))
     session_id = validate.session_id(body)
     # Every field Ollama knows goes upstream untouched; the session and messages are ours.
-    resumable = validate.resumable(body)
+    resumable, branch = validate.resumable(body), validate.branch(body)
     upstream_body = {k: v for k, v in body.items()
-                     if k not in ("session_id", "messages", "stream", "resumable")}
+                     if k not in ("session_id", "messages", "stream", "resumable", "branch")}
     wire_ = wire_class(session_id)
-    return turns.turn(kind, model, messages, upstream_body, session_id, wire_, stream, resumable)
+    return turns.turn(kind, model, messages, upstream_body, session_id, wire_, stream, resumable,
+                      branch)

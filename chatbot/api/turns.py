@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 
-def turn(kind, model, messages, upstream_body, session_id, wire, stream, resumable):
+def turn(kind, model, messages, upstream_body, session_id, wire, stream, resumable,
+         branch=False):
     """A chat or generate turn's response: joined to the same request sent before when that
     one is still to answer (a retry), else from the response cache (chatbot.api.answers) when
     it holds this very request's reply, else through the line."""
@@ -41,7 +42,7 @@ def turn(kind, model, messages, upstream_body, session_id, wire, stream, resumab
     if first:
         return _join(first, stream, wire)
     digest, tail = None, None
-    if not resumable and answers.wanted(upstream_body):
+    if not resumable and not branch and answers.wanted(upstream_body):
         digest, tail = answers.key(kind, model, messages, upstream_body, _session(session_id))
     kept = answers.lookup(digest)
     if kept:
@@ -52,7 +53,7 @@ def turn(kind, model, messages, upstream_body, session_id, wire, stream, resumab
     try:
         request_id, queue = submit(kind, model, messages, upstream_body, session_id,
                                    (wire, stream), resumable,
-                                   cache=digest and [digest, max(1, int(ttl))],
+                                   cache=digest and [digest, max(1, int(ttl))], branch=branch,
                                # a conversation retried is one in a session the client names
                                same=same if not g.get("fresh_session") else None)
     except admission.SameAsked as exc:
@@ -106,14 +107,15 @@ def _session(session_id):
 
 
 def submit(kind, model, messages, upstream_body, session_id, answer=None, resumable=False,
-           path=None, cache=None, same=None):
+           path=None, cache=None, same=None, branch=False):
     """Queue a turn (kind chat or generate), or an embedding request (kind embed, to `path`,
     no session). `messages` are what the session gains; `upstream_body` the rest of what is
     sent upstream (chat's context is added by the flow). A `resumable` request survives its
     client leaving for RESUME_GRACE_SECONDS, and is answered again as it was first (`answer`:
     (wire, stream); GET /api/requests/<id>/stream). `cache`: [key, seconds] its reply is
     kept under (chatbot.api.answers); `same` what makes it the same request as a retry of
-    it (see _same). Returns (request_id, queue)."""
+    it (see _same); `branch` that its messages are the whole conversation, a branch starting
+    where they differ (chatbot.store.branches). Returns (request_id, queue)."""
     owner = auth.key_name()
     _session(session_id)
     if kind != "embed":  # a turn is stored: its key must have room left
@@ -142,7 +144,8 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
                "host": host, "queue": queue, "fresh": bool(g.get("fresh_session")),
                "owner": owner, "channel": info["channel"],
                "quiet": bool(info.get("quiet")),
-               "max_seconds": current_app.config["MAX_REQUEST_SECONDS"], "cache": cache}
+               "max_seconds": current_app.config["MAX_REQUEST_SECONDS"], "cache": cache,
+               "branch": branch}
         # Turns are taken between askers: the key, else the session.
         fair = current_app.config["QUEUE_ORDER"] == "fair"
         # One task per request, pushed by the admission itself; it runs whichever request

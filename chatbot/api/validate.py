@@ -274,6 +274,16 @@ def stream_flag(body, default=True):
     return stream
 
 
+def branch(body):
+    """`"branch": true` (chatbot's extension): the messages are the whole conversation, and a
+    branch starts where they differ from the stored thread, even at its first message."""
+    value = body.get("branch", False)
+    if not isinstance(value, bool):
+        raise ApiError(400, "json: cannot unmarshal " + _go_type(value)
+                       + " into Go struct field .branch of type bool")
+    return value
+
+
 def resumable(body):
     """Whether the client opted in to its reply surviving a dropped connection: the
     `X-Resumable` header or `"resumable": true` in the body."""

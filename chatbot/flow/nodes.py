@@ -71,7 +71,8 @@ class LoadThread(Node):
         summary = store.latest_summary(job["session_id"], job["model"]) \
             if shared.get("summarizer") else None
         tail = store.thread_tail(job["session_id"], job["model"])
-        return (branches.resend_point(job["session_id"], job["model"], job["messages"], tail),
+        return (branches.resend_point(job["session_id"], job["model"], job["messages"], tail,
+                                      whole=job.get("branch", False)),
                 store.leading_system(job["session_id"], job["model"]), summary)
 
     def exec(self, prep_res):

@@ -15,6 +15,8 @@ ASK = ("Write a short title, at most six words, for the conversation below. Writ
        "title, without quotes.")
 MAX_TOKENS = 16
 MAX_CHARS = 60
+SHOWN = 300  # characters of the question and of the reply the title is asked from: a short
+# prompt, since a request that comes meanwhile waits for its evaluation
 
 
 class NameSession(Node):
@@ -31,7 +33,7 @@ class NameSession(Node):
         body = {"model": job["model"], "options": {**options, "temperature": 0,
                                                    "num_predict": MAX_TOKENS},
                 "messages": [{"role": "system", "content": ASK}, {"role": "user", "content":
-                             f"User: {question[:1000]}\n\nAssistant: {reply['content'][:1000]}"}]}
+                             f"User: {question[:SHOWN]}\n\nAssistant: {reply['content'][:SHOWN]}"}]}
         return shared["upstream"], body, lambda: others_wait(running)
 
     def exec(self, prep_res):

@@ -12,10 +12,12 @@ from chatbot.store.models import Message, Summary, db
 from chatbot.store.sessions import chain
 
 
-def resend_point(session_id, model, messages, tail, conn=None):
+def resend_point(session_id, model, messages, tail, conn=None, whole=False):
     """(tail, fork) for a request's `messages` against the active path whose newest message is
     `tail` (seq, chain): ((k, chain of k), k) when it starts a branch at k+1, else (tail, None)
-    (it extends the path, or is all new)."""
+    (it extends the path, or is all new). `whole`: the client says they are the whole
+    conversation (the chat page's edit and regenerate), so a branch starts wherever they
+    differ, at the first message too."""
     length, stored = tail
     if not length or not messages:
         return tail, None
@@ -32,9 +34,9 @@ def resend_point(session_id, model, messages, tail, conn=None):
     k = max((r.seq for r in rows if chains[r.seq - 1] == r.chain), default=0)
     # One message equal to the thread's first is a resend only while the thread is one turn:
     # later, it is a client that sends only its new message, saying the same thing again.
-    if k >= 2 or (k == 1 and length <= 2):
+    if k >= 2 or (k == 1 and (length <= 2 or whole)):
         return (k, chains[k - 1]), k
-    return tail, None
+    return ((0, ""), 0) if whole else (tail, None)
 
 
 def fork(session_id, model, k, conn=None):

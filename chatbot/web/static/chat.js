@@ -163,7 +163,7 @@ function newChat() {
   els.prompt.focus();
 }
 
-async function openSession(id) {
+async function sessionMessages(id) {
   const messages = [];
   let info;
   for (let page = 1; page <= 50; page++) { // 100 a page: up to 5,000 messages
@@ -171,18 +171,109 @@ async function openSession(id) {
     messages.push(...info.messages);
     if (page * info.per_page >= info.total) break;
   }
+  return { info, messages };
+}
+
+// After a turn: the messages on screen get their ids and branch controls, as stored.
+async function attachControls(id) {
+  const { messages } = await sessionMessages(id);
+  const views = [...els.messages.querySelectorAll('article.message')];
+  if (id !== state.sessionId) return;
+  if (views.length !== messages.length) return openSession(id);
+  state.messages = messages;
+  views.forEach((el, i) => {
+    if (el.querySelector('.branch')) return;
+    withBranchControls({ el, head: el.querySelector('header'), body: el.querySelector('.body') },
+      messages[i]);
+  });
+}
+
+async function openSession(id) {
+  const { info, messages } = await sessionMessages(id);
   state.sessionId = info.id;
   state.truncations = info.meta?.truncations || 0;
   history.replaceState(null, '', `#${info.id}`);
   els.sessionTitle.textContent = titleOf(info);
   els.exportMd.disabled = els.exportJson.disabled = false;
-  els.messages.replaceChildren(...messages.map((m) => messageView(m).el));
+  state.messages = messages;
+  els.messages.replaceChildren(...messages.map((m) => withBranchControls(messageView(m), m).el));
   els.notice.hidden = true;
   const last = messages.at(-1)?.model;
   if (last && [...els.model.options].some((o) => o.value === last)) els.model.value = last;
   markCurrent();
   document.body.classList.remove('sidebar-open');
   scrollDown(true);
+}
+
+// --- branches: edit a sent message, regenerate a reply, step between siblings ----------------
+
+// The messages of the active path before `message`, as the model saw them.
+function pathBefore(message) {
+  const path = state.messages.filter((m) => m.status === 'ok' && m.model === message.model);
+  return path.slice(0, path.findIndex((m) => m.id === message.id))
+    .map(({ role, content }) => ({ role, content }));
+}
+
+function withBranchControls(view, message) {
+  if (message.status !== 'ok' || !message.id) return view;
+  const tools = document.createElement('span');
+  tools.className = 'branch';
+  const siblings = message.siblings;
+  if (siblings) {
+    const at = siblings.ids.indexOf(message.id);
+    const step = (to) => async () => {
+      await api.json(`/api/sessions/${state.sessionId}/branch`,
+        { method: 'POST', body: { message_id: siblings.ids[to] } });
+      await openSession(state.sessionId);
+    };
+    const prev = button('prev', '‹', step(at - 1));
+    const next = button('next', '›', step(at + 1));
+    prev.disabled = at === 0;
+    next.disabled = at === siblings.count - 1;
+    const where = document.createElement('span');
+    where.className = 'where';
+    where.textContent = `${at + 1}/${siblings.count}`;
+    tools.append(prev, where, next);
+  }
+  if (message.role === 'user') {
+    tools.append(button('edit', 'Edit', () => edit(view, message)));
+  } else if (message.role === 'assistant') {
+    tools.append(button('regenerate', 'Regenerate', () => rerun(view, message)));
+  }
+  view.head.append(tools);
+  return view;
+}
+
+function cutFrom(view) { // this message and everything after it leave the screen
+  while (view.el.nextSibling) view.el.nextSibling.remove();
+  view.el.remove();
+}
+
+function edit(view, message) {
+  if (state.turn) return;
+  const box = document.createElement('textarea');
+  box.className = 'edit-input';
+  box.value = message.content;
+  const save = button('save', 'Send', async () => {
+    const text = box.value.trim();
+    if (!text) return;
+    cutFrom(view);
+    await send(text, pathBefore(message));
+  });
+  const cancel = button('cancel', 'Cancel', () => { form.remove(); view.body.hidden = false; });
+  const form = document.createElement('div');
+  form.className = 'edit';
+  form.append(box, save, cancel);
+  view.body.hidden = true;
+  view.el.append(form);
+  box.focus();
+}
+
+async function rerun(view, message) {
+  if (state.turn) return;
+  const earlier = pathBefore(message);
+  cutFrom(view);
+  await send(null, earlier);
 }
 
 function markCurrent() {
@@ -235,14 +326,16 @@ function readOptions() {
   return null;
 }
 
-async function send(text) {
+// `earlier`: an edit or a regenerate, sent as the whole conversation up to the new message
+// (or, for a regenerate, `text` null: up to the reply), which the server makes a branch.
+async function send(text, earlier = null) {
   const options = readOptions();
   if (options === null || state.turn) return;
   const model = els.model.value;
   localStorage.setItem('chatbot.model', model);
   const rid = api.requestId();
   const wasNew = !state.sessionId;
-  els.messages.append(messageView({ role: 'user', content: text }).el);
+  if (text !== null) els.messages.append(messageView({ role: 'user', content: text }).el);
   const reply = messageView({ role: 'assistant', model, request_id: rid });
   reply.el.dataset.state = 'waiting';
   reply.badge = document.createElement('span');
@@ -282,8 +375,10 @@ async function send(text) {
   };
   try {
     // Resumable: a dropped connection (a phone changing networks) picks the reply up again.
-    const body = { model, messages: [{ role: 'user', content: text }], stream: true, options,
+    const said = text === null ? [] : [{ role: 'user', content: text }];
+    const body = { model, messages: [...(earlier || []), ...said], stream: true, options,
       resumable: true };
+    if (earlier) body.branch = true;
     if (sessionId) body.session_id = sessionId;
     const resp = await api.call('/api/chat', { method: 'POST', body, headers: { 'X-Request-ID': rid },
       signal: turn.chat.signal });
@@ -323,6 +418,8 @@ async function send(text) {
   }
   if (sessionId) await afterTurn(sessionId, wasNew, text, reply.el.isConnected, titled);
   turn.events.abort();
+  // Shown again from the server after a branch; else the new messages get their controls.
+  if (sessionId && reply.el.isConnected) await (earlier ? openSession : attachControls)(sessionId);
 }
 
 // Resolves once the server has subscribed us (its first comment); events go to `handle`.

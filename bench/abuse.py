@@ -257,12 +257,14 @@ VECTORS = {"fill the line, hang up (resumable)": b_fill, "one embed of 96 inputs
            "a never-ending generation": b_endless, "8 chats at once, budget": b_budget}
 
 
-def share(url, key_a, key_b, model):
+def share(url, key_a, key_b, model, only=""):
     a, b = {"Authorization": f"Bearer {key_a}"}, {"Authorization": f"Bearer {key_b}"}
     first_token(url, a, model)  # the model loaded
     base, errors = a_meanwhile(url, a, model, lambda: False, least=15.0)
     rows = [("A alone (baseline)", base, errors, "")]
     for name, vector in VECTORS.items():
+        if only not in name:
+            continue
         outcome = {}
         thread = threading.Thread(target=lambda: outcome.setdefault("b", vector(url, b, model)))
         thread.start()
@@ -286,10 +288,11 @@ def main():
     parser.add_argument("--key-a", help="the key that just chats (part share)")
     parser.add_argument("--key-b", help="the key that misbehaves (part share)")
     parser.add_argument("--share", action="store_true", help="part share alone")
+    parser.add_argument("--only", default="", help="part share: the vectors whose name has it")
     args = parser.parse_args()
     if args.key_a and args.key_b:
         print("share: A chats while B misbehaves")
-        share(args.url.rstrip("/"), args.key_a, args.key_b, args.model)
+        share(args.url.rstrip("/"), args.key_a, args.key_b, args.model, args.only)
     if args.share:
         return
     url, headers = args.url.rstrip("/"), {"Authorization": f"Bearer {args.key}"} if args.key else {}

@@ -24,20 +24,19 @@ if same ~= '' then
 end
 local waiting_before = redis.call('ZCARD', waiting)
 if waiting_before >= tonumber(max_queue) then return 0 end
-if tonumber(max_per_asker) > 0 then
-  local held = 0
-  for _, id in ipairs(redis.call('SMEMBERS', asked)) do
-    if lib.holds_place(KEY.req .. id, tonumber(now)) then
-      held = held + 1
-    else
-      redis.call('SREM', asked, id)
-    end
+local held = 0  -- the asker's requests in line or running
+for _, id in ipairs(redis.call('SMEMBERS', asked)) do
+  if lib.holds_place(KEY.req .. id, tonumber(now)) then
+    held = held + 1
+  else
+    redis.call('SREM', asked, id)
   end
-  if held >= tonumber(max_per_asker) then return -2 end
 end
+if tonumber(max_per_asker) > 0 and held >= tonumber(max_per_asker) then return -2 end
+local busy = held > 0
 redis.call('SADD', asked, request_id)
 redis.call('EXPIRE', asked, ttl)
-redis.call('ZADD', waiting, lib.fair_score(fair, asker, tonumber(cost), waiting_before == 0),
+redis.call('ZADD', waiting, lib.fair_score(fair, asker, tonumber(cost), waiting_before == 0, busy),
            request_id)
 redis.call('HSET', info, unpack(cjson.decode(fields)))
 redis.call('EXPIRE', info, ttl)

@@ -47,15 +47,19 @@ end
 -- next turn in the fair hash; a request starts at the later of that turn and the clock (the
 -- turn of the request last taken), and moves the asker's turn on by its cost. So an asker
 -- with one request waits behind at most one request of each other asker, however many they
--- queued, and requests of equal turn keep their arrival order (the score's low part). Cost 0:
--- every request has turn 0, first come, first served. The hash is reset when the line is
--- empty, which keeps the numbers small.
-function lib.fair_score(fair_key, asker, cost, was_empty)
+-- queued, and requests of equal turn keep their arrival order (the score's low part). An
+-- asker that has a request in line or running already (`busy`) yields its turn's ties: its
+-- request starts half a turn later, so another asker's one request waits for the request
+-- running at most, not also for the busy asker's next. Cost 0: every request has turn 0,
+-- first come, first served. The hash is reset when the line is empty, which keeps the
+-- numbers small.
+function lib.fair_score(fair_key, asker, cost, was_empty, busy)
   if was_empty then redis.call('DEL', fair_key) end
   local seq = redis.call('HINCRBY', fair_key, '#seq', 1) % SEQ_SPAN
   local clock = tonumber(redis.call('HGET', fair_key, '#clock') or '0')
   local turn = math.max(clock, tonumber(redis.call('HGET', fair_key, 'a:' .. asker) or '0'))
   redis.call('HSET', fair_key, 'a:' .. asker, turn + cost)
+  if busy then turn = turn + math.floor(cost / 2) end
   return turn * SEQ_SPAN + seq
 end
 

@@ -7,7 +7,7 @@ from pocketflow import Node
 from chatbot import store
 from chatbot.flow.context import cost, summary_message, summary_request
 from chatbot.flow.reply import new_reply
-from chatbot.upstream import UpstreamError, empty_reply, fold
+from chatbot.upstream import UpstreamError, collect
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +34,10 @@ class SummarizeDropped(Node):
                                       max_tokens, options, budget)
         if not shown:
             return {"error": "none of the messages to summarize fits a request"}
-        reply = empty_reply()
         try:
-            for _, chunk in upstream.stream("/api/chat", body):
-                if "error" in chunk:
-                    raise UpstreamError(500, chunk["error"])
-                fold(reply, chunk)
-                if chunk.get("done"):
-                    break
-                if stop():
-                    return {"stopped": True}
+            reply = collect(upstream, "/api/chat", body, stop)
+            if reply is None:
+                return {"stopped": True}
         except (UpstreamError, ValueError, AttributeError) as exc:
             return {"error": getattr(exc, "error", str(exc))}
         text = reply["content"].strip()

@@ -8,7 +8,7 @@ import logging
 from pocketflow import Node
 
 from chatbot import store
-from chatbot.upstream import UpstreamError, empty_reply, fold
+from chatbot.upstream import UpstreamError, collect
 
 log = logging.getLogger(__name__)
 ASK = ("Write a short title, at most six words, for the conversation below. Write only the "
@@ -40,20 +40,12 @@ class NameSession(Node):
         if prep_res is None:
             return None
         upstream, body, stop = prep_res
-        said = empty_reply()
         try:
-            for _, chunk in upstream.stream("/api/chat", body):
-                if "error" in chunk:
-                    return None
-                fold(said, chunk)
-                if chunk.get("done"):
-                    break
-                if stop():
-                    return None  # someone waits: their turn comes first
+            said = collect(upstream, "/api/chat", body, stop)  # None: someone waits, first
         except UpstreamError as exc:
             log.info("no title: %s", exc.error)
             return None
-        return cleaned(said["content"])
+        return said and cleaned(said["content"])
 
     def post(self, shared, prep_res, exec_res):
         if exec_res and store.set_title_if_unset(shared["job"]["session_id"], exec_res):

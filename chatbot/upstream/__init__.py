@@ -131,6 +131,22 @@ class Upstream:
             resp.close()  # a body read to its end puts the connection back in the pool
 
 
+def collect(upstream, path, body, stop):
+    """A streamed call's whole reply (REPLY_FIELDS, see fold), or None once `stop()` says so
+    between chunks (closing the stream stops the upstream). An error chunk raises
+    UpstreamError."""
+    reply = empty_reply()
+    for _, chunk in upstream.stream(path, body):
+        if "error" in chunk:
+            raise UpstreamError(500, chunk["error"])
+        fold(reply, chunk)
+        if chunk.get("done"):
+            return reply
+        if stop():
+            return None
+    return reply
+
+
 def _finish_body(resp, lines, wait=1.0):
     """Read what follows the final chunk (only the body's end, from Ollama), so that the
     connection is kept for the next call instead of closed: a new connection per reply costs

@@ -16,7 +16,7 @@ from flask import Response, current_app, g
 
 from chatbot import store
 from chatbot.api import auth
-from chatbot.api.wire import dumps
+from chatbot.api.wire import dumps, reply_message
 from chatbot.flow.context import new_messages
 from chatbot.line.events import CHUNK, DONE
 from chatbot.ops import logs
@@ -90,13 +90,8 @@ def _events(kind, event):
     upstream's own shape, and the final one."""
     reply, final = event["reply"], event["d"]
     if kind == "chat":
-        message = {"role": "assistant", "content": reply["content"]}
-        if reply.get("thinking"):
-            message["thinking"] = reply["thinking"]
-        if reply.get("tool_calls"):
-            message["tool_calls"] = reply["tool_calls"]
         chunk = {"model": final.get("model"), "created_at": final.get("created_at"),
-                 "message": message, "done": False}
+                 "message": reply_message(reply), "done": False}
     else:
         chunk = {"model": final.get("model"), "created_at": final.get("created_at"),
                  "response": reply["content"], "done": False}

@@ -41,12 +41,7 @@ class OllamaChat:
     def merged(self, event):
         """The final chunk carrying the whole reply, as Ollama answers when not streaming."""
         reply, out = event["reply"], dict(event["d"])
-        message = {"role": "assistant", "content": reply["content"]}
-        if reply.get("thinking"):
-            message["thinking"] = reply["thinking"]
-        if reply.get("tool_calls"):
-            message["tool_calls"] = reply["tool_calls"]
-        out["message"] = message
+        out["message"] = reply_message(reply)
         return with_logprobs(out, reply)
 
     def failure(self, status, error):
@@ -61,6 +56,16 @@ class OllamaGenerate(OllamaChat):
         if reply.get("thinking"):
             out["thinking"] = reply["thinking"]
         return with_logprobs(out, reply)
+
+
+def reply_message(reply):
+    """A whole reply as chat's assistant message."""
+    message = {"role": "assistant", "content": reply["content"]}
+    if reply.get("thinking"):
+        message["thinking"] = reply["thinking"]
+    if reply.get("tool_calls"):
+        message["tool_calls"] = reply["tool_calls"]
+    return message
 
 
 def with_logprobs(final, reply):

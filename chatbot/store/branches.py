@@ -3,11 +3,12 @@ chained hash (`prev_chain`; siblings share it). One path is active: its messages
 seq = pos, and it is what a turn replays (everything in chatbot.store.sessions reads only it).
 A branch off it keeps its messages with seq NULL, so a thread's reads cost what they did.
 
-A request whose messages start with the active path's first k messages and then differ (an
-edit of message k+1), or end there while the path goes on (a regenerate of message k+1),
-starts a branch at k+1 (for k = 1, only while the path is one turn: later a lone message
-equal to the first is a new turn of a client that sends only what is new): the path's messages from k+1 on step aside, and the turn is stored
-in their place. Switching branch makes a message's path the active one again."""
+A request whose messages start with the active path's first k messages and then differ (an edit
+of message k+1), or end there while the path goes on (a regenerate of message k+1), starts a
+branch at k+1 (for k = 1, only while the path is one turn: later a lone message equal to the
+first is a new turn of a client that sends only what is new): the path's messages from k+1 on
+step aside, and the turn is stored in their place. Switching branch makes a message's path the
+active one again."""
 from chatbot.store.models import Message, Summary, db
 from chatbot.store.sessions import chain
 

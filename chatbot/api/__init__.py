@@ -32,11 +32,12 @@ def _recorder(metrics, batch, rule, model, status, started):
 
 
 def init_app(app):
-    from chatbot.api import auth, ollama, openai, ops, queue, sessions
+    from chatbot.api import auth, ollama, openai, ops, queue, responses, sessions
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(ollama.bp)
     app.register_blueprint(openai.bp)
+    app.register_blueprint(responses.bp)
     app.register_blueprint(sessions.bp)
     from chatbot.api import openapi
     app.register_blueprint(openapi.bp)

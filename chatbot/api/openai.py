@@ -57,7 +57,7 @@ def chat_completions():
     raw = _list(body, "messages")
     messages = [_message(m, raw) for m in raw]
     validate.chat_messages({"messages": messages})
-    upstream_body = {"options": _options(body), **_format(body), **_think(body)}
+    upstream_body = {"options": _options(body), **_format(body), **think(body)}
     if body.get("tools"):
         upstream_body["tools"] = body["tools"]
     if body.get("logprobs") is not None:
@@ -214,7 +214,7 @@ EFFORTS = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "h
            "max": "max", "xhigh": "max", "ultra": "max"}
 
 
-def _think(body):
+def think(body):
     reasoning = body.get("reasoning")
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else body.get("reasoning_effort")
     if effort in (None, ""):

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask_sse import Message
 
 from chatbot import line as lines
-from chatbot.api import auth, notices, openai_wire, quota, turns, wire as ollama_wire
+from chatbot.api import auth, notices, openai_wire, quota, responses_wire, turns, wire as ollama_wire
 from chatbot.api.errors import ApiError
 from chatbot.line import admission, events as ev
 from chatbot.ops import logs
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 KEEPALIVE_SECONDS = 3
 # The wires a client that comes back may be answered on, by name (their recipe()).
 WIRES = {cls.__name__: cls for cls in (ollama_wire.OllamaChat, ollama_wire.OllamaGenerate,
-                                       openai_wire.OpenAIChat, openai_wire.OpenAICompletion)}
+                                       openai_wire.OpenAIChat, openai_wire.OpenAICompletion,
+                                       responses_wire.ResponsesWire)}
 RETRY_MS = 1000  # how soon an EventSource reconnects
 
 
@@ -71,13 +72,13 @@ def resume(request_id):
                             "'X-Resumable: true' or \"resumable\": true")
     if not current_app.extensions["redis"].exists(stream_key(request_id)):
         raise ApiError(404, f"request '{request_id}' has no reply left to resume")
-    return _answer_again(request_id, info, _count(request.args.get("after", "0"), "after"))
+    return answer_again(request_id, info, _count(request.args.get("after", "0"), "after"))
 
 
-def _answer_again(request_id, info, after):
+def answer_again(request_id, info, after, wire=None):
     """Answer a client that came back to a resumable request: every chunk after the first
-    `after`, then live to the end, on the wire of its first call. From now on the request's
-    events ring this process, and it is no longer given up."""
+    `after`, then live to the end, on the wire of its first call (or `wire`). From now on the
+    request's events ring this process, and it is no longer given up."""
     hub = current_app.extensions["relay"].hub()
     waiter = hub.watch(request_id, again=True)  # before taking over: no ring comes too early
     try:
@@ -88,7 +89,7 @@ def _answer_again(request_id, info, after):
         raise ApiError(503, ev.UNAVAILABLE["error"],
                        {"Retry-After": str(turns.RETRY_AFTER_SECONDS)})
     name, args, stream = json.loads(info["wire"])
-    wire = WIRES[name](*args)
+    wire = wire or WIRES[name](*args)
     logs.bind(request_id=request_id, session_id=info["session_id"], model=info["model"])
     log.info("client came back after %d chunk(s)", after)
     return turns.respond(request_id, info["queue"], info["session_id"], stream, wire,

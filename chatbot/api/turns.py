@@ -33,13 +33,14 @@ log = logging.getLogger(__name__)
 
 
 def turn(kind, model, messages, upstream_body, session_id, wire, stream, resumable,
-         branch=False):
+         branch=False, join=True):
     """A chat or generate turn's response: joined to the same request sent before when that
-    one is still to answer (a retry), else from the response cache (chatbot.api.answers) when
-    it holds this very request's reply, else through the line."""
+    one is still to answer (a retry; not when `join` is false: a request that is new each
+    time), else from the response cache (chatbot.api.answers) when it holds this very
+    request's reply, else through the line."""
     # A retry names its session (one made for a request is new each time): a request in a new
     # session is never the same as another, and is not hashed.
-    same = None if g.get("fresh_session") else \
+    same = None if g.get("fresh_session") or not join else \
         _same(kind, model, messages, upstream_body, session_id, stream, resumable)
     first = _named_again(same)
     if first:

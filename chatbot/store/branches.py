@@ -69,6 +69,19 @@ def siblings(session_id, rows):
             for r in on_path for ids in [groups.get((r.model, r.prev_chain), [r.id])]}
 
 
+def ancestry(target):
+    """The path from its thread's first message down to the ok message row `target`."""
+    where = (Message.session_id == target.session_id, Message.model == target.model,
+             Message.status == "ok")
+    path, row = [target], target
+    while row.prev_chain:  # up to the first message
+        row = db.session.execute(db.select(Message).where(
+            *where, Message.chain == row.prev_chain, Message.pos == row.pos - 1)
+            .order_by(Message.seq.is_(None), Message.id.desc()).limit(1)).scalar_one()
+        path.insert(0, row)
+    return path
+
+
 def switch(session_id, message_id):
     """Make the path through message `message_id` the active one: its ancestors, itself, and
     below it the newest child at each step. Returns the message's model, or None if the
@@ -80,13 +93,7 @@ def switch(session_id, message_id):
         return None
     model = target.model
     where = (Message.session_id == session_id, Message.model == model, Message.status == "ok")
-    path, row = [target], target
-    while row.prev_chain:  # up to the first message
-        row = db.session.execute(db.select(Message).where(
-            *where, Message.chain == row.prev_chain, Message.pos == row.pos - 1)
-            .order_by(Message.seq.is_(None), Message.id.desc()).limit(1)).scalar_one()
-        path.insert(0, row)
-    row = target
+    path, row = ancestry(target), target
     while True:  # down, by the newest child
         row = db.session.execute(db.select(Message).where(*where, Message.prev_chain == row.chain)
                                  .order_by(Message.id.desc()).limit(1)).scalar_one_or_none()

@@ -142,3 +142,20 @@ class DocumentChunk(db.Model):
     content = db.Column(db.Text, nullable=False)
     tokens = db.Column(db.Integer, nullable=False)
     vector = db.Column(db.LargeBinary, nullable=False)
+
+
+class StoredResponse(db.Model):
+    """A response of the Responses API (/v1/responses), as its client got it once it ended:
+    kept so that it can be read again and continued (previous_response_id). Its turn is in its
+    session's thread like every other; this row only names it."""
+    __tablename__ = "responses"
+
+    id = db.Column(db.String(80), primary_key=True)  # "resp_" + the request's id
+    request_id = db.Column(db.String(64), nullable=False, index=True)
+    session_id = db.Column(db.String(36), db.ForeignKey("sessions.id", ondelete="CASCADE"),
+                           nullable=False, index=True)
+    owner = db.Column(db.String(100))
+    model = db.Column(db.String(200), nullable=False)
+    status = db.Column(db.String(16), nullable=False)
+    body = db.Column(db.JSON, nullable=False)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)

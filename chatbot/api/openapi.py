@@ -98,6 +98,27 @@ SCHEMAS = {
     "CompletionRequest": {"allOf": [ref("OpenAISampling"), obj(
         ["model"], model=STR, prompt=one_of(STR, array(STR)), suffix=STR)]},
     "OpenAIEmbeddingsRequest": obj(["model", "input"], model=STR, input=one_of(STR, array(STR))),
+    # Responses: input as text or items (messages with text/image parts, function calls and
+    # their outputs, reasoning); tools flat ({type: function, name, parameters}).
+    "ResponsesRequest": obj(
+        ["model"], model=STR, input=one_of(STR, array(obj(
+            type={"type": "string", "enum": ["message", "function_call", "function_call_output",
+                                             "reasoning"]},
+            role={"type": "string", "enum": ["user", "assistant", "system", "developer"]},
+            content=one_of(STR, array(obj(["type"], type={"type": "string", "enum": [
+                "input_text", "output_text", "input_image"]}, text=STR, image_url=STR))),
+            call_id=STR, name=STR, arguments=STR, output=STR, encrypted_content=STR))),
+        instructions=nullable(STR), previous_response_id=nullable(STR),
+        conversation=nullable(one_of(UUID, obj(id=UUID))),
+        tools=array(obj(["type", "name"], type={"type": "string",
+                                                "enum": ["function", "namespace"]},
+                        name=STR, description=nullable(STR), parameters=nullable(OBJ))),
+        tool_choice=ANY, text=obj(format=obj(type=STR, schema=OBJ)),
+        reasoning=obj(effort=nullable(STR), summary=nullable(STR)),
+        **{k: nullable(t) for k, t in (("temperature", NUM), ("top_p", NUM), ("seed", INT),
+                                       ("max_output_tokens", INT), ("stream", BOOL),
+                                       ("store", BOOL), ("background", BOOL))},
+        metadata=nullable(OBJ), resumable=BOOL),
     "SessionPatch": {**obj(["title"], title={"type": ["string", "null"], "maxLength": 200}),
                      "additionalProperties": False},
     "SessionExport": obj(version={"type": "integer", "enum": [1]}, id=UUID,
@@ -215,6 +236,24 @@ PATHS = {
     "/v1/embeddings": {"post": op("OpenAI embeddings", {**ok(JSON), **errors(400, 404, 503,
                                                                              shape="OpenAIError")},
                                   body(ref("OpenAIEmbeddingsRequest")))},
+    "/v1/responses": {"post": turn(
+        "OpenAI Responses: queued like every chat and stored in a session; previous_response_id "
+        "continues one; background answers at once", "ResponsesRequest", "OpenAIError", SSE)},
+    "/v1/responses/{response_id}": {
+        "get": op("A response: kept once ended, or its status while it waits or runs; with "
+                  "stream=true its events again, after starting_after",
+                  {**ok(JSON, SSE), **errors(400, 404, shape="OpenAIError")},
+                  params=[path_param("response_id"),
+                          query("stream", {"type": "string", "enum": ["true", "false"]}),
+                          query("starting_after", {"type": "integer", "minimum": 0})]),
+        "delete": op("Delete a response (its turn stays in its session)",
+                     {**ok(JSON, schema=obj(id=STR, deleted=BOOL)),
+                      **errors(400, 404, shape="OpenAIError")},
+                     params=[path_param("response_id")])},
+    "/v1/responses/{response_id}/cancel": {"post": op(
+        "Cancel a response that waits or runs",
+        {**ok(JSON), **errors(400, 404, shape="OpenAIError")},
+        params=[path_param("response_id")])},
     "/v1/models": {"get": op("OpenAI model list", {**ok(JSON, schema=obj(data=array(OBJ))),
                                                    **errors(503, shape="OpenAIError")})},
     "/v1/models/{model}": {"get": op("One OpenAI model", {

@@ -91,7 +91,8 @@ class ResponsesWire:
 
     def _calls(self, calls):
         return [{"id": f"{self.call_prefix}_{i}", "type": "function_call", "status": "completed",
-                 "call_id": call["id"] or f"call_{self.call_prefix[3:]}_{i}", "name": call["function"]["name"],
+                 "call_id": call["id"] or f"call_{self.call_prefix[3:]}_{i}",
+                 "name": call["function"]["name"],
                  "arguments": call["function"]["arguments"]}
                 for i, call in enumerate(openai_wire.tool_calls(calls), self.output_index)]
 
@@ -110,7 +111,8 @@ class ResponsesWire:
         number, self.sequence = self.sequence, self.sequence + 1
         if number <= self.starting_after:  # the client has it already
             return ""
-        return f"event: {kind}\ndata: {dumps({'type': kind, 'sequence_number': number, **data})}\n\n"
+        data = {"type": kind, "sequence_number": number, **data}
+        return f"event: {kind}\ndata: {dumps(data)}\n\n"
 
     def _open(self):
         if self.opened:
@@ -216,3 +218,27 @@ class ResponsesWire:
 
     def failure(self, status, error):
         return openai_wire.failure(status, error)
+
+    @classmethod
+    def told_again(cls, body, starting_after):
+        """A stored response's stream, from its output (one delta per item)."""
+        echo = {**body, "format": body["text"]["format"],
+                "conversation": (body.get("conversation") or {}).get("id")}
+        wire = cls(body["model"], body["id"], echo, starting_after)
+        message = {"content": "", "thinking": "", "tool_calls": []}
+        for item in body["output"]:
+            if item["type"] == "reasoning":
+                message["thinking"] += "".join(s["text"] for s in item.get("summary") or ())
+            elif item["type"] == "message":
+                message["content"] += "".join(c.get("text", "") for c in item.get("content") or ())
+            elif item["type"] == "function_call":
+                message["tool_calls"].append({"id": item["call_id"], "function": {
+                    "name": item["name"], "arguments": json.loads(item["arguments"] or "{}")}})
+        usage = body.get("usage") or {}
+        final = {"message": message, "prompt_eval_count": usage.get("input_tokens", 0),
+                 "eval_count": usage.get("output_tokens", 0),
+                 "done_reason": "length" if body["status"] == "incomplete" else "stop"}
+        if body["status"] in ("completed", "incomplete"):
+            yield wire.final({"d": final})
+        else:
+            yield wire.error_line((body.get("error") or {}).get("message") or body["status"])

@@ -1,13 +1,15 @@
 """What each owner (a key's name) stores, in bytes: its sessions' messages (text and the
-fields beside it, images included), summaries, and documents' chunks with their vectors.
+fields beside it, images included), summaries, documents' chunks with their vectors, and the
+Responses API's stored responses.
 Read by aggregate queries, so it is what the database holds, whoever wrote it."""
-from chatbot.store.models import ChatSession, DocumentChunk, Message, Summary, db
+from chatbot.store.models import ChatSession, DocumentChunk, Message, StoredResponse, Summary, db
 
 _PARTS = (  # (table, the bytes of one row)
     (Message, db.func.length(Message.content)
      + db.func.coalesce(db.func.length(db.cast(Message.extra, db.Text)), 0)),
     (Summary, db.func.length(Summary.content)),
     (DocumentChunk, db.func.length(DocumentChunk.content) + db.func.length(DocumentChunk.vector)),
+    (StoredResponse, db.func.length(db.cast(StoredResponse.body, db.Text))),
 )
 
 

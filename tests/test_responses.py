@@ -239,3 +239,29 @@ def test_unknown_ids_and_bad_stream_positions(stack):
     resp = requests.get(f"{stack.url}/v1/responses/{missing}?stream=true&starting_after=x",
                         timeout=30)
     assert resp.status_code == 400
+
+
+def test_a_conversation_moves_between_doors(stack, client):
+    """Started on /v1/responses, continued on /api/chat and /v1/chat/completions, exported, and
+    continued again from its first response (a branch: the other doors' turns stay aside)."""
+    first = client.responses.create(model=MODEL, input="My name is Ada.", **SAMPLING)
+    sid = first.conversation.id if first.conversation else session_of(stack, first.id)
+    assert sid == session_of(stack, first.id)
+    chat = requests.post(stack.url + "/api/chat", timeout=60, json={
+        "model": MODEL, "session_id": sid, "stream": False,
+        "options": {"temperature": 0, "seed": 42, "num_predict": 8},
+        "messages": [{"role": "user", "content": "What is my name?"}]}).json()
+    assert chat["prompt_eval_count"] > first.usage.input_tokens  # it saw the first turn
+    done = openai.OpenAI(base_url=stack.url + "/v1", api_key="x").chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Again?"}], max_tokens=8,
+        temperature=0, extra_headers={"X-Session-ID": sid})
+    assert done.usage.prompt_tokens > chat["prompt_eval_count"]
+    export = requests.get(f"{stack.url}/api/sessions/{sid}/export", timeout=30).json()
+    said = [m["content"] for m in export["threads"][MODEL] if m["role"] == "user"]
+    assert said == ["My name is Ada.", "What is my name?", "Again?"]
+    back = client.responses.create(model=MODEL, input="Tell me a fact.",
+                                   previous_response_id=first.id, **SAMPLING)
+    assert back.usage.input_tokens < done.usage.prompt_tokens
+    page = requests.get(f"{stack.url}/api/sessions/{sid}", timeout=30).json()
+    assert [m["content"] for m in page["messages"] if m["role"] == "user"] == [
+        "My name is Ada.", "Tell me a fact."]

@@ -19,6 +19,14 @@ def _bool(name, default):
     return os.environ.get(name, str(default)).strip().lower() in ("1", "true", "yes", "on")
 
 
+def _names(name):
+    """"all", or the set of comma-separated names given (empty when unset)."""
+    value = os.environ.get(name, "").strip()
+    if value.lower() in ("all", "true", "1", "yes", "on"):
+        return "all"
+    return frozenset(n.strip() for n in value.split(",") if n.strip())
+
+
 def _choice(name, choices):
     """One of `choices` (the first when unset); anything else stops the start, named."""
     value = os.environ.get(name, choices[0]).strip().lower()
@@ -48,6 +56,8 @@ def load(instance_path):
         "MAX_REQUEST_SECONDS": _float("MAX_REQUEST_SECONDS", 600),
         "QUEUE_ORDER": _choice("QUEUE_ORDER", ("fair", "fifo")),
         "RESUME_GRACE_SECONDS": _float("RESUME_GRACE_SECONDS", 30),
+        # "all", or the key names whose streamed replies start with their place in line
+        "QUEUE_STATUS_IN_THINKING": _names("QUEUE_STATUS_IN_THINKING"),
         "CONTEXT_REPLY_RESERVE": _int("CONTEXT_REPLY_RESERVE", 512),
         "CONTEXT_STRATEGY": _choice("CONTEXT_STRATEGY", ("truncate", "summarize")),
         "SUMMARY_MODEL": os.environ.get("SUMMARY_MODEL", ""),  # empty: the chat's own model

@@ -128,6 +128,10 @@ class OpenAIChat:
     def error_line(self, error):
         return sse(error_body(500, error)) + "data: [DONE]\n\n"
 
+    def queue_status(self, text, model):
+        """Where the request is in line, as reasoning (never stored)."""
+        return self._chunk({}, None, text, None, None)
+
     def whole(self, event):
         """openai.ToChatCompletion."""
         final, reply = event["d"], event["reply"]
@@ -154,6 +158,7 @@ class OpenAICompletion(OpenAIChat):
     """text_completion: every chunk stamped when written; with include_usage, each carries
     a zero usage until the last, which has the counts (middleware CompleteWriter)."""
     id_prefix = "cmpl"
+    queue_status = None  # a text completion has no place for thinking
 
     def envelope(self, choices, created=None, obj="text_completion"):
         return {"id": self.id, "object": obj, "created": int(time.time()), "choices": choices,

@@ -13,7 +13,7 @@ from flask_sse import Message
 from chatbot import line as lines
 from chatbot.api import auth, notices, openai_wire, quota, responses_wire, turns, wire as ollama_wire
 from chatbot.api.errors import ApiError
-from chatbot.line import admission, events as ev
+from chatbot.line import admission, eta, events as ev
 from chatbot.ops import logs
 from chatbot.redis_keys import stream_key
 from chatbot.upstream import routing
@@ -51,8 +51,10 @@ def _visible(snapshot):
 @bp.get("/api/queue/<request_id>")
 def one(request_id):
     info = _known(request_id)
-    position = lines.get().position(request_id, info["queue"])
-    return jsonify(request_id=request_id, position=position, **info)
+    estimate = eta.estimate(lines.get(), request_id, info["queue"]) or {}
+    return jsonify(request_id=request_id, position=estimate.get("position"),
+                   start_in=estimate.get("start_in"), finish_in=estimate.get("finish_in"),
+                   **info)
 
 
 @bp.delete("/api/queue/<request_id>")

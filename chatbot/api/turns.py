@@ -17,8 +17,9 @@ from chatbot import line as lines, store
 from chatbot.api import answers, auth, quota
 from chatbot.api.errors import ApiError
 from chatbot.api.disconnect import client_gone, client_socket
-from chatbot.line import admission, events as ev, sweep
+from chatbot.line import admission, eta, events as ev, sweep
 from chatbot.line.events import CANCELLED, CHUNK, CLIENT_GONE, DONE, ERROR, FINAL, STARTED
+from chatbot.line.relay import TICK
 from chatbot.redis_keys import stream_key
 from chatbot.ops import logs, timing
 from chatbot.upstream import routing
@@ -216,9 +217,10 @@ def respond(request_id, queue, session_id, stream, wire, resumable=False, after=
     """Wait for the first reply event, so that an upstream error still sets the HTTP status,
     then stream (or answer once with the whole reply). A client that came back (`after`: the
     chunks it has) reads from `waiter`, and gets only the chunks that follow."""
+    told = after is None and _status_wanted(wire, stream)
     events = current_app.extensions["relay"].events(
         request_id, check=watchdog(request_id, queue, resumable), every=CHECK_EVERY,
-        waiter=waiter)
+        waiter=waiter, ticks=told)
     if after is None:
         events = _timed(events, g.started)
     else:  # a second answer: its times say nothing of the request's
@@ -226,6 +228,11 @@ def respond(request_id, queue, session_id, stream, wire, resumable=False, after=
     headers = {"X-Session-ID": session_id, "X-Request-ID": request_id}
     if resumable:  # what a client that comes back asks for: the chunks after the last it has
         headers.update({"X-Resumable": "true", "X-First-Chunk": str((after or 0) + 1)})
+    if told:  # streamed at once: its place in line first, as thinking
+        resp = Response(stream_with_context(_told_while_waiting(
+            events, request_id, queue, wire, resumable)), mimetype=wire.mimetype)
+        resp.headers.update(headers)
+        return resp
     first = _first_reply_event(events, request_id, resumable)
     if first["t"] == ERROR:
         resp = wire.failure(first["status"], first["error"])
@@ -252,6 +259,40 @@ def _first_reply_event(events, request_id, resumable):
     except BaseException:
         _leave(request_id, resumable)
         raise
+
+
+def _status_wanted(wire, stream):
+    """Whether a streamed reply starts with its place in line as thinking: asked for by the
+    request (X-Queue-Status: thinking) or for its key (QUEUE_STATUS_IN_THINKING), on a wire
+    that can say it."""
+    if not stream or not getattr(wire, "queue_status", None):
+        return False
+    if request.headers.get("X-Queue-Status", "").strip().lower() == "thinking":
+        return True
+    wanted = current_app.config["QUEUE_STATUS_IN_THINKING"]
+    return wanted == "all" or (auth.key_name() or "") in wanted
+
+
+def _told_while_waiting(events, request_id, queue, wire, resumable):
+    """While the request waits, what the line says of it (chatbot.line.eta), each time that
+    changes, as the wire's thinking; then the reply. Never stored: only this client hears it."""
+    line, said, first = lines.get(), None, None
+    try:
+        for event in events:
+            if event["t"] == TICK["t"]:
+                estimate = eta.estimate(line, request_id, queue)
+                text = eta.said(estimate) if estimate else None
+                if text and text != said:
+                    said = text
+                    yield wire.queue_status(text, g.model)
+            elif event["t"] != STARTED:
+                first = event
+                break
+    except BaseException:
+        _leave(request_id, resumable, CLIENT_GONE)
+        raise
+    if first is not None:
+        yield from _lines(first, events, request_id, wire, resumable)
 
 
 def final_event(events):

@@ -5,6 +5,7 @@ last line, `whole(event)` the non-streamed body, `failure(status, error)` an err
 `recipe()` is what makes the same wire again, for a client that comes back (chatbot.api.turns).
 """
 import json
+from datetime import datetime, timezone
 
 from flask import Response
 
@@ -48,14 +49,30 @@ class OllamaChat:
         resp = Response(dumps({"error": error}), status=status, mimetype="application/json")
         return resp
 
+    def queue_status(self, text, model):
+        """A chunk of thinking that says where the request is in line (never stored)."""
+        return dumps({"model": model, "created_at": now(),
+                      "message": {"role": "assistant", "content": "", "thinking": text},
+                      "done": False}) + "\n"
+
 
 class OllamaGenerate(OllamaChat):
+    def queue_status(self, text, model):
+        return dumps({"model": model, "created_at": now(), "response": "", "thinking": text,
+                      "done": False}) + "\n"
+
     def merged(self, event):
         reply, out = event["reply"], dict(event["d"])
         out["response"] = reply["content"]
         if reply.get("thinking"):
             out["thinking"] = reply["thinking"]
         return with_logprobs(out, reply)
+
+
+def now():
+    """The time as Ollama stamps a chunk (RFC 3339, UTC, nanoseconds)."""
+    stamp = datetime.now(timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond:06d}000Z"
 
 
 def reply_message(reply):

@@ -32,6 +32,7 @@ HUB_BLOCK_MS = 2000  # under the pool's 5 s socket timeout
 # Checks per second a process spends on requests still waiting in line, however many: with
 # thousands waiting, each is looked at less often (a running request keeps its own pace).
 WAITING_CHECKS_PER_SECOND = 2000
+TICK = {"t": "tick"}
 LEASE_TTL = 15  # seconds a web process's requests outlive its hub's last renewal
 RENEW_EVERY = 3
 
@@ -178,13 +179,14 @@ class Relay:
                 self._hub.start()
             return self._hub
 
-    def events(self, request_id, check=None, every=0.5, waiter=None):
+    def events(self, request_id, check=None, every=0.5, waiter=None, ticks=False):
         """Yield events until a final one (to `waiter`, by default the request's first).
 
         `check(started)` runs every `every` seconds once started, events or not (while
         waiting, less often when thousands wait); when it returns an event (the client left,
         the worker died), that event ends the stream, unless a final event has landed
-        meanwhile.
+        meanwhile. With `ticks`, each check that finds nothing wrong yields {"t": "tick"} (a
+        waiting client told how the line moves, chatbot.api.turns).
         """
         hub = self.hub()
         waiter, started = waiter or hub.watch(request_id), False
@@ -208,6 +210,8 @@ class Relay:
                         hub.unwatch(request_id, waiter)
                         yield from self._tail_or(request_id, waiter, verdict)
                         return
+                    if ticks:
+                        yield TICK
         finally:
             hub.unwatch(request_id, waiter)
 

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 
-from chatbot.line import events
+from chatbot.line import eta, events
 from chatbot.line.heartbeat import HEARTBEAT_TTL, THREAD_LOCK_TTL, Heartbeat
 from chatbot.ops import logs, timing
 from chatbot.redis_keys import (FAIR, INFO, NONE, RESPONSE, STARTED, THREAD, TOKENS_KEPT, WAITING,
@@ -81,6 +81,7 @@ class Running:
         self.chunks = Chunks(line, request_id, self.channel, (job or {}).get("quiet", False))
         self.heartbeat = Heartbeat(line, request_id, lock)
         self.marks, self.metrics = {}, None
+        self.began = time.monotonic()  # when it started to run (start() sets it again)
         self.max_seconds = (job or {}).get("max_seconds") or 0  # MAX_REQUEST_SECONDS, as admitted
         self.deadline = None
 
@@ -88,6 +89,7 @@ class Running:
         """It runs: beating from now, and for at most its max_seconds. `marks` its timings,
         `metrics` the batch of metric writes sent with its ending."""
         self.marks, self.metrics = marks, metrics
+        self.began = time.monotonic()
         if self.max_seconds > 0:
             self.deadline = time.monotonic() + self.max_seconds
         self.heartbeat.start()
@@ -136,7 +138,11 @@ class Running:
             generated = reply.get("chunks", 0)
         self.marks["ending"] = timing.now()
         self.heartbeat.lock = None
-        kept = (self.job or {}).get("cache")
+        job = self.job or {}
+        if self.state == "done" and self.metrics is not None and job.get("kind") != "embed":
+            eta.record(self.metrics.pipe, self.queue, job.get("model", ""),
+                       time.monotonic() - self.began)
+        kept = job.get("cache")
         if kept and self.state == "done" and self.metrics is not None:  # RESPONSE_CACHE_TTL
             self.metrics.pipe.set(RESPONSE.format(kept[0]), json.dumps(
                 {"d": event["d"], "reply": event["reply"]}), ex=kept[1])

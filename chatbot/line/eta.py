@@ -1,0 +1,79 @@
+"""How long until a waiting request starts and ends, from what its line has measured: each
+request a worker ends adds how long it ran to its queue's record for its model (the last
+SAMPLES, newest first), and an estimate sums, for what runs and what waits ahead, the median
+of its model's runs (less what the running one has run already), then adds the request's own.
+Nothing is guessed for a model never measured: the estimate then says only the position."""
+import statistics
+import time
+
+from chatbot.redis_keys import INFO, SERVICE, STARTED, WAITING
+
+SAMPLES = 20
+KEPT = 7 * 24 * 3600  # seconds a model's record outlives its last run
+
+
+def record(pipe, queue, model, seconds):
+    """Queue onto `pipe` a run of `seconds` of `model` on `queue`."""
+    key = SERVICE.format(queue, model)
+    pipe.lpush(key, round(seconds, 3))
+    pipe.ltrim(key, 0, SAMPLES - 1)
+    pipe.expire(key, KEPT)
+
+
+def estimate(line, request_id, queue):
+    """{"position", "ahead", "start_in", "finish_in"} for a waiting request (the times in
+    seconds, None where a model ahead or its own was never measured), or None when it does
+    not wait."""
+    redis = line.redis
+    rank = redis.zrank(WAITING.format(queue), request_id)
+    if rank is None:
+        return None
+    ahead = [rid.decode() for rid in redis.zrange(WAITING.format(queue), 0, rank)]
+    running = [rid.decode() for rid in redis.smembers(STARTED.format(queue))]
+    pipe = redis.pipeline(transaction=False)
+    for rid in running + ahead:
+        pipe.hmget(INFO.format(rid), "model", "started_at")
+    rows = [(m.decode() if m else "", float(s) if s else None) for m, s in pipe.execute()]
+    medians = _medians(redis, queue, {model for model, _ in rows})
+    now, start_in = time.time(), 0.0
+    for model, started_at in rows[:len(running)]:
+        if medians.get(model) is None:
+            start_in = None
+            break
+        # One running longer than its model's median is taken to end soon: a tenth of it left.
+        start_in += max(medians[model] - (now - (started_at or now)), medians[model] / 10)
+    for model, _ in rows[len(running):-1]:
+        if start_in is not None:
+            start_in = None if medians.get(model) is None else start_in + medians[model]
+    own = medians.get(rows[-1][0])
+    return {"position": rank + 1, "ahead": rank,
+            "start_in": _round(start_in),
+            "finish_in": _round(None if start_in is None or own is None else start_in + own)}
+
+
+def _medians(redis, queue, models):
+    pipe = redis.pipeline(transaction=False)
+    models = sorted(models)
+    for model in models:
+        pipe.lrange(SERVICE.format(queue, model), 0, -1)
+    return {model: statistics.median(float(s) for s in runs) if runs else None
+            for model, runs in zip(models, pipe.execute())}
+
+
+def _round(seconds):
+    return None if seconds is None else round(seconds, 1)
+
+
+def said(estimate):
+    """The estimate in words, for a client that shows only text (QUEUE_STATUS_IN_THINKING)."""
+    ahead = estimate["ahead"]
+    where = "you are next" if ahead == 0 else f"{ahead} ahead of you"
+    if estimate["start_in"] is None:
+        return f"Waiting in line: {where}.\n"
+    return f"Waiting in line: {where}, starting in about {_duration(estimate['start_in'])}.\n"
+
+
+def _duration(seconds):
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    return f"{round(seconds / 60)} min"

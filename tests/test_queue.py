@@ -73,6 +73,8 @@ def cancel(stack, rid):
 
 
 def test_positions_count_down_as_the_queue_drains(stack):
+    # one short turn first: the model's runs are measured (the estimate has something to sum)
+    requests.post(stack.url + "/api/chat", json=chat_body(SHORT, stream=False), timeout=60)
     slow_id, slow = start_slow(stack)
     ids = [f"wait-{i}-{uuid.uuid4()}" for i in range(3)]
     events = requests.get(f"{stack.url}/api/events?channel={ids[2]}", stream=True, timeout=60)
@@ -102,6 +104,9 @@ def test_positions_count_down_as_the_queue_drains(stack):
     events.close()
     positions = [json.loads(data)["position"] for kind, data in seen if kind == "queued"]
     assert positions[0] == 3 and positions[-1] == 1 and positions == sorted(positions, reverse=True)
+    # each place comes with the estimate (chatbot.line.eta); the model was measured before it
+    starts = [json.loads(data)["start_in"] for kind, data in seen if kind == "queued"]
+    assert all(isinstance(start, float) and start > 0 for start in starts), starts
     kinds = [kind for kind, _ in seen]
     assert kinds.index("started") > kinds.index("queued") and "token" in kinds
 

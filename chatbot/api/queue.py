@@ -160,7 +160,8 @@ def events():
                         yield str(message)
                 place = _place(line, name)
                 if place and not ended:
-                    yield str(Message({"position": place}, type="queued"))
+                    yield str(Message(_estimated(line, name, {"position": place}),
+                                      type="queued"))
             while time.monotonic() < ends_at:
                 try:
                     data = listener.inbox.get(timeout=KEEPALIVE_SECONDS)
@@ -168,6 +169,8 @@ def events():
                     yield ": keep-alive\n\n"
                     continue
                 fields = json.loads(data)
+                if about_a_request and fields.get("type") == "queued":
+                    fields["data"] = _estimated(line, name, fields.get("data") or {})
                 if not _sent_already(fields, sent, ended):
                     yield str(Message(**fields))
             yield ": this stream has lasted STREAM_MAX_SECONDS; reconnect with Last-Event-ID\n\n"
@@ -190,6 +193,16 @@ def _place(line, request_id):
         return line.position(request_id, info["queue"]) if info.get("state") == "queued" else None
     except (redis.RedisError, KeyError):
         return None
+
+
+def _estimated(line, request_id, data):
+    """A `queued` notice's data with the request's estimate (chatbot.line.eta) added."""
+    try:
+        info = line.info(request_id)
+        estimate = eta.estimate(line, request_id, info["queue"]) or {}
+    except (redis.RedisError, KeyError):
+        estimate = {}
+    return {**data, "start_in": estimate.get("start_in"), "finish_in": estimate.get("finish_in")}
 
 
 def _sent_already(fields, sent, ended):

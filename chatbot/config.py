@@ -21,10 +21,13 @@ def _bool(name, default):
 
 def _names(name):
     """"all", or the set of comma-separated names given (empty when unset)."""
-    value = os.environ.get(name, "").strip()
-    if value.lower() in ("all", "true", "1", "yes", "on"):
+    if os.environ.get(name, "").strip().lower() in ("all", "true", "1", "yes", "on"):
         return "all"
-    return frozenset(n.strip() for n in value.split(",") if n.strip())
+    return _key_names(name)
+
+
+def _key_names(name):
+    return frozenset(n.strip() for n in os.environ.get(name, "").split(",") if n.strip())
 
 
 def _choice(name, choices):
@@ -55,6 +58,17 @@ def load(instance_path):
         "QUEUE_TIMEOUT_SECONDS": _float("QUEUE_TIMEOUT_SECONDS", 600),
         "MAX_REQUEST_SECONDS": _float("MAX_REQUEST_SECONDS", 600),
         "QUEUE_ORDER": _choice("QUEUE_ORDER", ("fair", "fifo")),
+        # the fair order charges a request one turn, or its tokens (prompt and generated)
+        "FAIR_COST": _choice("FAIR_COST", ("requests", "tokens")),
+        "FAIR_TOKENS_PER_TURN": _int("FAIR_TOKENS_PER_TURN", 500),
+        # priority bands: batch requests go after every interactive one, until they waited this
+        "BATCH_KEYS": _key_names("BATCH_KEYS"),
+        "BATCH_MAX_WAIT_SECONDS": _float("BATCH_MAX_WAIT_SECONDS", 120),
+        "SOFT_QUOTA_SHARE": _float("SOFT_QUOTA_SHARE", 0.8),
+        # warm order: a thread the host has warm (or its loaded model) first, within a bound
+        "WARM_PASSES": _int("WARM_PASSES", 0),
+        "WARM_WINDOW": _int("WARM_WINDOW", 8),
+        "WARM_SLOTS": _int("WARM_SLOTS", 1),
         "RESUME_GRACE_SECONDS": _float("RESUME_GRACE_SECONDS", 30),
         # "all", or the key names whose streamed replies start with their place in line
         "QUEUE_STATUS_IN_THINKING": _names("QUEUE_STATUS_IN_THINKING"),

@@ -34,6 +34,7 @@ TOKENS_KEPT = 7200  # seconds an hour's count is kept
 SAME = "chatbot:same:{}"  # what makes a request the same as a retry of it: its id, while it lives
 RESPONSE = "chatbot:response:{}"  # a request's cache key: the reply it had (RESPONSE_CACHE_TTL)
 STORED = "chatbot:stored:{}"  # key name: the bytes its sessions store, as last counted
+WARM = "chatbot:warm:{}"  # queue: the threads (session|model) its host served last, newest first
 SERVICE = "chatbot:service:{}:{}"  # queue, model: how long its last turns ran (chatbot.line.eta)
 
 

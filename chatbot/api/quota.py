@@ -43,7 +43,8 @@ class TokenQuota:
 
     def reserve(self, who, worst):
         """{tally_key, reserved}, the fields a request reserving `worst` tokens carries for the
-        line to settle; a 429 if `who` has used (or reserved) this hour's tokens up."""
+        line to settle, and `used`: what `who` had used (or reserved) this hour before it; a 429
+        if that is this hour's tokens already."""
         hour, now = divmod(time.time(), 3600)
         key = TOKENS.format(who, int(hour))
         if self.per_hour <= 0:
@@ -57,7 +58,7 @@ class TokenQuota:
             raise ApiError(429, f"token limit exceeded: {self.per_hour} generated tokens per "
                                 "hour (TOKENS_PER_HOUR)",
                            {"Retry-After": str(max(1, math.ceil(3600 - now)))})
-        return {"tally_key": key, "reserved": worst}
+        return {"tally_key": key, "reserved": worst, "used": total - worst}
 
     def release(self, key, reserved):
         """A reservation given back: its request was never admitted."""

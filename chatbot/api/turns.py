@@ -128,6 +128,7 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
     # Its worst case in tokens, reserved until it ends (then settled by the line)
     worst = 0 if kind == "embed" else quota.tokens().worst_case(upstream_body.get("options"))
     tally = quota.tokens().reserve(quota.asker(), worst)
+    band = _band(owner, tally.pop("used", 0))
     hub = current_app.extensions["relay"].hub()
     line, lease = lines.get(), hub.lease
     g.model = model
@@ -152,6 +153,9 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
                "branch": branch}
         # Turns are taken between askers: the key, else the session.
         fair = current_app.config["QUEUE_ORDER"] == "fair"
+        if fair and current_app.config["FAIR_COST"] == "tokens":  # charged by its tokens
+            job["per_token"] = admission.price_per_token(
+                1, current_app.config["FAIR_TOKENS_PER_TURN"])
         # One task per request, pushed by the admission itself; it runs whichever request
         # is first in the fair order.
         task = current_app.extensions["run_next_messages"](queue)
@@ -161,7 +165,7 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         try:
             position = admission.admit(line, g.request_id, queue, info, lease, job,
                                        asker=owner or sid, weight=1 if fair else 0,
-                                       task=task, same=same)
+                                       task=task, same=same, band=band)
             return position
         finally:
             if position is None:
@@ -189,6 +193,19 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
     logs.bind(request_id=request_id, session_id=session_id, model=model, queue=queue,
               upstream=host, queue_position=position)
     return request_id, queue
+
+
+def _band(owner, used):
+    """1 (batch: after every interactive request) for a request that asks for it
+    (X-Priority: batch), a key named in BATCH_KEYS, or a key past SOFT_QUOTA_SHARE of its
+    TOKENS_PER_HOUR (`used` this hour): served after the others before it is refused."""
+    config = current_app.config
+    if request.headers.get("X-Priority", "").strip().lower() == "batch":
+        return 1
+    if owner and owner in config["BATCH_KEYS"]:
+        return 1
+    soft = config["SOFT_QUOTA_SHARE"] * config["TOKENS_PER_HOUR"]
+    return 1 if soft > 0 and used >= soft else 0
 
 
 def watchdog(request_id, queue, resumable=False):

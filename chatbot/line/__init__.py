@@ -23,7 +23,11 @@ def init_app(app, on_lost=None):
     app.extensions["line"] = Line(app.extensions["redis"], config["MAX_QUEUE"],
                                   config["QUEUE_TIMEOUT_SECONDS"], config["RELAY_TTL_SECONDS"],
                                   config["REDIS_WAIT_SECONDS"], on_lost, share,
-                                  config["MAX_JOB_BYTES"])
+                                  config["MAX_JOB_BYTES"], order={
+                                      "batch_wait": config["BATCH_MAX_WAIT_SECONDS"],
+                                      "warm_passes": config["WARM_PASSES"],
+                                      "warm_window": config["WARM_WINDOW"],
+                                      "warm_slots": config["WARM_SLOTS"]})
 
 
 def get():

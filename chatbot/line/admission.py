@@ -37,7 +37,7 @@ class JobTooLarge(Exception):
 
 
 def admit(line, request_id, queue, info, lease, job=None, asker="", weight=0, task=None,
-          same=""):
+          same="", band=0):
     """Take a place in line and return it. Raises QueueFull at MAX_QUEUE waiting, ShareFull when
     the asker has its share (MAX_QUEUE_PER_KEY) waiting or running, SameAsked when the request
     `same` as it (a retry: chatbot.api.turns) waits or runs already; returns None
@@ -46,12 +46,14 @@ def admit(line, request_id, queue, info, lease, job=None, asker="", weight=0, ta
     is what a worker runs (chatbot.worker.tasks), refused past MAX_JOB_BYTES (JobTooLarge); `task`
     (list key, message) the broker message that has a worker run it, pushed only if the request
     is admitted. Requests take turns between askers by `weight` (0: in order of arrival; see
-    lib.fair_score in lua/helpers.lua)."""
+    lib.fair_score in lua/helpers.lua), within their `band` (0 interactive, 1 batch: after
+    every interactive request)."""
     payload = json.dumps(job or {})
     if line.max_job_bytes and len(payload) > line.max_job_bytes:
         raise JobTooLarge(len(payload), line.max_job_bytes)
-    now = time.time()
-    fields = {**info, "queue": queue, "state": "queued", "queued_at": now, "lease": lease}
+    now, cost = time.time(), ROUND // weight if weight else 0
+    fields = {**info, "queue": queue, "state": "queued", "queued_at": now, "lease": lease,
+              "asker": asker, "cost": cost}
     position = line.scripts["admit"].call(
         waiting=WAITING.format(queue), info=INFO.format(request_id),
         stream=stream_key(request_id), lease=LEASE.format(lease), fair=FAIR.format(queue),
@@ -60,8 +62,8 @@ def admit(line, request_id, queue, info, lease, job=None, asker="", weight=0, ta
         max_queue=line.max_queue, request_id=request_id,
         fields=json.dumps([str(x) for kv in fields.items() for x in kv]), ttl=INFO_TTL,
         lease_ttl=LEASE_TTL, channel=info.get("channel", request_id), asker=asker,
-        cost=ROUND // weight if weight else 0, job=payload,
-        task=task[1] if task else "", same=same or "", **line.announcing(queue))
+        cost=cost, job=payload, task=task[1] if task else "", same=same or "", band=band,
+        **line.announcing(queue))
     if isinstance(position, bytes):
         raise SameAsked(position.decode())
     if position == 0:
@@ -69,6 +71,12 @@ def admit(line, request_id, queue, info, lease, job=None, asker="", weight=0, ta
     if position == -2:
         raise ShareFull()
     return None if position < 0 else position
+
+
+def price_per_token(weight, tokens_per_turn):
+    """A token's cost in the fair order when requests are charged by their tokens
+    (FAIR_COST=tokens): a request of `tokens_per_turn` tokens costs what one request does."""
+    return ROUND / weight / tokens_per_turn if weight else 0
 
 
 def cancel(line, request_id, event=events.CANCELLED):

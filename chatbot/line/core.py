@@ -10,7 +10,7 @@ import json
 import time
 
 from chatbot.line import events, scripts
-from chatbot.redis_keys import BEAT, INFO, NONE, STARTED, TOKENS_KEPT, WAITING, stream_key
+from chatbot.redis_keys import BEAT, FAIR, INFO, NONE, STARTED, TOKENS_KEPT, WAITING, stream_key
 from chatbot.upstream import empty_reply, fold
 
 INFO_TTL = 3600  # seconds a request's record outlives its last change
@@ -18,8 +18,12 @@ INFO_TTL = 3600  # seconds a request's record outlives its last change
 
 class Line:
     def __init__(self, client, max_queue, queue_timeout, relay_ttl, redis_wait=0.0,
-                 on_lost=None, max_per_asker=0, max_job_bytes=0):
+                 on_lost=None, max_per_asker=0, max_job_bytes=0, order=None):
         self.redis = client
+        # How a worker picks from the line (lua/claim.lua): batch_wait, warm_passes,
+        # warm_window, warm_slots (0: plain fair order).
+        self.order = {"batch_wait": 0, "warm_passes": 0, "warm_window": 8, "warm_slots": 1,
+                      **(order or {})}
         self.max_queue, self.queue_timeout, self.relay_ttl = max_queue, queue_timeout, relay_ttl
         self.max_per_asker = max_per_asker  # one asker's requests waiting or running; 0: any
         self.max_job_bytes = max_job_bytes  # what one waiting request holds in Redis; 0: any
@@ -33,20 +37,22 @@ class Line:
         self.expired = events.expired(queue_timeout)
 
     def move(self, request_id, queue, from_states, to_state, event, only_if_dead=False,
-             cancel_running=False, lock=None, tally=None, then=None, before=()):
+             cancel_running=False, lock=None, tally=None, then=None, before=(), charge=None):
         """Move a request from one of `from_states` to `to_state` with its final `event`
         (lua/move.lua), its `tally` (tokens generated, if known) settled against its
-        reservation. Returns [1 if it moved, the state it was in, ...]."""
+        reservation, and its `charge` in the fair order (if now known). Returns [1 if it
+        moved, the state it was in, ...]."""
         key, token = lock or (NONE, "")
         ending = self.scripts["move"].bound(
             info=INFO.format(request_id), stream=stream_key(request_id),
             waiting=WAITING.format(queue), beat=BEAT.format(request_id),
-            started=STARTED.format(queue), lock=key,
+            started=STARTED.format(queue), lock=key, fair=FAIR.format(queue),
             request_id=request_id, from_states=",".join(from_states), to_state=to_state,
             now=time.time(), event=json.dumps(event), notice=events.sse_notice(event),
             lock_token=token, ttl=self.relay_ttl, only_if_dead="1" if only_if_dead else "0",
             cancel_running="1" if cancel_running else "0", **self.announcing(queue),
-            tally="" if tally is None else int(tally), tally_ttl=TOKENS_KEPT)
+            tally="" if tally is None else int(tally), tally_ttl=TOKENS_KEPT,
+            charge="" if charge is None else int(charge))
         # The events `before`, the ending (its client hears at once), then `then`'s writes
         # (whose failures are theirs: a metric never fails a request).
         ran, _ = self.one_trip([*before, ending], then.into if then is not None else None)

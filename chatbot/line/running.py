@@ -11,7 +11,7 @@ from chatbot.line import eta, events
 from chatbot.line.heartbeat import HEARTBEAT_TTL, THREAD_LOCK_TTL, Heartbeat
 from chatbot.ops import logs, timing
 from chatbot.redis_keys import (FAIR, INFO, NONE, RESPONSE, STARTED, THREAD, TOKENS_KEPT, WAITING,
-                                stream_key)
+                                WARM, stream_key)
 
 log = logging.getLogger(__name__)
 QUIET_EVERY = 0.05  # seconds a quiet request's chunks wait to go out together
@@ -46,7 +46,7 @@ def claim(line, queue, task_list=None, also=None, wait=None):
         queue_timeout=line.queue_timeout, **_claim_events(line.queue_timeout),
         ttl=line.relay_ttl, **line.announcing(queue), lock_token=token,
         lock_ttl_ms=THREAD_LOCK_TTL * 1000, take_task="1" if task_list else "0",
-        tally_ttl=TOKENS_KEPT)
+        tally_ttl=TOKENS_KEPT, warm=WARM.format(queue), **line.order)
     first = (lambda pipe: pipe.brpop([wait[0]], timeout=wait[1])) if wait else None
     (out,), read = line.one_trip([call], also.queue if also else None, first=first)
     for result in read:
@@ -64,6 +64,15 @@ def claim(line, queue, task_list=None, also=None, wait=None):
     if wait is None:
         return claimed
     return claimed, (message[1] if message else None)
+
+
+def _charge(job, reply):
+    """What a request cost in the fair order, from its tokens (prompt and generated), when its
+    job says a token's price (FAIR_COST=tokens); else None (the price it was admitted at)."""
+    final, per_token = reply.get("final") or {}, job.get("per_token")
+    if not per_token or not final:
+        return None
+    return round((final.get("prompt_eval_count", 0) + final.get("eval_count", 0)) * per_token)
 
 
 class Running:
@@ -148,7 +157,7 @@ class Running:
                 {"d": event["d"], "reply": event["reply"]}), ex=kept[1])
         ended = self.line.move(
             self.request_id, self.queue, ("running",), self.state, event, lock=self.lock,
-            tally=generated, then=self.metrics,
+            tally=generated, then=self.metrics, charge=_charge(job, reply),
             before=[self.chunks.bound(chunk) for chunk in self.chunks.take()])
         if ended[0]:
             self.waiting, self.lock = ended[3], None  # the script released the lock

@@ -6,11 +6,12 @@
 -- its Celery task message pushed (`task`, if not ''), and SSE listeners hear: everyone's place
 -- if it went in ahead of others, else the depth. Returns its position (1 = next). A request
 -- the same as one still waiting or running (`same`, if not '': the same asker and request, a
--- retry) takes no place: the first one's id is returned, for its client to join.
+-- retry) takes no place: the first one's id is returned, for its client to join. `band` 1
+-- (batch) places it after every interactive request (see lib.fair_score).
 -- include: helpers
 -- KEYS: waiting, info, stream, lease, fair, job_key, task_list, asked
 -- ARGV: max_queue, request_id, fields, ttl, position_fmt, queue_channel, depth_fmt, lease_ttl
--- ARGV: channel, asker, cost, job, task, max_per_asker, now, same
+-- ARGV: channel, asker, cost, job, task, max_per_asker, now, same, band
 if redis.call('EXISTS', info) == 1 or redis.call('EXISTS', stream) == 1 then return -1 end
 if same ~= '' then
   local first = redis.call('GET', KEY.same .. same)
@@ -36,8 +37,8 @@ if tonumber(max_per_asker) > 0 and held >= tonumber(max_per_asker) then return -
 local busy = held > 0
 redis.call('SADD', asked, request_id)
 redis.call('EXPIRE', asked, ttl)
-redis.call('ZADD', waiting, lib.fair_score(fair, asker, tonumber(cost), waiting_before == 0, busy),
-           request_id)
+redis.call('ZADD', waiting, lib.fair_score(fair, asker, tonumber(cost), waiting_before == 0, busy,
+                                           tonumber(band)), request_id)
 redis.call('HSET', info, unpack(cjson.decode(fields)))
 redis.call('EXPIRE', info, ttl)
 if same ~= '' then redis.call('SET', KEY.same .. same, request_id, 'EX', ttl) end

@@ -3,6 +3,7 @@
 
 local BELL_LENGTH, BELL_TTL = 1000, 120  -- rings a doorbell keeps unread (about), and how long
 local SEQ_SPAN = 4194304  -- arrival numbers within one turn of the fair order (a score's low part)
+local BAND_TURNS = 1073741824  -- turns of one priority band: a batch request's score is past them
 
 local lib = {}
 
@@ -52,21 +53,30 @@ end
 -- request starts half a turn later, so another asker's one request waits for the request
 -- running at most, not also for the busy asker's next. Cost 0: every request has turn 0,
 -- first come, first served. The hash is reset when the line is empty, which keeps the
--- numbers small.
-function lib.fair_score(fair_key, asker, cost, was_empty, busy)
+-- numbers small. A request of band 1 (batch) comes after every request of band 0 (interactive)
+-- that waits (its score is BAND_TURNS turns on); within a band, the same turns.
+function lib.fair_score(fair_key, asker, cost, was_empty, busy, band)
   if was_empty then redis.call('DEL', fair_key) end
   local seq = redis.call('HINCRBY', fair_key, '#seq', 1) % SEQ_SPAN
   local clock = tonumber(redis.call('HGET', fair_key, '#clock') or '0')
   local turn = math.max(clock, tonumber(redis.call('HGET', fair_key, 'a:' .. asker) or '0'))
   redis.call('HSET', fair_key, 'a:' .. asker, turn + cost)
   if busy then turn = turn + math.floor(cost / 2) end
-  return turn * SEQ_SPAN + seq
+  return (turn + band * BAND_TURNS) * SEQ_SPAN + seq
 end
 
--- The turn a score was given (the fair order's clock moves to it when the request is taken).
+-- The turn a score was given, within its band (the fair order's clock moves to it when the
+-- request is taken), and its band.
 function lib.turn_of(score)
-  return math.floor(tonumber(score) / SEQ_SPAN)
+  return math.floor(tonumber(score) / SEQ_SPAN) % BAND_TURNS
 end
+
+function lib.band_of(score)
+  return math.floor(math.floor(tonumber(score) / SEQ_SPAN) / BAND_TURNS)
+end
+
+-- Where band 1 starts in the line's scores.
+lib.BATCH_FLOOR = BAND_TURNS * SEQ_SPAN
 
 -- Whether a request's client has gone for good. A resumable request (field `resumable`: its
 -- grace in seconds) whose client left, or whose web process died, waits that long for the

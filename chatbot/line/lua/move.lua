@@ -9,10 +9,13 @@
 -- is not declared lost). cancel_running = '1': a running request is flagged for cancel instead
 -- (its worker ends it within a beat). Its tokens are settled with the move (lib.settle): none
 -- if it never ran, `tally` if its worker says how many (else its reservation stays counted).
+-- `charge` (if not ''): what it cost in the fair order, now known (its tokens: see
+-- chatbot.line.admission.cost): its asker's next turn moves by that less what was charged
+-- when it was admitted.
 -- include: helpers
--- KEYS: info, stream, waiting, beat, started, lock
+-- KEYS: info, stream, waiting, beat, started, lock, fair
 -- ARGV: request_id, from_states, to_state, now, event, notice, lock_token, ttl, only_if_dead
--- ARGV: cancel_running, queue_channel, position_fmt, depth_fmt, tally, tally_ttl
+-- ARGV: cancel_running, queue_channel, position_fmt, depth_fmt, tally, tally_ttl, charge
 local state = redis.call('HGET', info, 'state')
 if not state then return {0, ''} end
 if cancel_running == '1' and state == 'running' then
@@ -28,6 +31,12 @@ if state == 'queued' then
   lib.settle(info, 0, tally_ttl)
 elseif state == 'running' and tally ~= '' then
   lib.settle(info, tonumber(tally), tally_ttl)
+end
+if state == 'running' and charge ~= '' then
+  local asker, cost = unpack(redis.call('HMGET', info, 'asker', 'cost'))
+  if asker and redis.call('EXISTS', fair) == 1 then
+    redis.call('HINCRBY', fair, 'a:' .. asker, tonumber(charge) - tonumber(cost or '0'))
+  end
 end
 redis.call('EXPIRE', info, ttl)
 local left = redis.call('ZREM', waiting, request_id)

@@ -7,7 +7,7 @@ import uuid
 from flask import g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from chatbot.api.errors import ApiError, error_response
+from chatbot.api.errors import ApiError, error_response, http_error_text
 from chatbot.ops import logs, timing
 from chatbot.upstream import UpstreamError
 from chatbot.upstream.catalog import Answers
@@ -32,11 +32,12 @@ def _recorder(metrics, batch, rule, model, status, started):
 
 
 def init_app(app):
-    from chatbot.api import auth, ollama, openai, ops, queue, sessions
+    from chatbot.api import anthropic, auth, ollama, openai, ops, queue, sessions
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(ollama.bp)
     app.register_blueprint(openai.bp)
+    app.register_blueprint(anthropic.bp)
     app.register_blueprint(sessions.bp)
     from chatbot.api import openapi
     app.register_blueprint(openapi.bp)
@@ -83,14 +84,7 @@ def init_app(app):
 
     @app.errorhandler(HTTPException)
     def _http_error(exc):
-        if exc.code == 404:
-            return error_response(404, "404 page not found")
-        if exc.code == 413:
-            return error_response(413, "request body too large: at most "
-                                       f"{app.config['MAX_CONTENT_LENGTH']} bytes")
-        if exc.code == 429:
-            return error_response(429, f"rate limit exceeded: {exc.description}")
-        return error_response(exc.code, exc.description or exc.name)
+        return error_response(exc.code, http_error_text(exc))
 
     @app.errorhandler(Exception)
     def _unexpected(exc):

@@ -1,0 +1,326 @@
+"""The Anthropic Messages door (POST /v1/messages) with the real anthropic SDK (pinned in
+setup.cfg) against the stack: answers whole and streamed, tools both ways, system prompts,
+sessions shared with the other doors, keys, refusals in Anthropic's error shape, models."""
+import json
+import uuid
+
+import anthropic
+import ollama
+import pytest
+import requests
+
+from tests.conftest import MODEL
+from tests.test_keys import A, B, keyed  # noqa: F401 (a fixture)
+
+QUESTION = [{"role": "user", "content": "What is 2+2?"}]
+# temperature 0 is greedy decoding: the same prompt gives the same reply.
+SAMPLING = {"max_tokens": 12, "temperature": 0}
+ADD = {"name": "add", "description": "Add two integers.",
+       "input_schema": {"type": "object", "required": ["a", "b"],
+                        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}
+SID = "X-Session-ID"
+
+
+@pytest.fixture
+def client(stack):
+    return anthropic.Anthropic(base_url=stack.url, api_key="local")
+
+
+def text_of(message):
+    return "".join(b.text for b in message.content if b.type == "text")
+
+
+def post(url, body, key=None, **headers):
+    if key:
+        headers["x-api-key"] = key
+    return requests.post(url + "/v1/messages", json=body, timeout=120,
+                         headers={"anthropic-version": "2023-06-01", **headers})
+
+
+def test_a_message_whole(client):
+    message = client.messages.create(model=MODEL, messages=QUESTION, **SAMPLING)
+    assert message.id.startswith("msg_") and message.type == "message"
+    assert message.role == "assistant" and message.model == MODEL
+    assert [b.type for b in message.content] == ["text"] and text_of(message)
+    assert message.stop_reason in ("end_turn", "max_tokens") and message.stop_sequence is None
+    assert message.usage.input_tokens > 0 and 0 < message.usage.output_tokens <= 12
+    capped = client.messages.create(model=MODEL, messages=QUESTION, max_tokens=2,
+                                    temperature=0)
+    assert capped.stop_reason == "max_tokens" and capped.usage.output_tokens == 2
+
+
+def test_a_message_streamed_in_anthropic_events(client):
+    whole = client.messages.create(model=MODEL, messages=QUESTION, **SAMPLING)
+    with client.messages.stream(model=MODEL, messages=QUESTION, **SAMPLING) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    deltas = [e.delta.text for e in events if e.type == "content_block_delta"]
+    assert "".join(deltas) == text_of(final) == text_of(whole)  # greedy: the same reply
+    assert len(deltas) > 1 and final.id.startswith("msg_")
+    # The SDK adds a `text` event of its own beside each delta (and skips pings).
+    assert [e.type for e in events if e.type not in ("text", "content_block_delta")] == [
+        "message_start", "content_block_start", "content_block_stop", "message_delta",
+        "message_stop"]
+    assert final.stop_reason == whole.stop_reason
+    assert final.usage.output_tokens == whole.usage.output_tokens
+    assert final.usage.input_tokens == whole.usage.input_tokens
+
+
+def test_the_raw_stream_is_anthropic_sse(stack):
+    resp = post(stack.url, {"model": MODEL, "messages": QUESTION, "stream": True, **SAMPLING})
+    assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+    assert resp.headers[SID]
+    lines = [line for line in resp.text.split("\n") if line]
+    events = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    data = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")]
+    assert events == [d["type"] for d in data]
+    assert events[:3] == ["message_start", "ping", "content_block_start"]
+    assert events[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert data[2]["content_block"] == {"type": "text", "text": ""}
+    assert data[-2]["delta"]["stop_reason"] in ("end_turn", "max_tokens")
+    assert data[-2]["usage"]["output_tokens"] > 0
+
+
+def test_a_system_prompt_reaches_the_model(client):
+    plain = client.messages.create(model=MODEL, messages=QUESTION, **SAMPLING)
+    told = client.messages.create(model=MODEL, messages=QUESTION, system="Answer in French.",
+                                  **SAMPLING)
+    blocks = client.messages.create(model=MODEL, messages=QUESTION, **SAMPLING,
+                                    system=[{"type": "text", "text": "Answer in French."}])
+    assert told.usage.input_tokens > plain.usage.input_tokens
+    assert (blocks.usage.input_tokens, text_of(blocks)) == (told.usage.input_tokens,
+                                                            text_of(told))
+
+
+def test_a_tool_round_trip(client):
+    question = [{"role": "user", "content": "What is 2+2? Use the add tool."}]
+    asked = client.messages.create(model=MODEL, messages=question, tools=[ADD],
+                                   system="Call the add tool.", max_tokens=40, temperature=0)
+    plain = client.messages.create(model=MODEL, messages=question, max_tokens=40,
+                                   system="Call the add tool.", temperature=0)
+    assert asked.usage.input_tokens > plain.usage.input_tokens  # the tool reached the model
+    calls = [b for b in asked.content if b.type == "tool_use"]
+    assert calls, asked.content  # this prompt makes the small model call it (greedy)
+    assert asked.stop_reason == "tool_use"
+    assert calls[0].name == "add" and calls[0].id and isinstance(calls[0].input, dict)
+    # Streamed, the same call comes as input_json_delta, parsed by the SDK.
+    with client.messages.stream(model=MODEL, messages=question, tools=[ADD], max_tokens=40,
+                                system="Call the add tool.", temperature=0) as stream:
+        streamed = stream.get_final_message()
+    assert [(b.name, b.input) for b in streamed.content if b.type == "tool_use"] == [
+        (calls[0].name, calls[0].input)]
+    assert streamed.stop_reason == "tool_use"
+    # The result goes back as a tool_result block (string, then blocks) and is answered.
+    for content in ("4", [{"type": "text", "text": "4"}]):
+        answered = client.messages.create(
+            model=MODEL, tools=[ADD], max_tokens=12, temperature=0, messages=[
+                *question, {"role": "assistant", "content": asked.content},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": calls[0].id,
+                                              "content": content}]}])
+        assert answered.stop_reason in ("end_turn", "max_tokens", "tool_use")
+        assert answered.usage.input_tokens > asked.usage.input_tokens
+
+
+def test_a_session_continued_by_header_and_on_the_other_doors(stack, client):
+    first = client.messages.with_raw_response.create(model=MODEL, messages=QUESTION, **SAMPLING)
+    sid = first.headers[SID]
+    reply = first.parse()
+    follow = [{"role": "user", "content": "And 3+3?"}]
+    fresh = client.messages.create(model=MODEL, messages=follow, **SAMPLING)
+    again = client.messages.with_raw_response.create(model=MODEL, messages=follow, **SAMPLING,
+                                                     extra_headers={SID: sid})
+    assert again.headers[SID] == sid
+    assert again.parse().usage.input_tokens > fresh.usage.input_tokens  # the thread came too
+    thread = requests.get(f"{stack.url}/api/sessions/{sid}", timeout=30).json()["messages"]
+    assert [(m["role"], m["content"]) for m in thread] == [
+        ("user", "What is 2+2?"), ("assistant", text_of(reply)), ("user", "And 3+3?"),
+        ("assistant", text_of(again.parse()))]
+    # The same session on Ollama's door, then back here.
+    ollama.Client(host=stack.url, headers={SID: sid}).chat(
+        MODEL, messages=[{"role": "user", "content": "And 4+4?"}],
+        options={"temperature": 0, "num_predict": 4})
+    client.messages.create(model=MODEL, messages=[{"role": "user", "content": "And 5+5?"}],
+                           max_tokens=4, temperature=0, extra_headers={SID: sid})
+    contents = [m.content for m in stack.rows(sid) if m.role == "user"]
+    assert contents == ["What is 2+2?", "And 3+3?", "And 4+4?", "And 5+5?"]
+
+
+def test_a_session_started_on_api_chat_continues_here(stack, client):
+    started = requests.post(stack.url + "/api/chat", timeout=120, json={
+        "model": MODEL, "messages": QUESTION, "stream": False,
+        "options": {"temperature": 0, "num_predict": 4}})
+    sid = started.json()["session_id"]
+    follow = [{"role": "user", "content": "And 3+3?"}]
+    fresh = client.messages.create(model=MODEL, messages=follow, **SAMPLING)
+    here = client.messages.create(model=MODEL, messages=follow, **SAMPLING,
+                                  extra_headers={SID: sid})
+    assert here.usage.input_tokens > fresh.usage.input_tokens
+    assert [m.role for m in stack.rows(sid)] == ["user", "assistant"] * 2
+
+
+def test_keys_x_api_key_and_bearer(keyed):  # noqa: F811 (the fixture)
+    _, url = keyed
+    with_key = anthropic.Anthropic(base_url=url, api_key=A)  # sends x-api-key
+    made = with_key.messages.with_raw_response.create(model=MODEL, messages=QUESTION,
+                                                      max_tokens=3, temperature=0)
+    assert made.parse().content and made.headers[SID]
+    bearer = anthropic.Anthropic(base_url=url, auth_token=A)  # Authorization: Bearer
+    assert bearer.messages.create(model=MODEL, messages=QUESTION, max_tokens=3).content
+    for key in (None, "wrong-key-0123456789"):
+        refused = post(url, {"model": MODEL, "messages": QUESTION, "max_tokens": 3}, key)
+        assert refused.status_code == 401
+        assert refused.json() == {"type": "error", "error": {
+            "type": "authentication_error", "message": "unauthorized"}}
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic.Anthropic(base_url=url, api_key="nope").messages.create(
+            model=MODEL, messages=QUESTION, max_tokens=3)
+    # x-api-key works on every route: it is how the key is read, not what this door reads.
+    assert requests.get(url + "/api/tags", headers={"x-api-key": A}, timeout=30).ok
+    # Another key's session does not exist.
+    sid = made.headers[SID]
+    theirs = post(url, {"model": MODEL, "messages": QUESTION, "max_tokens": 3}, B,
+                  **{SID: sid})
+    assert theirs.status_code == 404
+    assert theirs.json()["error"] == {"type": "not_found_error",
+                                      "message": f"session '{sid}' not found"}
+    with pytest.raises(anthropic.NotFoundError):
+        anthropic.Anthropic(base_url=url, api_key=B).messages.create(
+            model=MODEL, messages=QUESTION, max_tokens=3, extra_headers={SID: sid})
+
+
+def test_a_full_line_is_overloaded_with_retry_after(stack):
+    app = stack.app_with({"MAX_QUEUE": 0})
+    resp = app.test_client().post("/v1/messages", json={
+        "model": MODEL, "messages": QUESTION, "max_tokens": 3})
+    assert resp.status_code == 503 and int(resp.headers["Retry-After"]) > 0
+    assert resp.get_json()["error"]["type"] == "overloaded_error"
+
+
+TEXT = [{"role": "user", "content": "hi"}]
+BAD = [
+    ({"messages": TEXT, "max_tokens": 3}, "model is required"),
+    ({"model": MODEL, "messages": TEXT}, "max_tokens is required"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 0}, "max_tokens is required"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": "3"}, "max_tokens is required"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": None}, "max_tokens is required"),
+    ({"model": MODEL, "messages": [], "max_tokens": 3}, "messages is required"),
+    ({"model": MODEL, "messages": "hi", "max_tokens": 3}, "invalid messages"),
+    ({"model": MODEL, "messages": ["hi"], "max_tokens": 3}, "invalid message"),
+    ({"model": MODEL, "messages": [{"role": "user"}], "max_tokens": 3}, "invalid message content"),
+    ({"model": MODEL, "messages": [{"role": None, "content": "hi"}], "max_tokens": 3},
+     "invalid message role"),
+    ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}], "max_tokens": 3},
+     "invalid message role"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": 7}], "max_tokens": 3},
+     "invalid message content"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "document"}]}],
+      "max_tokens": 3}, 'unsupported content block type "document"'),
+    ({"model": MODEL, "messages": [{"role": "user", "content": [{"text": "hi"}]}],
+      "max_tokens": 3}, "unsupported content block type null"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+      "max_tokens": 3}, "invalid text block's text"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "url", "url": "http://x/y.png"}}]}],
+      "max_tokens": 3}, "Only base64 images are supported"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "data": "not base64!"}}]}],
+      "max_tokens": 3}, "illegal base64 data"),
+    ({"model": MODEL, "messages": [{"role": "assistant", "content": [
+        {"type": "tool_use", "name": "add", "input": {}}]}], "max_tokens": 3},
+     "tool_use block missing required 'id' field"),
+    ({"model": MODEL, "messages": [{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "t1", "name": "add", "input": [1]}]}], "max_tokens": 3},
+     "invalid tool_use input"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t1", "content": 4}]}], "max_tokens": 3},
+     "invalid tool_result content"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x" * 1_000_001}],
+      "max_tokens": 3}, "message content too long"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "system": 5}, "invalid system"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "system": [{"type": "text"}]},
+     "invalid system text block"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "temperature": "hot"},
+     'option "temperature" must be of type float32'),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "top_k": "many"},
+     'option "top_k" must be of type integer'),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "stop_sequences": "\n"},
+     "invalid stop_sequences"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "tools": {"name": "f"}}, "invalid tools"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "tools": [{"description": "f"}]},
+     "invalid tool name"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3,
+      "tools": [{"name": "f", "input_schema": "{}"}]}, 'invalid input_schema for tool "f"'),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3,
+      "tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+     'tool type "web_search_20250305" is not supported'),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "tool_choice": "auto"},
+     "invalid tool_choice"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "thinking": True}, "invalid thinking"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "stream": "yes"}, "stream"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 10 ** 9}, 'option "num_predict" must be'),
+    ([], "cannot unmarshal array"),
+]
+
+
+@pytest.mark.parametrize("body,error", BAD, ids=[e for _, e in BAD])
+def test_bad_input_is_a_400_in_anthropic_shape(stack, body, error):
+    before = stack.count("messages")
+    resp = post(stack.url, body)
+    assert resp.status_code == 400, resp.text
+    answer = resp.json()
+    assert answer["type"] == "error" and answer["error"]["type"] == "invalid_request_error"
+    assert error in answer["error"]["message"]
+    assert SID not in resp.headers and stack.count("messages") == before  # nothing queued
+
+
+def test_bad_json_and_wrong_method_in_anthropic_shape(stack):
+    broken = requests.post(stack.url + "/v1/messages", data="{", timeout=30,
+                           headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
+    got = requests.get(stack.url + "/v1/messages", timeout=30)
+    assert got.status_code == 405 and got.json()["type"] == "error"
+
+
+def test_an_unknown_model_is_not_found(client):
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.messages.create(model="no-such-model:1b", messages=QUESTION, max_tokens=3)
+    assert "not found" in caught.value.body["error"]["message"]
+
+
+def test_thinking_asked_of_a_model_that_cannot_is_dropped(client):
+    plain = client.messages.create(model=MODEL, messages=QUESTION, **SAMPLING)
+    thought = client.messages.create(model=MODEL, messages=QUESTION, **SAMPLING,
+                                     thinking={"type": "enabled", "budget_tokens": 1024})
+    assert text_of(thought) == text_of(plain)  # as Ollama does on this door, for Claude Code
+
+
+def test_models_in_anthropic_shape(stack, client):
+    models = client.models.list()
+    ids = [m.id for m in models.data]
+    assert MODEL in ids and all(m.type == "model" for m in models.data)
+    assert models.data[0].created_at.year >= 2000
+    raw = requests.get(stack.url + "/v1/models", headers={"anthropic-version": "2023-06-01"},
+                       timeout=30).json()
+    assert raw["has_more"] is False and raw["first_id"] == ids[0] and raw["last_id"] == ids[-1]
+    one = client.models.retrieve(MODEL)
+    assert (one.id, one.display_name, one.type) == (MODEL, MODEL, "model")
+    with pytest.raises(anthropic.NotFoundError):
+        client.models.retrieve("no-such-model:1b")
+    # Without anthropic-version: OpenAI's shape, as before.
+    openai_shape = requests.get(stack.url + "/v1/models", timeout=30).json()
+    assert openai_shape["object"] == "list" and openai_shape["data"][0]["object"] == "model"
+
+
+def test_a_resumable_reply_is_answered_again_in_anthropic_shape(stack):
+    rid = f"anthropic-{uuid.uuid4()}"
+    first = post(stack.url, {"model": MODEL, "messages": QUESTION, "stream": True,
+                             "resumable": True, **SAMPLING}, **{"X-Request-ID": rid})
+    assert first.status_code == 200 and first.headers["X-Resumable"] == "true"
+    again = requests.get(f"{stack.url}/api/requests/{rid}/stream?after=0", timeout=60)
+    assert again.status_code == 200, again.text
+    first_events = [line for line in first.text.split("\n") if line.startswith("event: ")]
+    again_events = [line for line in again.text.split("\n") if line.startswith("event: ")]
+    assert again_events == first_events
+    message_id = [json.loads(line[6:]) for line in first.text.split("\n")
+                  if line.startswith("data: ")][0]["message"]["id"]
+    assert f'"id":"{message_id}"' in again.text  # the same message, again

@@ -13,8 +13,11 @@ from tests.conftest import MODEL
 from tests.test_keys import A, B, keyed  # noqa: F401 (a fixture)
 
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]
-# temperature 0 is greedy decoding: the same prompt gives the same reply.
-SAMPLING = {"max_tokens": 12, "temperature": 0}
+# temperature 0 is greedy decoding: the same prompt gives the same reply. The SDK (2.x) no
+# longer has sampling parameters; the door still reads them (Claude Code and older SDKs send
+# them), so they go as extra body fields.
+GREEDY = {"temperature": 0}
+SAMPLING = {"max_tokens": 12, "extra_body": GREEDY}
 ADD = {"name": "add", "description": "Add two integers.",
        "input_schema": {"type": "object", "required": ["a", "b"],
                         "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}
@@ -45,7 +48,7 @@ def test_a_message_whole(client):
     assert message.stop_reason in ("end_turn", "max_tokens") and message.stop_sequence is None
     assert message.usage.input_tokens > 0 and 0 < message.usage.output_tokens <= 12
     capped = client.messages.create(model=MODEL, messages=QUESTION, max_tokens=2,
-                                    temperature=0)
+                                    extra_body=GREEDY)
     assert capped.stop_reason == "max_tokens" and capped.usage.output_tokens == 2
 
 
@@ -87,37 +90,51 @@ def test_a_system_prompt_reaches_the_model(client):
                                   **SAMPLING)
     blocks = client.messages.create(model=MODEL, messages=QUESTION, **SAMPLING,
                                     system=[{"type": "text", "text": "Answer in French."}])
-    assert told.usage.input_tokens > plain.usage.input_tokens
+    longer = client.messages.create(model=MODEL, messages=QUESTION, **SAMPLING,
+                                    system="Answer in French, in one short sentence.")
+    # (Without one, the model's template brings a default system prompt of its own.)
+    assert text_of(told) != text_of(plain) and told.usage.input_tokens != plain.usage.input_tokens
+    assert longer.usage.input_tokens > told.usage.input_tokens
     assert (blocks.usage.input_tokens, text_of(blocks)) == (told.usage.input_tokens,
                                                             text_of(told))
 
 
+# One example of the model's own tool-call syntax: the small model then calls the tool itself
+# (greedy decoding: always the same call).
+SHOT = '<tool_call>[\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n]</tool_call>'
+TOOL_QUESTION = [{"role": "user", "content": "Add 2 and 3."},
+                 {"role": "assistant", "content": SHOT},
+                 {"role": "user", "content": "Add 4 and 5."}]
+
+
 def test_a_tool_round_trip(client):
-    question = [{"role": "user", "content": "What is 2+2? Use the add tool."}]
-    asked = client.messages.create(model=MODEL, messages=question, tools=[ADD],
-                                   system="Call the add tool.", max_tokens=40, temperature=0)
-    plain = client.messages.create(model=MODEL, messages=question, max_tokens=40,
-                                   system="Call the add tool.", temperature=0)
+    asked = client.messages.create(model=MODEL, messages=TOOL_QUESTION, tools=[ADD],
+                                   max_tokens=60, extra_body=GREEDY)
+    plain = client.messages.create(model=MODEL, messages=TOOL_QUESTION, max_tokens=60,
+                                   extra_body=GREEDY)
     assert asked.usage.input_tokens > plain.usage.input_tokens  # the tool reached the model
-    calls = [b for b in asked.content if b.type == "tool_use"]
-    assert calls, asked.content  # this prompt makes the small model call it (greedy)
-    assert asked.stop_reason == "tool_use"
-    assert calls[0].name == "add" and calls[0].id and isinstance(calls[0].input, dict)
+    assert asked.stop_reason == "tool_use" and plain.stop_reason != "tool_use"
+    [call] = asked.content
+    assert (call.type, call.name, call.input) == ("tool_use", "add", {"a": 4, "b": 5})
+    assert call.id
     # Streamed, the same call comes as input_json_delta, parsed by the SDK.
-    with client.messages.stream(model=MODEL, messages=question, tools=[ADD], max_tokens=40,
-                                system="Call the add tool.", temperature=0) as stream:
+    with client.messages.stream(model=MODEL, messages=TOOL_QUESTION, tools=[ADD],
+                                max_tokens=60, extra_body=GREEDY) as stream:
+        deltas = [e.delta for e in stream if e.type == "content_block_delta"]
         streamed = stream.get_final_message()
-    assert [(b.name, b.input) for b in streamed.content if b.type == "tool_use"] == [
-        (calls[0].name, calls[0].input)]
+    assert [d.type for d in deltas] == ["input_json_delta"]
+    assert json.loads(deltas[0].partial_json) == {"a": 4, "b": 5}
+    assert [(b.type, b.name, b.input) for b in streamed.content] == [
+        ("tool_use", "add", {"a": 4, "b": 5})]
     assert streamed.stop_reason == "tool_use"
-    # The result goes back as a tool_result block (string, then blocks) and is answered.
-    for content in ("4", [{"type": "text", "text": "4"}]):
+    # The result goes back as a tool_result block (a string, or blocks) and is answered.
+    for content in ("9", [{"type": "text", "text": "9"}]):
         answered = client.messages.create(
-            model=MODEL, tools=[ADD], max_tokens=12, temperature=0, messages=[
-                *question, {"role": "assistant", "content": asked.content},
-                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": calls[0].id,
+            model=MODEL, tools=[ADD], max_tokens=12, extra_body=GREEDY, messages=[
+                *TOOL_QUESTION, {"role": "assistant", "content": asked.content},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
                                               "content": content}]}])
-        assert answered.stop_reason in ("end_turn", "max_tokens", "tool_use")
+        assert answered.content and answered.usage.output_tokens > 0
         assert answered.usage.input_tokens > asked.usage.input_tokens
 
 
@@ -140,7 +157,7 @@ def test_a_session_continued_by_header_and_on_the_other_doors(stack, client):
         MODEL, messages=[{"role": "user", "content": "And 4+4?"}],
         options={"temperature": 0, "num_predict": 4})
     client.messages.create(model=MODEL, messages=[{"role": "user", "content": "And 5+5?"}],
-                           max_tokens=4, temperature=0, extra_headers={SID: sid})
+                           max_tokens=4, extra_body=GREEDY, extra_headers={SID: sid})
     contents = [m.content for m in stack.rows(sid) if m.role == "user"]
     assert contents == ["What is 2+2?", "And 3+3?", "And 4+4?", "And 5+5?"]
 
@@ -162,7 +179,7 @@ def test_keys_x_api_key_and_bearer(keyed):  # noqa: F811 (the fixture)
     _, url = keyed
     with_key = anthropic.Anthropic(base_url=url, api_key=A)  # sends x-api-key
     made = with_key.messages.with_raw_response.create(model=MODEL, messages=QUESTION,
-                                                      max_tokens=3, temperature=0)
+                                                      max_tokens=3, extra_body=GREEDY)
     assert made.parse().content and made.headers[SID]
     bearer = anthropic.Anthropic(base_url=url, auth_token=A)  # Authorization: Bearer
     assert bearer.messages.create(model=MODEL, messages=QUESTION, max_tokens=3).content
@@ -273,12 +290,26 @@ def test_bad_input_is_a_400_in_anthropic_shape(stack, body, error):
     assert SID not in resp.headers and stack.count("messages") == before  # nothing queued
 
 
-def test_bad_json_and_wrong_method_in_anthropic_shape(stack):
+def test_bad_json_and_wrong_routes_in_anthropic_shape(stack):
     broken = requests.post(stack.url + "/v1/messages", data="{", timeout=30,
                            headers={"Content-Type": "application/json"})
     assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
     got = requests.get(stack.url + "/v1/messages", timeout=30)
-    assert got.status_code == 405 and got.json()["type"] == "error"
+    assert got.status_code == 405 and got.json()["error"]["type"] == "api_error"
+    batches = requests.post(stack.url + "/v1/messages/batches", json={}, timeout=30)
+    assert batches.status_code == 404 and batches.json()["error"] == {
+        "type": "not_found_error", "message": "404 page not found"}
+
+
+def test_count_tokens_is_an_estimate_with_nothing_queued(stack, client):
+    before = stack.count("messages")
+    short = client.messages.count_tokens(model=MODEL, messages=QUESTION)
+    longer = client.messages.count_tokens(model=MODEL, messages=QUESTION, tools=[ADD],
+                                          system="Answer in French.")
+    assert 0 < short.input_tokens < longer.input_tokens
+    assert stack.count("messages") == before
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.count_tokens(model=MODEL, messages=[])
 
 
 def test_an_unknown_model_is_not_found(client):

@@ -7,6 +7,7 @@ import uuid
 from flask import g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from chatbot.api import anthropic_wire
 from chatbot.api.errors import ApiError, error_response, http_error_text
 from chatbot.ops import logs, timing
 from chatbot.upstream import UpstreamError
@@ -84,6 +85,8 @@ def init_app(app):
 
     @app.errorhandler(HTTPException)
     def _http_error(exc):
+        if request.path.startswith("/v1/messages"):  # no route matched: still Anthropic's door
+            return anthropic_wire.failure(exc.code, http_error_text(exc))
         return error_response(exc.code, http_error_text(exc))
 
     @app.errorhandler(Exception)

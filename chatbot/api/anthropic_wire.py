@@ -29,9 +29,12 @@ def error_body(status, message):
                                        "message": message}}
 
 
+def json_response(body, status=200):
+    return Response(dumps(body) + "\n", status=status, mimetype="application/json")
+
+
 def failure(status, message, headers=None):
-    resp = Response(dumps(error_body(status, message)) + "\n", status=status,
-                    mimetype="application/json")
+    resp = json_response(error_body(status, message), status)
     resp.headers.update(headers or {})
     return resp
 
@@ -161,8 +164,8 @@ class AnthropicMessages:
             content.append({"type": "text", "text": reply["content"]})
         calls = reply.get("tool_calls") or []
         content += [tool_use(call) for call in calls]
-        body = self.message(content, stop_reason(final.get("done_reason"), calls), usage(final))
-        return Response(dumps(body) + "\n", mimetype="application/json")
+        return json_response(self.message(content, stop_reason(final.get("done_reason"), calls),
+                                          usage(final)))
 
     def failure(self, status, error):
         return failure(status, error)

@@ -103,17 +103,18 @@ SCHEMAS = {
         "text", "image", "tool_use", "tool_result", "thinking"]}, text=STR, thinking=STR,
         source=obj(type=STR, media_type=STR, data=STR), id=STR, name=STR, input=OBJ,
         tool_use_id=STR, content=one_of(STR, array(OBJ))),
-    "MessagesRequest": obj(
-        ["model", "max_tokens", "messages"], model=STR,
-        max_tokens={"type": "integer", "minimum": 1},
+    "CountTokensRequest": obj(
+        ["model", "messages"], model=STR,
         messages=array(obj(["role", "content"],
                            role={"type": "string", "enum": ["user", "assistant"]},
                            content=one_of(STR, array(ref("AnthropicBlock"))))),
-        system=one_of(STR, array(obj(["type", "text"], type=STR, text=STR))), stream=BOOL,
-        temperature=NUM, top_p=NUM, top_k=INT, stop_sequences=array(STR),
+        system=one_of(STR, array(obj(["type", "text"], type=STR, text=STR))),
         tools=array(obj(["name"], name=STR, description=STR, input_schema=OBJ)),
-        tool_choice=obj(type=STR, name=STR), thinking=obj(type=STR, budget_tokens=INT),
-        metadata=OBJ, resumable=BOOL),
+        thinking=obj(type=STR, budget_tokens=INT)),
+    "MessagesRequest": {"allOf": [ref("CountTokensRequest"), obj(
+        ["max_tokens"], max_tokens={"type": "integer", "minimum": 1}, stream=BOOL,
+        temperature=NUM, top_p=NUM, top_k=INT, stop_sequences=array(STR),
+        tool_choice=obj(type=STR, name=STR), metadata=OBJ, resumable=BOOL)]},
     "OpenAIEmbeddingsRequest": obj(["model", "input"], model=STR, input=one_of(STR, array(STR))),
     "SessionPatch": {**obj(["title"], title={"type": ["string", "null"], "maxLength": 200}),
                      "additionalProperties": False},
@@ -234,6 +235,10 @@ PATHS = {
                                   body(ref("OpenAIEmbeddingsRequest")))},
     "/v1/messages": {"post": turn("Anthropic message (queued; X-Session-ID continues a "
                                   "session)", "MessagesRequest", "AnthropicError", SSE)},
+    "/v1/messages/count_tokens": {"post": op(
+        "Ollama's estimate of a message request's input tokens (characters / 4); nothing is "
+        "queued", {**ok(JSON, schema=obj(["input_tokens"], input_tokens=INT)),
+                   **errors(400, shape="AnthropicError")}, body(ref("CountTokensRequest")))},
     "/v1/models": {"get": op("Model list: OpenAI's, or Anthropic's when the request carries "
                              "anthropic-version", {**ok(JSON, schema=obj(data=array(OBJ))),
                                                    **errors(503, shape="OpenAIError")})},

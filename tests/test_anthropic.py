@@ -6,6 +6,7 @@ import uuid
 
 import anthropic
 import ollama
+import openai
 import pytest
 import requests
 
@@ -152,14 +153,19 @@ def test_a_session_continued_by_header_and_on_the_other_doors(stack, client):
     assert [(m["role"], m["content"]) for m in thread] == [
         ("user", "What is 2+2?"), ("assistant", text_of(reply)), ("user", "And 3+3?"),
         ("assistant", text_of(again.parse()))]
-    # The same session on Ollama's door, then back here.
+    # The same session on Ollama's door and OpenAI's, then back here.
     ollama.Client(host=stack.url, headers={SID: sid}).chat(
         MODEL, messages=[{"role": "user", "content": "And 4+4?"}],
         options={"temperature": 0, "num_predict": 4})
-    client.messages.create(model=MODEL, messages=[{"role": "user", "content": "And 5+5?"}],
+    openai.OpenAI(base_url=stack.url + "/v1", api_key="local").chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "And 5+5?"}], max_tokens=4,
+        temperature=0, extra_headers={SID: sid})
+    client.messages.create(model=MODEL, messages=[{"role": "user", "content": "And 6+6?"}],
                            max_tokens=4, extra_body=GREEDY, extra_headers={SID: sid})
-    contents = [m.content for m in stack.rows(sid) if m.role == "user"]
-    assert contents == ["What is 2+2?", "And 3+3?", "And 4+4?", "And 5+5?"]
+    rows = stack.rows(sid)
+    assert [m.content for m in rows if m.role == "user"] == [
+        "What is 2+2?", "And 3+3?", "And 4+4?", "And 5+5?", "And 6+6?"]
+    assert [m.role for m in rows] == ["user", "assistant"] * 5
 
 
 def test_a_session_started_on_api_chat_continues_here(stack, client):
@@ -203,14 +209,6 @@ def test_keys_x_api_key_and_bearer(keyed):  # noqa: F811 (the fixture)
     with pytest.raises(anthropic.NotFoundError):
         anthropic.Anthropic(base_url=url, api_key=B).messages.create(
             model=MODEL, messages=QUESTION, max_tokens=3, extra_headers={SID: sid})
-
-
-def test_a_full_line_is_overloaded_with_retry_after(stack):
-    app = stack.app_with({"MAX_QUEUE": 0})
-    resp = app.test_client().post("/v1/messages", json={
-        "model": MODEL, "messages": QUESTION, "max_tokens": 3})
-    assert resp.status_code == 503 and int(resp.headers["Retry-After"]) > 0
-    assert resp.get_json()["error"]["type"] == "overloaded_error"
 
 
 TEXT = [{"role": "user", "content": "hi"}]
@@ -274,9 +272,58 @@ BAD = [
      "invalid tool_choice"),
     ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "thinking": True}, "invalid thinking"),
     ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "stream": "yes"}, "stream"),
-    ({"model": MODEL, "messages": TEXT, "max_tokens": 10 ** 9}, 'option "num_predict" must be'),
+    ({"model": MODEL, "messages": None, "max_tokens": 3}, "messages is required"),
+    ({"model": MODEL, "messages": [None], "max_tokens": 3}, "invalid message: must be an object"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": [None]}], "max_tokens": 3},
+     "invalid content block: must be an object"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image"}]}],
+      "max_tokens": 3}, "invalid image source: must be an object"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": ""}]}],
+      "max_tokens": 3}, "messages have no content to answer"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "thinking": {"type": "enabled"},
+      "output_config": {"effort": 3}}, "invalid output_config.effort"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "top_p": 2}, '"top_p"'),
     ([], "cannot unmarshal array"),
 ]
+
+
+def test_max_tokens_past_the_servers_ceiling_is_the_ceiling(stack):
+    from chatbot.api import anthropic_request
+
+    body = {"model": MODEL, "messages": TEXT, "max_tokens": 10 ** 9}
+    with stack.app.test_request_context():
+        _, _, upstream = anthropic_request.from_request(body)
+    assert upstream["options"]["num_predict"] == stack.app.config["MAX_NUM_PREDICT"]
+
+
+def test_limits_answer_in_anthropic_shape_with_retry_after(stack):
+    limited = stack.app_with({"API_KEYS": f"alice={A}", "RATE_LIMIT": "1 per 10 seconds"})
+    client = limited.test_client()
+    body = {"model": MODEL, "messages": TEXT, "max_tokens": 0}  # refused after the limiter
+    assert client.post("/v1/messages", json=body, headers={"x-api-key": A}).status_code == 400
+    refused = client.post("/v1/messages", json=body, headers={"x-api-key": A})
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert refused.get_json()["error"]["type"] == "rate_limit_error"
+    full = stack.app_with({"MAX_QUEUE": 0}).test_client().post("/v1/messages", json={
+        "model": MODEL, "messages": QUESTION, "max_tokens": 3})
+    assert full.status_code == 503 and int(full.headers["Retry-After"]) > 0
+    assert full.get_json()["error"]["type"] == "overloaded_error"
+
+
+def test_an_error_mid_stream_is_an_error_event(stack):
+    rid = f"anthropic-{uuid.uuid4()}"
+    body = {"model": MODEL, "stream": True, "max_tokens": 400, "temperature": 0,
+            "messages": [{"role": "user", "content": "Write a long essay about the sea."}]}
+    resp = requests.post(stack.url + "/v1/messages", json=body, stream=True, timeout=120,
+                         headers={"X-Request-ID": rid})
+    lines = resp.iter_lines(decode_unicode=True)
+    seen = [next(lines) for _ in range(12)]  # the reply has begun
+    assert seen[0] == "event: message_start"
+    assert requests.delete(f"{stack.url}/api/queue/{rid}", timeout=30).status_code == 200
+    rest = [line for line in lines if line]
+    assert rest[-2:] == ["event: error", 'data: {"type":"error","error":{"type":"api_error",'
+                                         '"message":"request cancelled"}}']
+    assert resp.status_code == 200 and "event: message_stop" not in rest
 
 
 @pytest.mark.parametrize("body,error", BAD, ids=[e for _, e in BAD])

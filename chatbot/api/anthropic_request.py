@@ -4,6 +4,8 @@ wrong types, nulls, block types and server tools it does not have (chatbot.api.a
 serves it)."""
 import json
 
+from flask import current_app
+
 from chatbot.api import ollama, validate
 from chatbot.api.errors import ApiError
 from chatbot.upstream import UpstreamError
@@ -23,7 +25,9 @@ def from_request(body):
     if not _integer(max_tokens) or max_tokens <= 0:
         raise ApiError(400, "max_tokens is required and must be positive")
     messages = conversation(body)
-    options = {"num_predict": max_tokens}
+    # Anthropic's clients must send max_tokens, and send big ones (Claude Code: 32000 and
+    # more): a cap, so one past this server's ceiling is taken as the ceiling, not refused.
+    options = {"num_predict": min(max_tokens, current_app.config["MAX_NUM_PREDICT"])}
     options.update({ours: body[theirs] for theirs, ours in OPTION_NAMES.items()
                     if body.get(theirs) is not None})
     stop = body.get("stop_sequences")
@@ -60,7 +64,15 @@ def _integer(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _item(value, name):
+    """A list's item or a required field: an object, never null."""
+    if not isinstance(value, dict):
+        raise ApiError(400, f"invalid {name}: must be an object")
+    return value
+
+
 def _object(value, name):
+    """An optional field: an object, or null for none."""
     if value is not None and not isinstance(value, dict):
         raise ApiError(400, f"invalid {name}: must be an object")
     return value or {}
@@ -81,7 +93,7 @@ def _system(system):
     if not isinstance(system, list):
         raise ApiError(400, "invalid system: must be a string or a list of text blocks")
     text = "".join(_text(block.get("text"), "system text block")
-                   for block in (_object(b, "system block") for b in system)
+                   for block in (_item(b, "system block") for b in system)
                    if block.get("type") == "text")
     return [{"role": "system", "content": text}] if text else []
 
@@ -89,7 +101,7 @@ def _system(system):
 def _message(message):
     """convertMessage: one Anthropic message as Ollama's messages. A user's tool results come
     first, each a tool message; then its text, images, tool calls and thinking as one."""
-    message = _object(message, "message")
+    message = _item(message, "message")
     role = _text(message.get("role"), "message role").lower()
     content = message.get("content")
     if isinstance(content, str):
@@ -99,7 +111,7 @@ def _message(message):
     out = {"role": role, "content": ""}
     images, calls, results = [], [], []
     for block in content:
-        block = _object(block, "content block")
+        block = _item(block, "content block")
         kind = block.get("type")
         if kind not in BLOCKS:
             raise ApiError(400, f"unsupported content block type {json.dumps(kind)}: "
@@ -123,7 +135,7 @@ def _message(message):
 
 
 def _image(source):
-    source = _object(source, "image source")
+    source = _item(source, "image source")
     if source.get("type") != "base64":
         raise ApiError(400, f"invalid image source type: {source.get('type')}. Only base64 "
                             "images are supported.")
@@ -146,7 +158,7 @@ def _tool_result(block):
         out["content"] = content
     elif isinstance(content, list):
         images = []
-        for part in (_object(p, "tool_result content block") for p in content):
+        for part in (_item(p, "tool_result content block") for p in content):
             if part.get("type") == "text":
                 out["content"] += _text(part.get("text"), "tool_result text")
             elif part.get("type") == "image":
@@ -168,7 +180,7 @@ def function_tools(tools):
     if not isinstance(tools, list):
         raise ApiError(400, "invalid tools: must be a list")
     out = []
-    for tool in (_object(t, "tool") for t in tools):
+    for tool in (_item(t, "tool") for t in tools):
         if tool.get("type") not in (None, "custom"):
             raise ApiError(400, f"tool type {json.dumps(tool['type'])} is not supported: only "
                                 "custom tools ({name, description, input_schema})")

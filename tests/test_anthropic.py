@@ -287,6 +287,56 @@ BAD = [
 ]
 
 
+def test_a_claude_code_request_is_read_as_ollama_reads_it(stack):
+    """anthropic.FromMessagesRequest's cases (anthropic_test.go), in one request."""
+    from chatbot.api import anthropic_request
+
+    body = {"model": MODEL, "max_tokens": 1024, "temperature": 1, "top_k": 5,
+            "stop_sequences": ["END"], "metadata": {"user_id": "u"},
+            "tool_choice": {"type": "auto"}, "output_config": {"effort": "xhigh"},
+            "system": [{"type": "text", "text": "You are ", "cache_control": {"type": "x"}},
+                       {"type": "text", "text": "Claude Code."}],
+            "tools": [{"name": "Read", "description": "Read a file", "input_schema": {
+                "$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
+                "additionalProperties": False, "required": ["file_path"],
+                "properties": {"file_path": {"type": "string"}}}}],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "Look: "},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                                 "data": "aGk="}}]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "hmm", "signature": "s"},
+                    {"type": "tool_use", "id": "call_read", "name": "Read",
+                     "input": {"file_path": "/a.png"}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "call_read",
+                     "content": [{"type": "text", "text": "Read image"},
+                                 {"type": "image", "source": {"type": "base64",
+                                                              "data": "aGk="}}]},
+                    {"type": "text", "text": "Please describe it."}]},
+                {"role": "assistant", "content": [{"type": "thinking", "thinking": "only"}]}]}
+    with stack.app.test_request_context():
+        model, messages, upstream = anthropic_request.from_request(body)
+    assert messages == [
+        {"role": "system", "content": "You are Claude Code."},
+        {"role": "user", "content": "Look: ", "images": ["aGk="]},
+        {"role": "assistant", "content": "", "thinking": "hmm", "tool_calls": [
+            {"id": "call_read", "function": {"name": "Read",
+                                             "arguments": {"file_path": "/a.png"}}}]},
+        {"role": "tool", "content": "Read image", "images": ["aGk="],
+         "tool_call_id": "call_read"},
+        {"role": "user", "content": "Please describe it."},
+        {"role": "assistant", "content": "", "thinking": "only"}]
+    assert upstream["options"] == {"num_predict": 1024, "temperature": 1, "top_k": 5,
+                                   "stop": ["END"]}
+    assert upstream["tools"] == [{"type": "function", "function": {
+        "name": "Read", "description": "Read a file", "parameters": {
+            "type": "object", "required": ["file_path"],
+            "properties": {"file_path": {"type": "string"}}}}}]
+    assert "think" not in upstream  # effort "high", dropped: smollm2 cannot think
+
+
 def test_max_tokens_past_the_servers_ceiling_is_the_ceiling(stack):
     from chatbot.api import anthropic_request
 

@@ -271,6 +271,8 @@ BAD = [
     ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "tool_choice": "auto"},
      "invalid tool_choice"),
     ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "thinking": True}, "invalid thinking"),
+    ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "thinking": {"type": ["enabled"]}},
+     "invalid thinking.type"),
     ({"model": MODEL, "messages": TEXT, "max_tokens": 3, "stream": "yes"}, "stream"),
     ({"model": MODEL, "messages": None, "max_tokens": 3}, "messages is required"),
     ({"model": MODEL, "messages": [None], "max_tokens": 3}, "invalid message: must be an object"),

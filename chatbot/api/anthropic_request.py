@@ -202,7 +202,8 @@ def _think(model, body):
     thinking = _object(body.get("thinking"), "thinking")
     effort = _object(body.get("output_config"), "output_config").get("effort") or ""
     effort = _text(effort, "output_config.effort").strip().lower().replace("xhigh", "high")
-    think = {"enabled": True, "disabled": False}.get(thinking.get("type"))
+    kind = _text(thinking.get("type", ""), "thinking.type")
+    think = {"enabled": True, "disabled": False}.get(kind)
     if think is None and effort in EFFORTS:
         think = effort
     if think is None or (think and not _can_think(model)):

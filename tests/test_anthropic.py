@@ -197,6 +197,10 @@ def test_keys_x_api_key_and_bearer(keyed):  # noqa: F811 (the fixture)
     with pytest.raises(anthropic.AuthenticationError):
         anthropic.Anthropic(base_url=url, api_key="nope").messages.create(
             model=MODEL, messages=QUESTION, max_tokens=3)
+    with pytest.raises(anthropic.AuthenticationError) as listing:
+        anthropic.Anthropic(base_url=url, api_key="nope").models.list()
+    assert listing.value.body["error"]["type"] == "authentication_error"
+    assert [m.id for m in with_key.models.list()]
     # x-api-key works on every route: it is how the key is read, not what this door reads.
     assert requests.get(url + "/api/tags", headers={"x-api-key": A}, timeout=30).ok
     # Another key's session does not exist.
@@ -434,8 +438,10 @@ def test_models_in_anthropic_shape(stack, client):
     assert raw["has_more"] is False and raw["first_id"] == ids[0] and raw["last_id"] == ids[-1]
     one = client.models.retrieve(MODEL)
     assert (one.id, one.display_name, one.type) == (MODEL, MODEL, "model")
-    with pytest.raises(anthropic.NotFoundError):
+    with pytest.raises(anthropic.NotFoundError) as missing:
         client.models.retrieve("no-such-model:1b")
+    assert missing.value.body == {"type": "error", "error": {
+        "type": "not_found_error", "message": "model 'no-such-model:1b' not found"}}
     # Without anthropic-version: OpenAI's shape, as before.
     openai_shape = requests.get(stack.url + "/v1/models", timeout=30).json()
     assert openai_shape["object"] == "list" and openai_shape["data"][0]["object"] == "model"

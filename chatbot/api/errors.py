@@ -1,5 +1,6 @@
 """Ollama's error shape, {"error": "..."} with the right status: what every route raises and
-answers with. A leaf: any module may import it."""
+answers with, and what a refusal Flask raised says (the same text in every door's shape). A
+leaf: any module may import it."""
 from flask import current_app, jsonify
 
 

@@ -170,7 +170,7 @@ def stack(redis_url, engine_url, tmp_path_factory, logs):
 
 
 # The client matrix (tests/test_clients.py): the versions this run tests, in its header.
-CLIENTS = ["ollama", "openai", "langchain-ollama", "llama-index-llms-ollama",
+CLIENTS = ["ollama", "openai", "anthropic", "langchain-ollama", "llama-index-llms-ollama",
            "llama-index-embeddings-ollama", "ollama-haystack"]
 
 

@@ -37,7 +37,7 @@ MAX_EXAMPLES = 50  # generated per operation, besides the coverage phase's bound
 SEED = int(os.environ.get("FUZZ_SEED", "20261129"))
 ABSENT = "fuzz-absent-model:none"  # a valid name that no host has
 MODEL_MUTATIONS = {"/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete"}
-TURNS = {"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions"}
+TURNS = {"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions", "/v1/messages"}
 TRACEBACK = ("Traceback", 'File "')
 EVENTS_SECONDS = 1.0
 

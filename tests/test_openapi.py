@@ -105,6 +105,27 @@ VALID = {  # real clients' requests (README, Ollama's and OpenAI's API docs)
     ("/v1/completions", "post"): [{"model": MODEL, "prompt": "hi", "max_tokens": 4},
                                   {"model": MODEL, "prompt": ["a"], "suffix": "b"}],
     ("/v1/embeddings", "post"): [{"model": MODEL, "input": ["a", "b"]}],
+    ("/v1/messages", "post"): [  # the anthropic SDK's and Claude Code's requests
+        {"model": MODEL, "max_tokens": 1024, "messages": [{"role": "user", "content": "hi"}]},
+        {"model": MODEL, "max_tokens": 64, "stream": True, "temperature": 0, "top_p": 0.9,
+         "top_k": 40, "stop_sequences": ["\n"], "metadata": {"user_id": "u"},
+         "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
+         "thinking": {"type": "enabled", "budget_tokens": 1024},
+         "tool_choice": {"type": "auto"},
+         "tools": [{"name": "f", "description": "d", "input_schema": {"type": "object"}}],
+         "messages": [
+             {"role": "user", "content": [
+                 {"type": "text", "text": "look"},
+                 {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                              "data": "aGk="}}]},
+             {"role": "assistant", "content": [
+                 {"type": "thinking", "thinking": "hmm", "signature": ""},
+                 {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"x": 1}}]},
+             {"role": "user", "content": [
+                 {"type": "tool_result", "tool_use_id": "toolu_1", "content": "42"},
+                 {"type": "tool_result", "tool_use_id": "toolu_1",
+                  "content": [{"type": "text", "text": "42"}]}]}]},
+    ],
     ("/api/sessions/{sid}", "patch"): [{"title": "x"}, {"title": None}, {"title": ""}],
     ("/api/sessions/import", "post"): [
         {"version": 1, "id": UUID, "title": None, "created_at": "2025-01-01T00:00:00Z",
@@ -141,3 +162,10 @@ def test_bad_requests_do_not_validate(doc):
                  {"model": MODEL, "options": {"num_ctx": "4096"}}):
         assert not chat.is_valid(body), body
     assert not _validator(doc, "/api/sessions/{sid}", "patch").is_valid({"title": "x", "meta": {}})
+    messages = _validator(doc, "/v1/messages", "post")
+    for body in ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+                 {"model": MODEL, "max_tokens": 0, "messages": []},
+                 {"model": MODEL, "max_tokens": 9, "messages": [{"role": "tool", "content": ""}]},
+                 {"model": MODEL, "max_tokens": 9, "messages": [
+                     {"role": "user", "content": [{"type": "document"}]}]}):
+        assert not messages.is_valid(body), body

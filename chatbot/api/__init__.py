@@ -7,7 +7,8 @@ import uuid
 from flask import g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from chatbot.api.errors import ApiError, error_response
+from chatbot.api import anthropic_wire
+from chatbot.api.errors import ApiError, error_response, http_error_text
 from chatbot.ops import logs, timing
 from chatbot.upstream import UpstreamError
 from chatbot.upstream.catalog import Answers
@@ -32,12 +33,13 @@ def _recorder(metrics, batch, rule, model, status, started):
 
 
 def init_app(app):
-    from chatbot.api import auth, ollama, openai, ops, queue, responses, sessions
+    from chatbot.api import anthropic, auth, ollama, openai, ops, queue, responses, sessions
 
     app.register_blueprint(ops.bp)
     app.register_blueprint(ollama.bp)
     app.register_blueprint(openai.bp)
     app.register_blueprint(responses.bp)
+    app.register_blueprint(anthropic.bp)
     app.register_blueprint(sessions.bp)
     from chatbot.api import openapi
     app.register_blueprint(openapi.bp)
@@ -84,14 +86,9 @@ def init_app(app):
 
     @app.errorhandler(HTTPException)
     def _http_error(exc):
-        if exc.code == 404:
-            return error_response(404, "404 page not found")
-        if exc.code == 413:
-            return error_response(413, "request body too large: at most "
-                                       f"{app.config['MAX_CONTENT_LENGTH']} bytes")
-        if exc.code == 429:
-            return error_response(429, f"rate limit exceeded: {exc.description}")
-        return error_response(exc.code, exc.description or exc.name)
+        if request.path.startswith("/v1/messages"):  # no route matched: still Anthropic's door
+            return anthropic_wire.failure(exc.code, http_error_text(exc))
+        return error_response(exc.code, http_error_text(exc))
 
     @app.errorhandler(Exception)
     def _unexpected(exc):

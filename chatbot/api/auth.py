@@ -1,7 +1,8 @@
-"""Who is asking: `Authorization: Bearer KEY` when keys are on (chatbot.store.keys), and what they
-may see. A session or request belongs to the key that made it; any other key is told it does
-not exist (404), exactly as for an unknown id. Admin keys, and everyone while keys are off,
-see everything; keys off, only this machine and its pages may ask (chatbot.api.local)."""
+"""Who is asking: `Authorization: Bearer KEY` or `x-api-key: KEY` when keys are on
+(chatbot.store.keys), and what they may see. A session or request belongs to the key that made
+it; any other key is told it does not exist (404), exactly as for an unknown id. Admin keys,
+and everyone while keys are off, see everything; keys off, only this machine and its pages may
+ask (chatbot.api.local)."""
 from flask import current_app, g, request
 
 from chatbot.ops import logs
@@ -23,13 +24,21 @@ def authenticate():
     if not keys.enabled():
         local.refuse_foreign()
         return
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    identity = keys.identify(token.strip()) if scheme.lower() == "bearer" else None
+    token = presented_key()
+    identity = keys.identify(token) if token else None
     if identity is None:
         raise ApiError(401, UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
     g.identity = identity
     logs.bind(key=identity.name)
+
+
+def presented_key():
+    """The key a request carries: `Authorization: Bearer KEY`, else `x-api-key: KEY` (what
+    Anthropic's SDKs send, and Claude Code with ANTHROPIC_API_KEY)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return token.strip()
+    return request.headers.get("x-api-key", "").strip()
 
 
 def is_open():

@@ -82,7 +82,7 @@ def show():
     body = validate.json_body("ShowRequest")
     if not body.get("model") and body.get("name"):  # older clients send `name`
         body["model"] = body["name"]
-    return kept("POST", "/api/show", body, host=_holder(validate.model_name(body)))
+    return kept("POST", "/api/show", body, host=holder(validate.model_name(body)))
 
 
 @bp.get("/api/ps")
@@ -112,14 +112,14 @@ def model_passthrough():
                         mimetype="application/json")
     current_app.extensions["model_answers"].forget()  # the models are about to change
     if request.path == "/api/copy":
-        return passthrough("POST", "/api/copy", body, host=_holder(body.get("source")))
+        return passthrough("POST", "/api/copy", body, host=holder(body.get("source")))
     model = validate.model_name(body)
     about_a_model = request.path in ("/api/embed", "/api/embeddings", "/api/delete", "/api/push")
     return passthrough(request.method, request.path, body,
-                       host=_holder(model) if about_a_model else None)
+                       host=holder(model) if about_a_model else None)
 
 
-def _holder(model):
+def holder(model):
     """A host that has `model` (the first host when only one is configured or none has it,
     so that its own error reaches the client)."""
     router = routing.get()

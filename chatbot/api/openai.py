@@ -6,7 +6,7 @@ from datetime import datetime
 
 from flask import Blueprint, Response
 
-from chatbot.api import ollama, openai_wire, turns, validate
+from chatbot.api import anthropic_wire, ollama, openai_wire, turns, validate
 from chatbot.api.embeddings import embed
 from chatbot.api.errors import ApiError
 from chatbot.upstream import UpstreamError
@@ -21,6 +21,8 @@ OPTION_NAMES = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", 
 @bp.errorhandler(ApiError)
 @bp.errorhandler(UpstreamError)
 def _error(exc):
+    if anthropic_wire.asked():  # the anthropic SDK reads the model list here: its shape
+        return anthropic_wire.failure(exc.status, exc.error, getattr(exc, "headers", None))
     return openai_wire.failure(exc.status, exc.error)
 
 
@@ -39,6 +41,8 @@ def _model_entry(model):
 
 @bp.get("/models")
 def models():
+    if anthropic_wire.asked():  # Anthropic's SDKs and Claude Code send anthropic-version
+        return _json(anthropic_wire.model_list(all_models()))
     return _json({"object": "list", "data": [_model_entry(m) for m in all_models()]})
 
 
@@ -46,7 +50,8 @@ def models():
 def model(model):
     for entry in all_models():
         if model in (entry["name"], entry["name"].removesuffix(":latest")):
-            return _json(_model_entry(entry))
+            shape = anthropic_wire.model_entry if anthropic_wire.asked() else _model_entry
+            return _json(shape(entry))
     raise ApiError(404, f"model '{model}' not found")
 
 

@@ -97,6 +97,24 @@ SCHEMAS = {
                             json_schema=obj(schema=OBJ)))]},
     "CompletionRequest": {"allOf": [ref("OpenAISampling"), obj(
         ["model"], model=STR, prompt=one_of(STR, array(STR)), suffix=STR)]},
+    "AnthropicError": obj(["type", "error"], type={"type": "string", "enum": ["error"]},
+                          error=obj(["type", "message"], type=STR, message=STR)),
+    "AnthropicBlock": obj(["type"], type={"type": "string", "enum": [
+        "text", "image", "tool_use", "tool_result", "thinking"]}, text=STR, thinking=STR,
+        source=obj(type=STR, media_type=STR, data=STR), id=STR, name=STR, input=OBJ,
+        tool_use_id=STR, content=one_of(STR, array(OBJ))),
+    "CountTokensRequest": obj(
+        ["model", "messages"], model=STR,
+        messages=array(obj(["role", "content"],
+                           role={"type": "string", "enum": ["user", "assistant"]},
+                           content=one_of(STR, array(ref("AnthropicBlock"))))),
+        system=one_of(STR, array(obj(["type", "text"], type=STR, text=STR))),
+        tools=array(obj(["name"], name=STR, description=STR, input_schema=OBJ)),
+        thinking=obj(type=STR, budget_tokens=INT)),
+    "MessagesRequest": {"allOf": [ref("CountTokensRequest"), obj(
+        ["max_tokens"], max_tokens={"type": "integer", "minimum": 1}, stream=BOOL,
+        temperature=NUM, top_p=NUM, top_k=INT, stop_sequences=array(STR),
+        tool_choice=obj(type=STR, name=STR), metadata=OBJ, resumable=BOOL)]},
     "OpenAIEmbeddingsRequest": obj(["model", "input"], model=STR, input=one_of(STR, array(STR))),
     # Responses: input as text or items (messages with text/image parts, function calls and
     # their outputs, reasoning); tools flat ({type: function, name, parameters}).
@@ -254,9 +272,16 @@ PATHS = {
         "Cancel a response that waits or runs",
         {**ok(JSON), **errors(400, 404, shape="OpenAIError")},
         params=[path_param("response_id")])},
-    "/v1/models": {"get": op("OpenAI model list", {**ok(JSON, schema=obj(data=array(OBJ))),
+    "/v1/messages": {"post": turn("Anthropic message (queued; X-Session-ID continues a "
+                                  "session)", "MessagesRequest", "AnthropicError", SSE)},
+    "/v1/messages/count_tokens": {"post": op(
+        "Ollama's estimate of a message request's input tokens (characters / 4); nothing is "
+        "queued", {**ok(JSON, schema=obj(["input_tokens"], input_tokens=INT)),
+                   **errors(400, shape="AnthropicError")}, body(ref("CountTokensRequest")))},
+    "/v1/models": {"get": op("Model list: OpenAI's, or Anthropic's when the request carries "
+                             "anthropic-version", {**ok(JSON, schema=obj(data=array(OBJ))),
                                                    **errors(503, shape="OpenAIError")})},
-    "/v1/models/{model}": {"get": op("One OpenAI model", {
+    "/v1/models/{model}": {"get": op("One model (OpenAI's or Anthropic's shape, as the list)", {
         **ok(JSON, schema=obj(id=STR)), **errors(404, 503, shape="OpenAIError")},
         params=[path_param("model")])},
     "/api/queue": {"get": op("Every queue: depth, running and waiting requests",
@@ -332,10 +357,14 @@ PATHS = {
 def finish(paths):
     """Any route may also answer an unexpected error (500, with an error id), an unreachable
     upstream or a full queue (503), a missing key (401) and so on: Ollama's error shape, or
-    under /v1 OpenAI's for a refusal. The open routes never ask for a key."""
+    under /v1 OpenAI's for a refusal, Anthropic's on /v1/messages (and on /v1/models when asked with
+    anthropic-version). The open routes never ask for a key."""
     for path, item in paths.items():
-        v1 = path.startswith("/v1/")
-        shape = one_of(ref("OpenAIError"), ref("Error")) if v1 else ref("Error")
+        shape = ref("Error")
+        if path.startswith("/v1/messages"):
+            shape = ref("AnthropicError")
+        elif path.startswith("/v1/"):
+            shape = one_of(ref("OpenAIError"), ref("AnthropicError"), ref("Error"))
         for operation in item.values():
             operation["responses"].setdefault("default", {
                 "description": "error", "content": {JSON: {"schema": shape}}})
@@ -349,14 +378,18 @@ DOCUMENT = {
     "info": {"title": "chatbot", "version": "0.1.0",
              "description": "An Ollama-compatible chat server with server-side sessions and a "
                             "fair queue. Errors are {\"error\": \"...\"} (OpenAI's shape for "
-                            "refused requests under /v1); unexpected ones carry an error id. "
+                            "refused requests under /v1, Anthropic's on /v1/messages); "
+                            "unexpected ones carry an error id. "
                             "Once API keys exist, every route but " + ", ".join(sorted(OPEN))
                             + " (and /metrics with METRICS_OPEN) needs `Authorization: Bearer "
-                            "KEY` (else 401); model management needs an admin key (403)."},
+                            "KEY` or `x-api-key: KEY` (else 401); model management needs an "
+                            "admin key (403)."},
     "paths": finish(PATHS),
     "components": {"schemas": SCHEMAS,
-                   "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-    "security": [{}, {"bearer": []}],  # none needed while no key exists
+                   "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                       "apiKey": {"type": "apiKey", "in": "header",
+                                                  "name": "x-api-key"}}},
+    "security": [{}, {"bearer": []}, {"apiKey": []}],  # none needed while no key exists
 }
 
 

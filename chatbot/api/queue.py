@@ -11,7 +11,8 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask_sse import Message
 
 from chatbot import line as lines
-from chatbot.api import auth, notices, openai_wire, quota, responses_wire, turns, wire as ollama_wire
+from chatbot.api import (anthropic_wire, auth, notices, openai_wire, quota, responses_wire,
+                         turns, wire as ollama_wire)
 from chatbot.api.errors import ApiError
 from chatbot.line import admission, eta, events as ev
 from chatbot.ops import logs
@@ -24,7 +25,8 @@ KEEPALIVE_SECONDS = 3
 # The wires a client that comes back may be answered on, by name (their recipe()).
 WIRES = {cls.__name__: cls for cls in (ollama_wire.OllamaChat, ollama_wire.OllamaGenerate,
                                        openai_wire.OpenAIChat, openai_wire.OpenAICompletion,
-                                       responses_wire.ResponsesWire)}
+                                       responses_wire.ResponsesWire,
+                                       anthropic_wire.AnthropicMessages)}
 RETRY_MS = 1000  # how soon an EventSource reconnects
 
 

@@ -151,6 +151,16 @@ def test_admit_counts_a_request_its_client_left_only_for_its_grace(line, queue):
     assert line.redis.zcard(WAITING.format(queue)) == 1
 
 
+def test_admit_puts_batch_requests_after_every_interactive_one(line, queue):
+    line.max_queue = 10
+    web = lease(line)
+    batch = [admit(line, queue, web, asker="bot", weight=1, band=1)[0] for _ in range(2)]
+    chats = [admit(line, queue, web, asker=a, weight=1)[0] for a in ("a", "b", "a")]
+    order = [r.decode() for r in line.redis.zrange(WAITING.format(queue), 0, -1)]
+    assert order == [chats[0], chats[1], chats[2], *batch]  # within a band, fair turns
+    assert [running.claim(line, queue).request_id for _ in range(5)] == order
+
+
 # --- claim ----------------------------------------------------------------------------------
 
 def test_claim_of_an_empty_line_is_none(line, queue):
@@ -209,6 +219,69 @@ def test_claim_moves_the_fair_clock_to_the_turn_it_took(line, queue):
     running.claim(line, queue)
     # the second of a busy asker's: its turn, half a turn late (it yields ties to others)
     assert int(line.redis.hget(FAIR.format(queue), "#clock")) == admission.ROUND * 3 // 2
+
+
+def test_claim_takes_a_batch_request_that_waited_too_long_first(line, queue):
+    line.max_queue, line.order = 10, {**line.order, "batch_wait": 30}
+    web = lease(line)
+    batch, _ = admit(line, queue, web, asker="bot", weight=1, band=1)
+    chats = [admit(line, queue, web, asker=a, weight=1)[0] for a in ("a", "b")]
+    assert running.claim(line, queue).request_id == chats[0]  # not waited long yet
+    line.redis.hset(INFO.format(batch), "queued_at", time.time() - 31)
+    assert running.claim(line, queue).request_id == batch  # ageing: nothing starves
+    assert running.claim(line, queue).request_id == chats[1]
+
+
+def warm_line(line, queue, passes):
+    line.max_queue, line.queue_timeout = 20, 600
+    line.order = {**line.order, "warm_passes": passes, "warm_window": 8, "warm_slots": 1}
+    return lease(line)
+
+
+def test_claim_takes_a_thread_the_host_has_warm_within_its_bound(line, queue):
+    web, mine = warm_line(line, queue, passes=2), str(uuid.uuid4())
+    first, _ = admit(line, queue, web, asker="a", weight=1, session=mine)
+    others = [admit(line, queue, web, asker=a, weight=1)[0] for a in ("b", "c", "d")]
+    taken = running.claim(line, queue)
+    assert taken.request_id == first
+    line.move(first, queue, ("running",), "done", {"t": events.DONE, "d": {}}, lock=taken.lock)
+    # a's next turn of the same thread comes while b, c, d wait: its prompt is cached
+    again, _ = admit(line, queue, web, asker="a", weight=1, session=mine)
+    assert running.claim(line, queue).request_id == again
+    assert line.info(others[0])["passed"] == 1.0 and line.info(others[2])["passed"] == 1.0
+    # the bound: once b has been passed twice, b goes first, warm or not
+    line.redis.hset(INFO.format(others[0]), "passed", 2)
+    line.move(again, queue, ("running",), "done", {"t": events.DONE, "d": {}})
+    admit(line, queue, web, asker="a", weight=1, session=mine)
+    assert running.claim(line, queue).request_id == others[0]
+
+
+def test_claim_prefers_the_loaded_model_and_passes_nobody_with_warm_order_off(line, queue):
+    web = warm_line(line, queue, passes=2)
+    loaded = admit(line, queue, web, asker="a", weight=1, info={"model": "big"})[0]
+    assert running.claim(line, queue).request_id == loaded
+    other = admit(line, queue, web, asker="b", weight=1, info={"model": "small"})[0]
+    same = admit(line, queue, web, asker="c", weight=1, info={"model": "big"})[0]
+    assert running.claim(line, queue).request_id == same  # no swap while "big" is loaded
+    assert running.claim(line, queue).request_id == other
+    line.order = {**line.order, "warm_passes": 0}
+    plain = [admit(line, queue, web, asker=a, weight=1, info={"model": m})[0]
+             for a, m in (("d", "small"), ("e", "big"))]
+    assert [running.claim(line, queue).request_id for _ in plain] == plain
+
+
+def test_move_charges_the_asker_its_tokens_when_it_ends(line, queue):
+    line.max_queue = 10
+    web = lease(line)
+    big, _ = admit(line, queue, web, asker="docs", weight=1)
+    admit(line, queue, web, asker="other", weight=1)  # the line stays busy
+    running.claim(line, queue)
+    turn = lambda asker: int(line.redis.hget(FAIR.format(queue), f"a:{asker}"))  # noqa: E731
+    before = turn("docs")
+    # a 4,000-token turn at 500 tokens a turn: eight turns, not one
+    charge = round(4000 * admission.price_per_token(1, 500))
+    line.move(big, queue, ("running",), "done", {"t": events.DONE, "d": {}}, charge=charge)
+    assert turn("docs") == before - admission.ROUND + 8 * admission.ROUND
 
 
 # --- move -----------------------------------------------------------------------------------

@@ -181,3 +181,59 @@ def test_a_long_embedding_is_sent_in_slices_and_answered_as_one(stack):
     assert len(whole["embeddings"]) == len(inputs) and list(whole)[:2] == ["model", "embeddings"]
     assert whole["embeddings"] == [e for part in parts for e in part["embeddings"]]
     assert whole["prompt_eval_count"] == sum(part["prompt_eval_count"] for part in parts)
+
+
+def test_batch_requests_wait_for_every_interactive_one(stack):
+    """A key named in BATCH_KEYS, or a request that says X-Priority: batch, goes after every
+    interactive request that waits, whoever came first."""
+    app = stack.app_with({"API_KEYS": f"alice={A},bob={B}", "BATCH_KEYS": "bob"})
+    server, url = serve(app)
+    try:
+        slow_id, slow = start_slow(stack)
+        bobs = [f"bob-batch-{i}-{uuid.uuid4()}" for i in range(2)]
+        sent = [queue_up(url, None, rid, bearer(B)) for rid in bobs]
+        asked = f"alice-batch-{uuid.uuid4()}"
+        sent.append(queue_up(url, None, asked, {**bearer(A), "X-Priority": "batch"}))
+        chat = f"alice-chat-{uuid.uuid4()}"
+        sent.append(queue_up(url, None, chat, bearer(A)))
+        root = {"Authorization": "Bearer key-root-0123456789"}
+        admin = stack.app_with({"API_KEYS": f"alice={A},bob={B}",
+                                "ADMIN_API_KEYS": "root=key-root-0123456789"})
+        admin_server, admin_url = serve(admin)
+        try:
+            order = waiting_ids(admin_url, root)
+        finally:
+            admin_server.shutdown()
+        assert order[0] == chat and set(order[1:]) == {*bobs, asked}
+        cancel(stack, slow_id)
+        for request in sent:
+            request.join(120)
+            assert request.response.status_code == 200
+        slow.join(30)
+    finally:
+        server.shutdown()
+
+
+def test_with_fair_cost_tokens_a_turn_is_charged_its_tokens(stack):
+    """FAIR_COST=tokens: the asker's next turn in the fair order moves by what its request's
+    prompt and reply came to, not by one request."""
+    from chatbot.line.admission import ROUND, price_per_token
+    from chatbot.redis_keys import FAIR
+
+    app = stack.app_with({"FAIR_COST": "tokens", "FAIR_TOKENS_PER_TURN": 10})
+    server, url = serve(app)
+    try:
+        slow_id, slow = start_slow(stack)  # the line stays busy: its fair hash is kept
+        sid = str(uuid.uuid4())
+        sent = queue_up(url, sid, f"tokens-{uuid.uuid4()}")
+        cancel(stack, slow_id)
+        sent.join(120)
+        final = sent.lines[-1] if sent.lines else {}
+        slow.join(30)
+        tokens = final["prompt_eval_count"] + final["eval_count"]
+        charged = stack.app.extensions["redis"].hget(FAIR.format("ollama"), f"a:{sid}")
+        # its turn started at the clock (0 or more): what it holds now is that plus its tokens
+        assert charged is not None
+        assert int(charged) >= round(tokens * price_per_token(1, 10)) > ROUND
+    finally:
+        server.shutdown()

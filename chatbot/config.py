@@ -5,6 +5,7 @@ from pathlib import Path
 from dotenv import load_dotenv
 
 from chatbot.engine import schema_limits
+from chatbot.engine.ollama_format import keep_alive_seconds
 
 
 def _int(name, default):
@@ -28,6 +29,17 @@ def _names(name):
 
 def _key_names(name):
     return frozenset(n.strip() for n in os.environ.get(name, "").split(",") if n.strip())
+
+
+def _duration(name):
+    """Seconds, from a number or a Go duration ("30m"); None when unset."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    seconds = keep_alive_seconds(value)
+    if not seconds:
+        raise ValueError(f"{name}={value!r}: must be a positive duration")
+    return seconds
 
 
 def _choice(name, choices):
@@ -66,6 +78,10 @@ def load(instance_path):
         "BATCH_MAX_WAIT_SECONDS": _float("BATCH_MAX_WAIT_SECONDS", 120),
         "SOFT_QUOTA_SHARE": _float("SOFT_QUOTA_SHARE", 0.8),
         # warm order: a thread the host has warm (or its loaded model) first, within a bound
+        # how long a request may keep its model loaded (chatbot.api.residency)
+        "KEEP_ALIVE_MIN": _duration("KEEP_ALIVE_MIN"),
+        "KEEP_ALIVE_MAX": _duration("KEEP_ALIVE_MAX"),
+        "PINNED_MODELS": _key_names("PINNED_MODELS"),
         "WARM_PASSES": _int("WARM_PASSES", 0),
         "WARM_WINDOW": _int("WARM_WINDOW", 8),
         "WARM_SLOTS": _int("WARM_SLOTS", 1),

@@ -14,7 +14,7 @@ import redis
 from flask import Response, current_app, g, request, stream_with_context
 
 from chatbot import line as lines, store
-from chatbot.api import answers, auth, quota
+from chatbot.api import answers, auth, quota, residency
 from chatbot.api.errors import ApiError
 from chatbot.api.disconnect import client_gone, client_socket
 from chatbot.line import admission, eta, events as ev, sweep
@@ -122,6 +122,7 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
     where they differ (chatbot.store.branches). Returns (request_id, queue)."""
     owner = auth.key_name()
     _session(session_id)
+    upstream_body = residency.clamped(upstream_body, model)
     if kind != "embed":  # a turn is stored: its key must have room left
         quota.storage().check(owner)
     host, queue = routing.get().choose(model, session_id)

@@ -265,3 +265,14 @@ def test_a_conversation_moves_between_doors(stack, client):
     page = requests.get(f"{stack.url}/api/sessions/{sid}", timeout=30).json()
     assert [m["content"] for m in page["messages"] if m["role"] == "user"] == [
         "My name is Ada.", "Tell me a fact."]
+
+
+def test_an_ended_response_cannot_be_cancelled_and_an_unkept_one_is_not_in_progress(stack,
+                                                                                   client):
+    done = client.responses.create(model=MODEL, input="Hi", **SAMPLING)
+    with pytest.raises(openai.BadRequestError, match="has ended"):
+        client.responses.cancel(done.id)
+    assert client.responses.retrieve(done.id).status in ENDED  # untouched
+    unkept = client.responses.create(model=MODEL, input="Hi", store=False, **SAMPLING)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.delete(unkept.id)

@@ -89,7 +89,7 @@ def retrieve(response_id):
 def delete(response_id):
     row = _row(response_id)
     if row is None:
-        if _in_line(response_id, missing_ok=True):
+        if _running(_in_line(response_id, missing_ok=True)):
             raise ApiError(400, f"Response with id '{response_id}' is still in progress: cancel "
                                 f"it first (POST /v1/responses/{response_id}/cancel)")
         raise _not_found(response_id)
@@ -100,8 +100,8 @@ def delete(response_id):
 @bp.post("/responses/<response_id>/cancel")
 def cancel(response_id):
     info = _in_line(response_id, missing_ok=True)
-    if not info:
-        if _row(response_id) is not None:
+    if not _running(info):
+        if _row(response_id) is not None or info:
             raise ApiError(400, "Cannot cancel a response that has ended.")
         raise _not_found(response_id)
     admission.cancel(lines.get(), _request_id(response_id))
@@ -205,6 +205,11 @@ def _in_line(response_id, missing_ok=False, what="Response"):
     if missing_ok:
         return None
     raise _not_found(response_id, what)
+
+
+def _running(info):
+    """Whether the line's record is of a response still waiting or running."""
+    return bool(info) and info.get("state") in ("queued", "running")
 
 
 def _not_found(response_id, what="Response"):

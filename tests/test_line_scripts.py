@@ -228,7 +228,8 @@ def test_claim_takes_a_batch_request_that_waited_too_long_first(line, queue):
     chats = [admit(line, queue, web, asker=a, weight=1)[0] for a in ("a", "b")]
     assert running.claim(line, queue).request_id == chats[0]  # not waited long yet
     line.redis.hset(INFO.format(batch), "queued_at", time.time() - 31)
-    assert running.claim(line, queue).request_id == batch  # ageing: nothing starves
+    aged = running.claim(line, queue)
+    assert aged.request_id == batch and aged.picked == "aged"  # ageing: nothing starves
     assert running.claim(line, queue).request_id == chats[1]
 
 
@@ -247,7 +248,8 @@ def test_claim_takes_a_thread_the_host_has_warm_within_its_bound(line, queue):
     line.move(first, queue, ("running",), "done", {"t": events.DONE, "d": {}}, lock=taken.lock)
     # a's next turn of the same thread comes while b, c, d wait: its prompt is cached
     again, _ = admit(line, queue, web, asker="a", weight=1, session=mine)
-    assert running.claim(line, queue).request_id == again
+    warm = running.claim(line, queue)
+    assert warm.request_id == again and warm.picked == "warm"
     assert line.info(others[0])["passed"] == 1.0 and line.info(others[2])["passed"] == 1.0
     # the bound: once b has been passed twice, b goes first, warm or not
     line.redis.hset(INFO.format(others[0]), "passed", 2)
@@ -262,7 +264,8 @@ def test_claim_prefers_the_loaded_model_and_passes_nobody_with_warm_order_off(li
     assert running.claim(line, queue).request_id == loaded
     other = admit(line, queue, web, asker="b", weight=1, info={"model": "small"})[0]
     same = admit(line, queue, web, asker="c", weight=1, info={"model": "big"})[0]
-    assert running.claim(line, queue).request_id == same  # no swap while "big" is loaded
+    kept = running.claim(line, queue)
+    assert kept.request_id == same and kept.picked == "model"  # no swap while "big" is loaded
     assert running.claim(line, queue).request_id == other
     line.order = {**line.order, "warm_passes": 0}
     plain = [admit(line, queue, web, asker=a, weight=1, info={"model": m})[0]

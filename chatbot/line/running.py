@@ -57,10 +57,11 @@ def claim(line, queue, task_list=None, also=None, wait=None):
         also.take(read)
     claimed = None
     if out[0] == b"run":
-        _, request_id, waited, locked, job, lock_key = out
+        _, request_id, waited, locked, job, lock_key, how = out
         claimed = Running(line, queue, request_id.decode(), float(waited),
                           json.loads(job) if job else None,
                           (lock_key.decode(), token) if locked else None)
+        claimed.picked = how.decode()
     if wait is None:
         return claimed
     return claimed, (message[1] if message else None)
@@ -91,6 +92,7 @@ class Running:
         self.heartbeat = Heartbeat(line, request_id, lock)
         self.marks, self.metrics = {}, None
         self.began = time.monotonic()  # when it started to run (start() sets it again)
+        self.picked = "fair"  # how the claim picked it (lua/claim.lua)
         self.max_seconds = (job or {}).get("max_seconds") or 0  # MAX_REQUEST_SECONDS, as admitted
         self.deadline = None
 

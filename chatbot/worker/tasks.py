@@ -126,6 +126,7 @@ def run_claimed(running, marks, writes, calibrations=None):
               waited=round(running.waited, 3), upstream=job.get("host"))
     metrics = ext["metrics"].batch()  # written with the ending, in its round trip
     metrics.observe("chatbot_queue_wait_seconds", running.waited, queue=running.queue)
+    metrics.inc("chatbot_line_picks_total", queue=running.queue, pick=running.picked)
     log.debug("started after %.3f s in line", running.waited)
     running.start(marks, metrics)
     try:

@@ -8,7 +8,8 @@
 -- running a second request in one task consumes that request's task, see
 -- chatbot/worker/tasks.py). `now`: the time, or 'now' for Redis's own (a claim sent behind a
 -- blocking wait runs later than it was sent). Returns {'run', id, seconds waited, 1 if it
--- holds the lock, job, lock key}, or {'empty'}.
+-- holds the lock, job, lock key, how it was picked: 'fair', 'aged', 'warm' or 'model'}, or
+-- {'empty'}.
 -- Which request is taken (pick): the head, but a batch request whose turn has come and that has
 -- waited `batch_wait` seconds goes before the interactive ones (0: never; ageing), and within
 -- the first `warm_window` of the head's band one whose thread the host served last (`warm`:
@@ -35,14 +36,16 @@ end
 local function pick(head_id, head_score)
   if tonumber(batch_wait) > 0 and lib.band_of(head_score) == 0 then
     local batch = redis.call('ZRANGEBYSCORE', waiting, lib.BATCH_FLOOR, '+inf', 'LIMIT', 0, 1)
-    if batch[1] and lib.overdue(KEY.req .. batch[1], clock, batch_wait) then return batch[1] end
+    if batch[1] and lib.overdue(KEY.req .. batch[1], clock, batch_wait) then
+      return batch[1], 'aged'
+    end
   end
   local passes = tonumber(warm_passes)
   if passes == 0 or tonumber(redis.call('HGET', KEY.req .. head_id, 'passed') or '0') >= passes then
-    return head_id
+    return head_id, 'fair'
   end
   local served = redis.call('LRANGE', warm, 0, -1)
-  if not served[1] then return head_id end
+  if not served[1] then return head_id, 'fair' end
   local loaded, is_warm = string.match(served[1], '|(.*)$'), {}
   for _, thread in ipairs(served) do is_warm[thread] = true end
   local window = redis.call('ZRANGE', waiting, 0, math.max(1, tonumber(warm_window)) - 1,
@@ -54,16 +57,17 @@ local function pick(head_id, head_score)
     if is_warm[thread] then chosen = i break end
     if not same_model and model == loaded then same_model = i end
   end
+  local how = chosen and 'warm' or (same_model and 'model') or 'fair'
   chosen = chosen or same_model or 1
   for i = 1, chosen - 2, 2 do redis.call('HINCRBY', KEY.req .. window[i], 'passed', 1) end
-  return window[chosen]
+  return window[chosen], chosen == 1 and 'fair' or how
 end
 
 local result = {'empty'}
 while true do
   local head = redis.call('ZRANGE', waiting, 0, 0, 'WITHSCORES')
   if not head[1] then break end
-  local id = pick(head[1], head[2])
+  local id, how = pick(head[1], head[2])
   local info = KEY.req .. id
   redis.call('ZREM', waiting, id)
   redis.call('HSET', fair, '#clock', lib.turn_of(head[2]))
@@ -99,7 +103,7 @@ while true do
       end
       local lock, locked = KEY.thread .. tostring(session) .. ':' .. tostring(model), 0
       if redis.call('SET', lock, lock_token, 'NX', 'PX', lock_ttl_ms) then locked = 1 end
-      result = {'run', id, waited, locked, job or '', lock}
+      result = {'run', id, waited, locked, job or '', lock, how}
       if take_task == '1' then redis.call('RPOP', task_list) end
       break
     end

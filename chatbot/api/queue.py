@@ -201,7 +201,7 @@ def _estimated(line, request_id, data):
     """A `queued` notice's data with the request's estimate (chatbot.line.eta) added."""
     try:
         info = line.info(request_id)
-        estimate = eta.estimate(line, request_id, info["queue"]) or {}
+        estimate = eta.estimate(line, request_id, info["queue"], fresh=False) or {}
     except (redis.RedisError, KeyError):
         estimate = {}
     return {**data, "start_in": estimate.get("start_in"), "finish_in": estimate.get("finish_in")}

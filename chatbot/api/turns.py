@@ -298,7 +298,7 @@ def _told_while_waiting(events, request_id, queue, wire, resumable):
     try:
         for event in events:
             if event["t"] == TICK["t"]:
-                estimate = eta.estimate(line, request_id, queue)
+                estimate = eta.estimate(line, request_id, queue, fresh=False)
                 text = eta.said(estimate) if estimate else None
                 if text and text != said:
                     said = text

@@ -10,6 +10,8 @@ from chatbot.redis_keys import INFO, SERVICE, STARTED, WAITING
 
 SAMPLES = 20
 KEPT = 7 * 24 * 3600  # seconds a model's record outlives its last run
+BOARD_SECONDS = 1.0  # how old a process's reading of the line may be (estimate(fresh=False))
+_boards = {}  # (line, queue) -> (when read, its estimates): this process's last reading
 
 
 def record(pipe, queue, model, seconds):
@@ -20,18 +22,29 @@ def record(pipe, queue, model, seconds):
     pipe.expire(key, KEPT)
 
 
-def estimate(line, request_id, queue):
+def estimate(line, request_id, queue, fresh=True):
     """{"position", "ahead", "start_in", "finish_in"} for a waiting request (the times in
     seconds, None where a model ahead or its own was never measured), or None when it does
-    not wait."""
+    not wait. Not `fresh`: from this process's reading of the whole line, at most
+    BOARD_SECONDS old (what thousands of waiting clients told every few seconds share)."""
+    now, which = time.monotonic(), (id(line), queue)
+    taken, board = _boards.get(which, (0.0, {}))
+    # A request not on the board may have come since it was read: read it again.
+    if fresh or now - taken > BOARD_SECONDS or request_id not in board:
+        board = estimates(line, queue)
+        _boards[which] = (now, board)
+    return board.get(request_id)
+
+
+def estimates(line, queue):
+    """The estimate of every request waiting in `queue`, by id, read in three round trips."""
     redis = line.redis
-    rank = redis.zrank(WAITING.format(queue), request_id)
-    if rank is None:
-        return None
-    ahead = [rid.decode() for rid in redis.zrange(WAITING.format(queue), 0, rank)]
+    waiting = [rid.decode() for rid in redis.zrange(WAITING.format(queue), 0, -1)]
+    if not waiting:
+        return {}
     running = [rid.decode() for rid in redis.smembers(STARTED.format(queue))]
     pipe = redis.pipeline(transaction=False)
-    for rid in running + ahead:
+    for rid in running + waiting:
         pipe.hmget(INFO.format(rid), "model", "started_at")
     rows = [(m.decode() if m else "", float(s) if s else None) for m, s in pipe.execute()]
     medians = _medians(redis, queue, {model for model, _ in rows})
@@ -42,13 +55,14 @@ def estimate(line, request_id, queue):
             break
         # One running longer than its model's median is taken to end soon: a tenth of it left.
         start_in += max(medians[model] - (now - (started_at or now)), medians[model] / 10)
-    for model, _ in rows[len(running):-1]:
-        if start_in is not None:
-            start_in = None if medians.get(model) is None else start_in + medians[model]
-    own = medians.get(rows[-1][0])
-    return {"position": rank + 1, "ahead": rank,
-            "start_in": _round(start_in),
-            "finish_in": _round(None if start_in is None or own is None else start_in + own)}
+    out = {}
+    for rank, (rid, (model, _)) in enumerate(zip(waiting, rows[len(running):])):
+        own = medians.get(model)
+        finish_in = None if start_in is None or own is None else start_in + own
+        out[rid] = {"position": rank + 1, "ahead": rank, "start_in": _round(start_in),
+                    "finish_in": _round(finish_in)}
+        start_in = finish_in
+    return out
 
 
 def _medians(redis, queue, models):

@@ -44,6 +44,7 @@ def test_a_waiting_request_has_an_estimate_from_measured_runs(stack):
             requests.get(f"{stack.url}/api/queue/{waiting_id}", timeout=5).json()),
             what="the second request to wait")
         assert state["position"] == 1
+        # measured (short runs): the blocker's remainder counts at least a tenth of a run
         assert state["start_in"] is not None and state["start_in"] > 0
         assert state["finish_in"] > state["start_in"]
         # The running request has no estimate of its own: it does not wait.

@@ -75,7 +75,7 @@ def _medians(redis, queue, models):
 
 
 def _round(seconds):
-    return None if seconds is None else round(seconds, 1)
+    return None if seconds is None else round(seconds, 2)
 
 
 def said(estimate):

@@ -28,9 +28,8 @@ METRICS = {
     "chatbot_request_duration_seconds": ("histogram", "Time to answer a request in full.",
                                          LATENCY_BUCKETS),
     "chatbot_queue_wait_seconds": ("histogram", "Time a request waited in line.", LATENCY_BUCKETS),
-    "chatbot_line_picks_total": ("counter", "Requests taken from the line, by how: in fair "
-                                 "order, a warm thread or the loaded model first, an aged batch "
-                                 "request.", None),
+    "chatbot_line_picks_total": ("counter", "Requests taken from the line: fair, warm, model, "
+                                 "aged.", None),
     "chatbot_time_to_first_token_seconds": ("histogram",
                                             "From request received to its first token.",
                                             LATENCY_BUCKETS),

@@ -56,8 +56,10 @@ class Line:
         """Run scripts [Script.bound(...)] in one round trip, by their sha (loading them first
         would cost a trip of its own), after what `first(pipe)` queues and followed by what
         `then(pipe)` queues. Returns (the scripts' results, raising any error among them;
-        first's and then's results, as they came). Redis forgot the scripts (it restarted, so
-        none of them ran): they run again, loaded, one by one."""
+        first's and then's results, as they came). Scripts Redis did not know (it restarted,
+        or this is their first use) did not run: every script of the line is loaded, and those
+        run, one by one; the others ran and do not run twice. (The scripts sent this way are
+        loaded only here, all at once, so none is missing while one before it ran.)"""
         pipe = self.redis.pipeline(transaction=False)
         if first is not None:
             first(pipe)
@@ -70,7 +72,9 @@ class Line:
         ran = results[before:before + len(calls)]
         rest = results[:before] + results[before + len(calls):]
         if any(isinstance(r, scripts.NoScriptError) for r in ran):
-            ran = [script.script(keys=keys, args=args) for script, keys, args in calls]
+            scripts.load_all(self.redis, self.scripts)
+            ran = [script.script(keys=keys, args=args) if isinstance(r, scripts.NoScriptError)
+                   else r for (script, keys, args), r in zip(calls, ran)]
         for result in ran:
             if isinstance(result, Exception):
                 raise result

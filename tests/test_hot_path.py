@@ -115,3 +115,33 @@ def test_a_waiting_claim_runs_when_the_message_comes_stamped_with_that_moment(st
     assert float(info["started_at"]) >= float(info["queued_at"]) >= began + 0.2
     # Nothing comes: the wait ends empty-handed after its timeout.
     assert running.claim(line, queue, wait=(f"tasks-{queue}", 0.1)) == (None, None)
+
+
+def test_the_next_request_is_claimed_in_the_round_trip_that_ends_the_one_before(stack,
+                                                                              monkeypatch):
+    """A worker with more to run claims the next request (taking its task message) in the
+    round trip of the ending before it: one trip, not two, stamped with when it ran. With
+    nobody waiting, that claim comes back empty and nothing else changes."""
+    line, client = stack.app.extensions["line"], stack.app.extensions["redis"]
+    queue, rids = f"next-{uuid.uuid4().hex[:8]}", [str(uuid.uuid4()) for _ in range(2)]
+    tasks = f"tasks-{queue}"
+    for rid in rids:
+        admission.admit(line, rid, queue, {"model": MODEL, "session_id": str(uuid.uuid4())},
+                        "lease-next", task=(tasks, "message"))
+    first = running.claim(line, queue)
+    first.next = running.NextClaim(line, queue, task_list=tasks)
+    time.sleep(0.2)  # the request's run: the next one starts when its claim runs, not before
+    ended_at = time.time()
+    trips, execute = [], type(client.pipeline()).execute
+    monkeypatch.setattr(type(client.pipeline()), "execute",
+                        lambda pipe, *a, **k: trips.append(1) or execute(pipe, *a, **k))
+    first.end({"final": {"done": True, "eval_count": 1}, "content": ""})
+    assert len(trips) == 1 and first.state == "done" and first.waiting == 1
+    second = first.next.claimed
+    assert second.request_id == rids[1] and line.info(rids[1])["state"] == "running"
+    assert float(line.info(rids[1])["started_at"]) >= ended_at - 0.05
+    assert client.llen(tasks) == 1  # its task message taken in exchange
+    second.next = running.NextClaim(line, queue, task_list=tasks)
+    second.end({"final": {"done": True, "eval_count": 1}, "content": ""})
+    assert len(trips) == 2 and second.next.sent and second.next.claimed is None
+    assert line.info(rids[1])["state"] == "done" and client.llen(tasks) == 1

@@ -33,10 +33,11 @@ class Line:
         self.expired = events.expired(queue_timeout)
 
     def move(self, request_id, queue, from_states, to_state, event, only_if_dead=False,
-             cancel_running=False, lock=None, tally=None, then=None, before=()):
+             cancel_running=False, lock=None, tally=None, then=None, before=(), after=None):
         """Move a request from one of `from_states` to `to_state` with its final `event`
         (lua/move.lua), its `tally` (tokens generated, if known) settled against its
-        reservation. Returns [1 if it moved, the state it was in, ...]."""
+        reservation. `after`: a running.NextClaim sent behind it, in the same round trip.
+        Returns [1 if it moved, the state it was in, ...]."""
         key, token = lock or (NONE, "")
         ending = self.scripts["move"].bound(
             info=INFO.format(request_id), stream=stream_key(request_id),
@@ -47,9 +48,21 @@ class Line:
             lock_token=token, ttl=self.relay_ttl, only_if_dead="1" if only_if_dead else "0",
             cancel_running="1" if cancel_running else "0", **self.announcing(queue),
             tally="" if tally is None else int(tally), tally_ttl=TOKENS_KEPT)
-        # The events `before`, the ending (its client hears at once), then `then`'s writes
-        # (whose failures are theirs: a metric never fails a request).
-        ran, _ = self.one_trip([*before, ending], then.into if then is not None else None)
+        # The events `before`, the ending (its client hears at once), the next claim, then
+        # `then`'s writes (whose failures are theirs: a metric never fails a request) and the
+        # next claim's reads.
+        writes = len(then.pipe) if then is not None else 0
+
+        def behind(pipe):
+            if then is not None:
+                then.into(pipe)
+            if after is not None:
+                after.queue_reads(pipe)
+
+        ran, rest = self.one_trip([*before, ending, *([after.call] if after else [])], behind)
+        if after is not None:
+            after.take(ran[-1], rest[writes:])
+            return ran[-2]
         return ran[-1]
 
     def one_trip(self, calls, then=None, first=None):

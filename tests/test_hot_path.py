@@ -1,6 +1,7 @@
 """What the request path does to be fast (#12), held to what it must still guarantee: a task
 per request however the worker takes them, the web woken only for what its client waits for,
 and one kept connection to the upstream."""
+import http.client
 import json
 import sys
 import time
@@ -69,17 +70,20 @@ def test_a_client_that_waits_for_the_whole_reply_is_woken_once(stack):
     assert rang[0] == "started" and rang[-1] == "done" and rang.count("chunk") >= 2
 
 
-def test_upstream_calls_keep_their_connection(tmp_path):
+def test_upstream_calls_keep_their_connection(tmp_path, monkeypatch):
     """A streamed reply is read to the body's end, so the next call goes over the same
-    connection instead of a new one. Against bench/fake_ollama.py: it keeps connections alive
-    as Ollama does, which the bundled engine's server (werkzeug's, which closes every
-    connection) cannot."""
+    connection instead of a new one; each call is one write (headers and body together).
+    Against bench/fake_ollama.py: it keeps connections alive as Ollama does, which the bundled
+    engine's server (werkzeug's, which closes every connection) cannot."""
     port = procs.free_port()
     fake = procs.spawn([sys.executable, str(procs.PROJECT_ROOT / "bench" / "fake_ollama.py"),
                         "--port", str(port)], log=tmp_path / "fake.log")
     url = f"http://127.0.0.1:{port}"
     try:
         procs.wait_until(lambda: procs.http_ok(url + "/api/version"), 30, fake, "fake ollama")
+        writes, send = [], http.client.HTTPConnection.send
+        monkeypatch.setattr(http.client.HTTPConnection, "send",
+                            lambda conn, data: writes.append(data) or send(conn, data))
         upstream = Upstream(url)
         body = {"model": "fake:latest", "messages": [{"role": "user", "content": "hi"}]}
         socks = []
@@ -91,6 +95,8 @@ def test_upstream_calls_keep_their_connection(tmp_path):
             conns = [c for key in pools.keys() for c in pools[key].pool.queue if c is not None]
             socks.append([c.sock for c in conns if c.sock is not None])
         assert len(socks[0]) == 1 and socks[0] == socks[1] == socks[2]
+        assert len(writes) == 3 and all(w.startswith(b"POST /api/chat") and b'"messages"' in w
+                                        for w in writes)
     finally:
         procs.stop(fake)
 

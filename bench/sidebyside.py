@@ -4,6 +4,7 @@ alike. Then chatbot's time per layer, from the Server-Timing header it puts on e
 non-streamed reply (timestamps taken along the way, not estimates).
 
     .venv/bin/python bench/sidebyside.py [--runs 300] [--seconds 5] [--clients 8] [--gap 0.2]
+        [--litellm PATH]
 
 Starts the fake (bench/fake_ollama.py), `chatbot up` in front of it (bundled Redis, SQLite in a
 temporary folder) and, when the `bench` extra is installed (pip install -e '.[bench]'), a
@@ -226,9 +227,10 @@ def report_layers(layers):
             print(f"| {ABOUT[layer]} | {ms(statistics.median(values))} | {ms(p95(values))} |")
 
 
-def start_litellm(fake, logdir):
-    """A LiteLLM proxy (one worker) in front of the fake, or None when it is not installed."""
-    binary = procs.bin_path("litellm")
+def start_litellm(fake, logdir, binary=None):
+    """A LiteLLM proxy (one worker) in front of the fake, or None when it is not installed.
+    `binary`: its `litellm` command, else the one beside this interpreter."""
+    binary = binary or procs.bin_path("litellm")
     if not os.path.exists(binary):
         print("LiteLLM is not installed (pip install -e '.[bench]'): its row is left out")
         return None, None
@@ -255,6 +257,8 @@ def main():
     parser.add_argument("--chatbot", help="a running chatbot's URL (in front of --fake)")
     parser.add_argument("--fake", help="a running fake's URL")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--litellm", help="the `litellm` command to run (one installed in a "
+                        "virtualenv of its own), else the one beside this interpreter")
     parser.add_argument("--gap", type=float, default=0.0,
                         help="seconds between requests (0.2: each one finds the worker idle)")
     args = parser.parse_args()
@@ -270,7 +274,7 @@ def main():
             procs.wait_until(lambda: procs.http_ok(fake + "/api/version"), 30, children[-1], "fake")
         doors = [Door("direct", fake, "ollama")]
         if not args.no_litellm:
-            proc, url = start_litellm(fake, logdir)
+            proc, url = start_litellm(fake, logdir, args.litellm)
             if proc:
                 children.append(proc)
                 doors.append(Door("LiteLLM proxy", url, "openai"))

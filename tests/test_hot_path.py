@@ -1,6 +1,7 @@
 """What the request path does to be fast (#12), held to what it must still guarantee: a task
 per request however the worker takes them, the web woken only for what its client waits for,
 and one kept connection to the upstream."""
+import http.client
 import json
 import sys
 import time
@@ -69,17 +70,20 @@ def test_a_client_that_waits_for_the_whole_reply_is_woken_once(stack):
     assert rang[0] == "started" and rang[-1] == "done" and rang.count("chunk") >= 2
 
 
-def test_upstream_calls_keep_their_connection(tmp_path):
+def test_upstream_calls_keep_their_connection(tmp_path, monkeypatch):
     """A streamed reply is read to the body's end, so the next call goes over the same
-    connection instead of a new one. Against bench/fake_ollama.py: it keeps connections alive
-    as Ollama does, which the bundled engine's server (werkzeug's, which closes every
-    connection) cannot."""
+    connection instead of a new one; each call is one write (headers and body together).
+    Against bench/fake_ollama.py: it keeps connections alive as Ollama does, which the bundled
+    engine's server (werkzeug's, which closes every connection) cannot."""
     port = procs.free_port()
     fake = procs.spawn([sys.executable, str(procs.PROJECT_ROOT / "bench" / "fake_ollama.py"),
                         "--port", str(port)], log=tmp_path / "fake.log")
     url = f"http://127.0.0.1:{port}"
     try:
         procs.wait_until(lambda: procs.http_ok(url + "/api/version"), 30, fake, "fake ollama")
+        writes, send = [], http.client.HTTPConnection.send
+        monkeypatch.setattr(http.client.HTTPConnection, "send",
+                            lambda conn, data: writes.append(data) or send(conn, data))
         upstream = Upstream(url)
         body = {"model": "fake:latest", "messages": [{"role": "user", "content": "hi"}]}
         socks = []
@@ -91,6 +95,8 @@ def test_upstream_calls_keep_their_connection(tmp_path):
             conns = [c for key in pools.keys() for c in pools[key].pool.queue if c is not None]
             socks.append([c.sock for c in conns if c.sock is not None])
         assert len(socks[0]) == 1 and socks[0] == socks[1] == socks[2]
+        assert len(writes) == 3 and all(w.startswith(b"POST /api/chat") and b'"messages"' in w
+                                        for w in writes)
     finally:
         procs.stop(fake)
 
@@ -115,3 +121,33 @@ def test_a_waiting_claim_runs_when_the_message_comes_stamped_with_that_moment(st
     assert float(info["started_at"]) >= float(info["queued_at"]) >= began + 0.2
     # Nothing comes: the wait ends empty-handed after its timeout.
     assert running.claim(line, queue, wait=(f"tasks-{queue}", 0.1)) == (None, None)
+
+
+def test_the_next_request_is_claimed_in_the_round_trip_that_ends_the_one_before(stack,
+                                                                              monkeypatch):
+    """A worker with more to run claims the next request (taking its task message) in the
+    round trip of the ending before it: one trip, not two, stamped with when it ran. With
+    nobody waiting, that claim comes back empty and nothing else changes."""
+    line, client = stack.app.extensions["line"], stack.app.extensions["redis"]
+    queue, rids = f"next-{uuid.uuid4().hex[:8]}", [str(uuid.uuid4()) for _ in range(2)]
+    tasks = f"tasks-{queue}"
+    for rid in rids:
+        admission.admit(line, rid, queue, {"model": MODEL, "session_id": str(uuid.uuid4())},
+                        "lease-next", task=(tasks, "message"))
+    first = running.claim(line, queue)
+    first.next = running.NextClaim(line, queue, task_list=tasks)
+    time.sleep(0.2)  # the request's run: the next one starts when its claim runs, not before
+    ended_at = time.time()
+    trips, execute = [], type(client.pipeline()).execute
+    monkeypatch.setattr(type(client.pipeline()), "execute",
+                        lambda pipe, *a, **k: trips.append(1) or execute(pipe, *a, **k))
+    first.end({"final": {"done": True, "eval_count": 1}, "content": ""})
+    assert len(trips) == 1 and first.state == "done" and first.waiting == 1
+    second = first.next.claimed
+    assert second.request_id == rids[1] and line.info(rids[1])["state"] == "running"
+    assert float(line.info(rids[1])["started_at"]) >= ended_at - 0.05
+    assert client.llen(tasks) == 1  # its task message taken in exchange
+    second.next = running.NextClaim(line, queue, task_list=tasks)
+    second.end({"final": {"done": True, "eval_count": 1}, "content": ""})
+    assert len(trips) == 2 and second.next.sent and second.next.claimed is None
+    assert line.info(rids[1])["state"] == "done" and client.llen(tasks) == 1

@@ -339,6 +339,20 @@ def test_move_settles_the_tokens_reserved_once(line, queue):
     assert int(line.redis.get(counter)) == 7
 
 
+def test_a_trip_runs_each_script_once_when_redis_knew_only_some(line, queue):
+    """Scripts go by their sha in a round trip: those Redis did not know (it restarted, or
+    their first use) run loaded, after the trip, and those it knew are not run again (a chunk
+    is not relayed twice)."""
+    rid, _ = admit(line, queue, lease(line))
+    taken = running.claim(line, queue)
+    line.redis.script_flush()
+    line.redis.script_load(line.scripts["emit"].script.script)
+    taken.chunks.held = [{"t": events.CHUNK, "raw": "{}", "n": 1}]
+    taken.end({"final": {"done": True}, "content": ""})
+    assert [e["t"] for e in relay(line, rid)] == ["started", "chunk", "done"]
+    assert all(line.redis.script_exists(*(s.sha for s in line.scripts.values())))
+
+
 # --- check ----------------------------------------------------------------------------------
 
 def test_check_says_what_is_due(line, queue):

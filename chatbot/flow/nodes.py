@@ -205,8 +205,10 @@ class StoreRequest(Node):
 
     def post(self, shared, prep_res, exec_res):
         session_id, owner, model, new, request_id, dropped, tail, writes, fork = exec_res
-        # The turn's reads end here: no transaction stays open while the model talks.
-        store.db.session.close()
+        # The turn's reads end here: no transaction stays open while the model talks. (A new
+        # session's turn read nothing: no ORM session is made just to be closed.)
+        if store.db.session.registry.has():
+            store.db.session.close()
         try:
             store.touch_session(session_id, owner, writes)
             if fork is not None:  # the branch's place: the old path's rest steps aside

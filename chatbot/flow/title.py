@@ -25,7 +25,10 @@ class NameSession(Node):
         if not (shared.get("auto_titles") and shared.get("first_turn") and job["kind"] == "chat"
                 and reply.get("status") == "ok" and reply.get("final")):
             return None
-        if store.session_title(job["session_id"]) is not None or others_wait(running):
+        # Its ending said how many wait (none: a round trip to ask); a session made for this
+        # request has no title yet (and the title is only ever set if it still has none).
+        waiting = running.waiting if running.waiting is not None else others_wait(running)
+        if waiting or (not job.get("fresh") and store.session_title(job["session_id"]) is not None):
             return None
         question = next((m.get("content") for m in job["messages"] if m.get("role") == "user"), "")
         options = {k: v for k, v in (job["upstream"].get("options") or {}).items()

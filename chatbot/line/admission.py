@@ -79,6 +79,15 @@ def price_per_token(weight, tokens_per_turn):
     return ROUND / weight / tokens_per_turn if weight else 0
 
 
+def charge(job, reply):
+    """What a request cost in the fair order, from its tokens (prompt and generated), when its
+    job says a token's price (FAIR_COST=tokens); else None (the price it was admitted at)."""
+    final, per_token = reply.get("final") or {}, job.get("per_token")
+    if not per_token or not final:
+        return None
+    return round((final.get("prompt_eval_count", 0) + final.get("eval_count", 0)) * per_token)
+
+
 def cancel(line, request_id, event=events.CANCELLED):
     """A queued request leaves the line now, its client told; a running one is flagged and its
     worker stops within a heartbeat. Returns the state it was in (None: unknown)."""

@@ -37,11 +37,13 @@ class Line:
         self.expired = events.expired(queue_timeout)
 
     def move(self, request_id, queue, from_states, to_state, event, only_if_dead=False,
-             cancel_running=False, lock=None, tally=None, then=None, before=(), charge=None):
+             cancel_running=False, lock=None, tally=None, then=None, before=(), after=None,
+             charge=None):
         """Move a request from one of `from_states` to `to_state` with its final `event`
         (lua/move.lua), its `tally` (tokens generated, if known) settled against its
-        reservation, and its `charge` in the fair order (if now known). Returns [1 if it
-        moved, the state it was in, ...]."""
+        reservation, and its `charge` in the fair order (if now known). `after`: a
+        running.NextClaim sent behind it, in the same round trip. Returns [1 if it moved, the
+        state it was in, ...]."""
         key, token = lock or (NONE, "")
         ending = self.scripts["move"].bound(
             info=INFO.format(request_id), stream=stream_key(request_id),
@@ -53,17 +55,31 @@ class Line:
             cancel_running="1" if cancel_running else "0", **self.announcing(queue),
             tally="" if tally is None else int(tally), tally_ttl=TOKENS_KEPT,
             charge="" if charge is None else int(charge))
-        # The events `before`, the ending (its client hears at once), then `then`'s writes
-        # (whose failures are theirs: a metric never fails a request).
-        ran, _ = self.one_trip([*before, ending], then.into if then is not None else None)
+        # The events `before`, the ending (its client hears at once), the next claim, then
+        # `then`'s writes (whose failures are theirs: a metric never fails a request) and the
+        # next claim's reads.
+        writes = len(then.pipe) if then is not None else 0
+
+        def behind(pipe):
+            if then is not None:
+                then.into(pipe)
+            if after is not None:
+                after.queue_reads(pipe)
+
+        ran, rest = self.one_trip([*before, ending, *([after.call] if after else [])], behind)
+        if after is not None:
+            after.take(ran[-1], rest[writes:])
+            return ran[-2]
         return ran[-1]
 
     def one_trip(self, calls, then=None, first=None):
         """Run scripts [Script.bound(...)] in one round trip, by their sha (loading them first
         would cost a trip of its own), after what `first(pipe)` queues and followed by what
         `then(pipe)` queues. Returns (the scripts' results, raising any error among them;
-        first's and then's results, as they came). Redis forgot the scripts (it restarted, so
-        none of them ran): they run again, loaded, one by one."""
+        first's and then's results, as they came). Scripts Redis did not know (it restarted,
+        or this is their first use) did not run: every script of the line is loaded, and those
+        run, one by one; the others ran and do not run twice. (The scripts sent this way are
+        loaded only here, all at once, so none is missing while one before it ran.)"""
         pipe = self.redis.pipeline(transaction=False)
         if first is not None:
             first(pipe)
@@ -76,7 +92,9 @@ class Line:
         ran = results[before:before + len(calls)]
         rest = results[:before] + results[before + len(calls):]
         if any(isinstance(r, scripts.NoScriptError) for r in ran):
-            ran = [script.script(keys=keys, args=args) for script, keys, args in calls]
+            scripts.load_all(self.redis, self.scripts)
+            ran = [script.script(keys=keys, args=args) if isinstance(r, scripts.NoScriptError)
+                   else r for (script, keys, args), r in zip(calls, ran)]
         for result in ran:
             if isinstance(result, Exception):
                 raise result

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 
-from chatbot.line import eta, events
+from chatbot.line import admission, eta, events
 from chatbot.line.heartbeat import HEARTBEAT_TTL, THREAD_LOCK_TTL, Heartbeat
 from chatbot.ops import logs, timing
 from chatbot.redis_keys import (FAIR, INFO, NONE, RESPONSE, STARTED, THREAD, TOKENS_KEPT, WAITING,
@@ -37,16 +37,7 @@ def claim(line, queue, task_list=None, also=None, wait=None):
     `wait` (list, seconds): first wait that long for a message on that list, taking it, in the
     same round trip (Redis runs the claim once the BRPOP returns, so a worker woken by a
     message wakes once, claim in hand). Then returns (Running or None, the message or None)."""
-    token = str(uuid.uuid4())
-    call = line.scripts["claim"].bound(
-        waiting=WAITING.format(queue), started=STARTED.format(queue), fair=FAIR.format(queue),
-        task_list=task_list or NONE,
-        # a claim behind a wait takes its time from Redis: when the message came
-        now="now" if wait is not None else time.time(), heartbeat_ttl=HEARTBEAT_TTL,
-        queue_timeout=line.queue_timeout, **_claim_events(line.queue_timeout),
-        ttl=line.relay_ttl, **line.announcing(queue), lock_token=token,
-        lock_ttl_ms=THREAD_LOCK_TTL * 1000, take_task="1" if task_list else "0",
-        tally_ttl=TOKENS_KEPT, warm=WARM.format(queue), **line.order)
+    call, token = _claim_call(line, queue, task_list, later=wait is not None)
     first = (lambda pipe: pipe.brpop([wait[0]], timeout=wait[1])) if wait else None
     (out,), read = line.one_trip([call], also.queue if also else None, first=first)
     for result in read:
@@ -55,25 +46,58 @@ def claim(line, queue, task_list=None, also=None, wait=None):
     message, read = (read[0], read[1:]) if wait else (None, read)
     if also:
         also.take(read)
-    claimed = None
-    if out[0] == b"run":
-        _, request_id, waited, locked, job, lock_key, how = out
-        claimed = Running(line, queue, request_id.decode(), float(waited),
-                          json.loads(job) if job else None,
-                          (lock_key.decode(), token) if locked else None)
-        claimed.picked = how.decode()
+    claimed = _claimed(line, queue, out, token)
     if wait is None:
         return claimed
     return claimed, (message[1] if message else None)
 
 
-def _charge(job, reply):
-    """What a request cost in the fair order, from its tokens (prompt and generated), when its
-    job says a token's price (FAIR_COST=tokens); else None (the price it was admitted at)."""
-    final, per_token = reply.get("final") or {}, job.get("per_token")
-    if not per_token or not final:
+def _claim_call(line, queue, task_list, later=False):
+    """(the claim script bound for a round trip, the lock token it may take). `later`: it runs
+    later than it is made (behind a wait, or a request's run), so it takes Redis's time."""
+    token = str(uuid.uuid4())
+    call = line.scripts["claim"].bound(
+        waiting=WAITING.format(queue), started=STARTED.format(queue), fair=FAIR.format(queue),
+        task_list=task_list or NONE,
+        now="now" if later else time.time(), heartbeat_ttl=HEARTBEAT_TTL,
+        queue_timeout=line.queue_timeout, **_claim_events(line.queue_timeout),
+        ttl=line.relay_ttl, **line.announcing(queue), lock_token=token,
+        lock_ttl_ms=THREAD_LOCK_TTL * 1000, take_task="1" if task_list else "0",
+        tally_ttl=TOKENS_KEPT, warm=WARM.format(queue), **line.order)
+    return call, token
+
+
+def _claimed(line, queue, out, token):
+    """The Running a claim's result stands for, or None."""
+    if out[0] != b"run":
         return None
-    return round((final.get("prompt_eval_count", 0) + final.get("eval_count", 0)) * per_token)
+    _, request_id, waited, locked, job, lock_key, how = out
+    claimed = Running(line, queue, request_id.decode(), float(waited),
+                      json.loads(job) if job else None,
+                      (lock_key.decode(), token) if locked else None)
+    claimed.picked = how.decode()
+    return claimed
+
+
+class NextClaim:
+    """The claim of the next request, sent in the round trip that ends this one (after the
+    ending, so the thread lock it released can be taken): a worker running one request after
+    another saves a round trip per request. Arguments as claim's; `claimed` is the Running
+    (None: nobody waited) once `sent`."""
+
+    def __init__(self, line, queue, task_list=None, also=None):
+        self.line, self.queue, self.also = line, queue, also
+        self.call, self.token = _claim_call(line, queue, task_list, later=True)
+        self.sent, self.claimed = False, None
+
+    def queue_reads(self, pipe):
+        if self.also:
+            self.also.queue(pipe)
+
+    def take(self, out, read):
+        if self.also and not any(isinstance(r, Exception) for r in read):
+            self.also.take(read)  # else the request reads them itself
+        self.sent, self.claimed = True, _claimed(self.line, self.queue, out, self.token)
 
 
 class Running:
@@ -93,6 +117,7 @@ class Running:
         self.marks, self.metrics = {}, None
         self.began = time.monotonic()  # when it started to run (start() sets it again)
         self.picked = "fair"  # how the claim picked it (lua/claim.lua)
+        self.next = None  # a NextClaim sent with its ending, if the worker goes on
         self.max_seconds = (job or {}).get("max_seconds") or 0  # MAX_REQUEST_SECONDS, as admitted
         self.deadline = None
 
@@ -159,8 +184,8 @@ class Running:
                 {"d": event["d"], "reply": event["reply"]}), ex=kept[1])
         ended = self.line.move(
             self.request_id, self.queue, ("running",), self.state, event, lock=self.lock,
-            tally=generated, then=self.metrics, charge=_charge(job, reply),
-            before=[self.chunks.bound(chunk) for chunk in self.chunks.take()])
+            tally=generated, then=self.metrics, charge=admission.charge(job, reply),
+            before=[self.chunks.bound(chunk) for chunk in self.chunks.take()], after=self.next)
         if ended[0]:
             self.waiting, self.lock = ended[3], None  # the script released the lock
 

@@ -61,4 +61,12 @@ def load(client):
     return {name: Script(client, name) for name in NAMES}
 
 
+def load_all(client, named):
+    """Every script of `named` (as load returns them) loaded into Redis, in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for script in named.values():
+        pipe.script_load(script.script.script)
+    pipe.execute()
+
+
 NoScriptError = redis.exceptions.NoScriptError

@@ -5,6 +5,8 @@ import time
 import uuid
 
 import requests
+from urllib3.connection import HTTPConnection
+from urllib3.connectionpool import HTTPConnectionPool
 
 log = logging.getLogger(__name__)
 WAIT_BACKOFF = (0.1, 1.0)  # a turn waiting for its upstream tries again: 0.1 s, doubling to 1 s
@@ -40,6 +42,8 @@ class Upstream:
         # settings merging mean nothing to Ollama's API and cost a fifth of a call.
         # Connections kept for reuse: as many as requests a web process passes through at once.
         self.adapter = requests.adapters.HTTPAdapter(pool_maxsize=64)
+        self.adapter.poolmanager.pool_classes_by_scheme = {
+            **self.adapter.poolmanager.pool_classes_by_scheme, "http": _OneWritePool}
         # (method, path) -> its request with URL and headers made once (a third of the cost
         # of preparing one); a few dozen paths at most (blobs' paths vary: not kept).
         self.prepared = {}
@@ -129,6 +133,33 @@ class Upstream:
             raise _unreachable(502, "ollama broke off the reply", self.host, _reason(exc))
         finally:
             resp.close()  # a body read to its end puts the connection back in the pool
+
+
+class _OneWriteConnection(HTTPConnection):
+    """urllib3 writes a request's headers, then its body: two segments, so the upstream wakes
+    and reads twice. A body held in memory anyway goes out with the headers, in one write (as
+    http.client itself sends one); a streamed body (an upload passed through) as before."""
+
+    held = None
+
+    def request(self, method, url, body=None, *args, **kwargs):
+        if body is not None and not isinstance(body, (bytes, str)):
+            return super().request(method, url, body, *args, **kwargs)
+        self.held = []
+        try:
+            super().request(method, url, body, *args, **kwargs)
+        finally:
+            held, self.held = self.held, None
+        super().send(b"".join(held))
+
+    def send(self, data):
+        if self.held is None:
+            return super().send(data)
+        self.held.append(data)
+
+
+class _OneWritePool(HTTPConnectionPool):
+    ConnectionCls = _OneWriteConnection
 
 
 def collect(upstream, path, body, stop):

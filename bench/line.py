@@ -2,7 +2,7 @@
 first come first served, the plain fair order and the new one (tokens, bands, warm order).
 
     PYTHONPATH=. .venv/bin/python bench/line.py [--seed 29] [--orders fifo,fair,new]
-        [--cache-mb 256] [--engine-threads N]
+        [--cache-mb 256] [--engine-threads 1]
 
 For each order it starts `chatbot up` on free ports (its own Redis, a fresh SQLite in a temp
 dir, the bundled engine, keys on: one key per asker, AUTO_TITLES off so that only the trace
@@ -247,7 +247,9 @@ def main():
     parser.add_argument("--seed", type=int, default=29)
     parser.add_argument("--orders", default="fifo,fair,new")
     parser.add_argument("--cache-mb", type=int, default=256)
-    parser.add_argument("--engine-threads", type=int, default=0)
+    parser.add_argument("--engine-threads", type=int, default=1,
+                        help="llama.cpp threads (0: all cores); 1 keeps a shared machine's "
+                             "spin-waiting threads from slowing it tens of times")
     args = parser.parse_args()
     slots = max(1, args.cache_mb * 1024 // (TOKENS_PER_STATE_KB * LONGEST))
     orders = {"fifo": {"QUEUE_ORDER": "fifo"}, "fair": {"QUEUE_ORDER": "fair"},

@@ -2,7 +2,7 @@
 first come first served, the plain fair order and the new one (tokens, bands, warm order).
 
     PYTHONPATH=. .venv/bin/python bench/line.py [--seed 29] [--orders fifo,fair,new]
-        [--cache-mb 256] [--engine-threads 1]
+        [--repeat 1] [--cache-mb 256] [--engine-threads 1]
 
 For each order it starts `chatbot up` on free ports (its own Redis, a fresh SQLite in a temp
 dir, the bundled engine, keys on: one key per asker, AUTO_TITLES off so that only the trace
@@ -24,7 +24,8 @@ tokens that ENGINE_CACHE_MB holds at 23 KB a token, BATCH_KEYS=batch, BATCH_MAX_
 
 Figures, per order:
 - cached share: the engine's prompt tokens reused from its cache / (reused + evaluated),
-  during the trace;
+  during the trace; in brackets, of the tokens that could be reused: less each session's
+  first prompt (an opening turn, a document), which no order can find in the cache;
 - time to first token (what the streaming client waits from sending to the first chunk),
   p50/p95 per asker and overall;
 - model loads (final chunks with load_duration > 0) and model switches (runs in the order the
@@ -110,8 +111,8 @@ def watch(url, headers, rid, row, stop):
 def turn(url, key, asker, model, session, content):
     """One streamed chat; its row (times in epoch seconds)."""
     rid, headers = str(uuid.uuid4()), {"Authorization": f"Bearer {key}"}
-    row, stop = {"asker": asker, "model": model, "request_id": rid, "sent_at": time.time()}, \
-        threading.Event()
+    row, stop = {"asker": asker, "model": model, "session": session, "request_id": rid,
+                 "sent_at": time.time()}, threading.Event()
     watcher = threading.Thread(target=watch, args=(url, headers, rid, row, stop), daemon=True)
     watcher.start()
     started = time.perf_counter()
@@ -186,8 +187,9 @@ def run(order, settings, askers, cache_mb, threads):
         took, after, load = time.time() - started, figures(engine), max(load, os.getloadavg()[0])
     finally:
         procs.stop(up, timeout=60)
-    (tmp / f"rows-{order}.json").write_text(json.dumps(rows, indent=1))
     cached = {k: after[k] - before[k] for k in ("reused_tokens_total", "evaluated_tokens_total")}
+    (tmp / f"rows-{order}.json").write_text(json.dumps({"engine_cache": cached, "rows": rows},
+                                                       indent=1))
     return {"rows": rows, "took": took, "load": load, "tmp": tmp, "cached": cached}
 
 
@@ -230,8 +232,12 @@ def summary(result):
             if actual >= 1:
                 errors.append(abs(r["eta"] - actual) / actual)
     c = result["cached"]
+    firsts = {}  # each session's first prompt: never in the cache, whatever the order
+    for r in sorted(rows, key=lambda r: r["sent_at"]):
+        firsts.setdefault(r["session"], r.get("prompt_eval_count") or 0)
     return {
         "share": c["reused_tokens_total"] / max(1, sum(c.values())),
+        "later": c["reused_tokens_total"] / max(1, sum(c.values()) - sum(firsts.values())),
         "ttft": (pct([r["ttft"] for r in ok], 0.5), pct([r["ttft"] for r in ok], 0.95)),
         "loads": sum((r.get("load_duration") or 0) > 0 for r in rows), "switches": switches,
         "ratios": fair_ratios(rows), "eta": (pct(errors, 0.5), pct(errors, 0.9), len(errors)),
@@ -246,6 +252,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=29)
     parser.add_argument("--orders", default="fifo,fair,new")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of the orders, in turn")
     parser.add_argument("--cache-mb", type=int, default=256)
     parser.add_argument("--engine-threads", type=int, default=1,
                         help="llama.cpp threads (0: all cores); 1 keeps a shared machine's "
@@ -260,19 +267,21 @@ def main():
     print(f"trace seed {args.seed}: " + ", ".join(f"{a[0]} {len(a[3])} turns" for a in askers)
           + f"; ENGINE_CACHE_MB={args.cache_mb}, new order WARM_SLOTS={slots}", flush=True)
     results = {}
-    for order in args.orders.split(","):
-        result = run(order, orders[order], askers, args.cache_mb, args.engine_threads)
-        results[order] = summary(result) | {k: result[k] for k in ("took", "load", "tmp")}
-        s = results[order]
-        print(f"{order}: {s['requests']} requests ({s['failed']} failed) in {s['took']:.0f} s, "
-              f"load avg up to {s['load']:.1f}; rows in {s['tmp']}", flush=True)
+    for round_ in range(args.repeat):
+        for order in args.orders.split(","):
+            result = run(order, orders[order], askers, args.cache_mb, args.engine_threads)
+            name = order if args.repeat == 1 else f"{order} #{round_ + 1}"
+            results[name] = summary(result) | {k: result[k] for k in ("took", "load", "tmp")}
+            s = results[name]
+            print(f"{name}: {s['requests']} requests ({s['failed']} failed) in {s['took']:.0f} s, "
+                  f"load avg up to {s['load']:.1f}; rows in {s['tmp']}", flush=True)
     names = [a[0] for a in askers]
-    print("\n| order | cached share | TTFT p50 / p95 | model loads / switches | worst wait / "
-          "fair share | ETA error p50 / p90 (n) | run, load avg |")
+    print("\n| order | cached share (of later turns) | TTFT p50 / p95 | model loads / switches "
+          "| worst wait / fair share | ETA error p50 / p90 (n) | run, load avg |")
     print("|---|---|---|---|---|---|---|")
     for order, s in results.items():
         worst = max(s["ratios"].items(), key=lambda kv: kv[1] if kv[1] == kv[1] else -1)
-        print(f"| {order} | {s['share']:.2f} | {s['ttft'][0]:.2f} / {s['ttft'][1]:.2f} s "
+        print(f"| {order} | {s['share']:.2f} ({s['later']:.2f}) | {s['ttft'][0]:.2f} / {s['ttft'][1]:.2f} s "
               f"| {s['loads']} / {s['switches']} | {worst[1]:.1f} ({worst[0]}) "
               f"| {s['eta'][0]:.2f} / {s['eta'][1]:.2f} ({s['eta'][2]}) "
               f"| {s['took']:.0f} s, {s['load']:.1f} |")

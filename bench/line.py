@@ -9,13 +9,13 @@ dir, the bundled engine, keys on: one key per asker, AUTO_TITLES off so that onl
 runs), warms both models with one request each, replays the trace, reads the engine's
 /metrics before and after, and stops it. The trace (`--seed`), the same for every order:
 
-- chat1..chat3: a conversation each (one session) that opens with ~1,000 tokens of notes, then
-  short questions, to ~1,300 tokens of history; 0.5-3 s of thinking between turns;
+- chat1..chat3: a conversation each (one session) that opens with ~850 tokens of notes, then
+  short questions, to ~1,200 tokens of history; 0.5-3 s of thinking between turns;
 - short: one-line questions in one session, 1-4 s of thinking;
 - other: a conversation on a second model, `smollm2-b` (the same GGUF under another path in
   CHATBOT_ENGINE_MODELS: the engine loads it separately; it keeps every loaded model and has
   no setting that bounds them, so a swap costs no load here: see model switches);
-- batch: documents of ~2,000 tokens to summarize, back to back, a new session each.
+- batch: five documents of ~1,650 tokens to summarize, back to back, a new session each.
 
 Every turn is streamed (temperature 0, num_predict 16, num_ctx 4096 for every request of a
 model, so nothing reloads). Orders: fifo (QUEUE_ORDER=fifo), fair (the defaults), new

@@ -282,7 +282,8 @@ def main():
     for order, s in results.items():
         worst = max(s["ratios"].items(), key=lambda kv: kv[1] if kv[1] == kv[1] else -1)
         print(f"| {order} | {s['share']:.2f} ({s['later']:.2f}) "
-              f"| {s['ttft'][0]:.2f} / {s['ttft'][1]:.2f} s | {s['loads']} / {s['switches']} | {worst[1]:.1f} ({worst[0]}) "
+              f"| {s['ttft'][0]:.2f} / {s['ttft'][1]:.2f} s | {s['loads']} / {s['switches']} "
+              f"| {worst[1]:.1f} ({worst[0]}) "
               f"| {s['eta'][0]:.2f} / {s['eta'][1]:.2f} ({s['eta'][2]}) "
               f"| {s['took']:.0f} s, {s['load']:.1f} |")
     print("\nper asker: TTFT p50 / p95 (s), wait / fair share\n")

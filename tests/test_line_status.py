@@ -112,3 +112,27 @@ def test_without_opting_in_nothing_changes(stack):
     unblock(stack.url, running, blocker)
     waiter.join(60)
     assert waiter.lines and not any("Waiting in line" in json.dumps(line) for line in waiter.lines)
+
+
+def test_an_estimate_prices_each_request_by_its_askers_runs(redis_url):
+    """A document summarizer's requests ahead count as its long runs, a chat's as short ones;
+    an asker never measured is priced by its model's runs."""
+    import redis as redis_py
+
+    from chatbot.line import eta
+    from chatbot.line.core import Line
+    from tests.test_line_scripts import admit, lease
+
+    line = Line(redis_py.Redis.from_url(redis_url), max_queue=10, queue_timeout=60,
+                relay_ttl=60)
+    queue = f"eta-{uuid.uuid4().hex[:8]}"
+    pipe = line.redis.pipeline()
+    for asker, seconds in (("docs", 20.0), ("chat", 1.0)):
+        eta.record(pipe, queue, "m", asker, seconds)
+    pipe.execute()
+    web = lease(line)
+    ids = [admit(line, queue, web, asker=a, weight=1)[0] for a in ("docs", "chat", "new")]
+    board = eta.estimates(line, queue)
+    assert [board[i]["start_in"] for i in ids] == [0.0, 20.0, 21.0]
+    # the model's median of its runs (1 and 20): 10.5
+    assert board[ids[2]]["finish_in"] == 31.5

@@ -148,7 +148,7 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         job = {"request_id": g.request_id, "session_id": sid, "kind": kind, "path": path,
                "model": model, "messages": messages, "upstream": {**upstream_body, "model": model},
                "host": host, "queue": queue, "fresh": bool(g.get("fresh_session")),
-               "owner": owner, "channel": info["channel"],
+               "owner": owner, "asker": owner or sid, "channel": info["channel"],
                "quiet": bool(info.get("quiet")),
                "max_seconds": current_app.config["MAX_REQUEST_SECONDS"], "cache": cache,
                "branch": branch}
@@ -165,7 +165,7 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         waiter, position = hub.watch(g.request_id, again=True), None
         try:
             position = admission.admit(line, g.request_id, queue, info, lease, job,
-                                       asker=owner or sid, weight=1 if fair else 0,
+                                       asker=job["asker"], weight=1 if fair else 0,
                                        task=task, same=same, band=band)
             return position
         finally:

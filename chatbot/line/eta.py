@@ -1,7 +1,8 @@
 """How long until a waiting request starts and ends, from what its line has measured: each
-request a worker ends adds how long it ran to its queue's record for its model (the last
-SAMPLES, newest first), and an estimate sums, for what runs and what waits ahead, the median
-of its model's runs (less what the running one has run already), then adds the request's own.
+request a worker ends adds how long it ran to its queue's record for its model, and for its
+asker with that model (the last SAMPLES, newest first), and an estimate sums, for what runs
+and what waits ahead, the median of its asker's runs (else its model's; less what the running
+one has run already), then adds the request's own.
 Nothing is guessed for a model never measured: the estimate then says only the position."""
 import statistics
 import time
@@ -10,16 +11,20 @@ from chatbot.redis_keys import INFO, SERVICE, STARTED, WAITING
 
 SAMPLES = 20
 KEPT = 7 * 24 * 3600  # seconds a model's record outlives its last run
+ASKER_KEPT = 3600  # ... and an asker's with it
 BOARD_SECONDS = 1.0  # how old a process's reading of the line may be (estimate(fresh=False))
 _boards = {}  # (line, queue) -> (when read, its estimates): this process's last reading
 
 
-def record(pipe, queue, model, seconds):
-    """Queue onto `pipe` a run of `seconds` of `model` on `queue`."""
-    key = SERVICE.format(queue, model)
-    pipe.lpush(key, round(seconds, 3))
-    pipe.ltrim(key, 0, SAMPLES - 1)
-    pipe.expire(key, KEPT)
+def record(pipe, queue, model, asker, seconds):
+    """Queue onto `pipe` a run of `seconds` of `model` on `queue` for `asker`: kept for the
+    model, and for the asker with it (an asker sends much the same each time: a document
+    summarizer's runs are long, a chat's next turn short), for an hour."""
+    for key, kept in ((SERVICE.format(queue, model), KEPT),
+                      (SERVICE.format(queue, f"{model}|{asker}"), ASKER_KEPT)):
+        pipe.lpush(key, round(seconds, 3))
+        pipe.ltrim(key, 0, SAMPLES - 1)
+        pipe.expire(key, kept)
 
 
 def estimate(line, request_id, queue, fresh=True):
@@ -45,19 +50,24 @@ def estimates(line, queue):
     running = [rid.decode() for rid in redis.smembers(STARTED.format(queue))]
     pipe = redis.pipeline(transaction=False)
     for rid in running + waiting:
-        pipe.hmget(INFO.format(rid), "model", "started_at")
-    rows = [(m.decode() if m else "", float(s) if s else None) for m, s in pipe.execute()]
-    medians = _medians(redis, queue, {model for model, _ in rows})
+        pipe.hmget(INFO.format(rid), "model", "started_at", "asker")
+    medians, rows = {}, []
+    for model, started_at, asker in pipe.execute():
+        model = model.decode() if model else ""
+        mine = f"{model}|{asker.decode() if asker else ''}"
+        rows.append((mine, float(started_at) if started_at else None))
+        medians[mine] = model  # its asker's runs, else its model's
+    medians = _medians(redis, queue, medians)
     now, start_in = time.time(), 0.0
-    for model, started_at in rows[:len(running)]:
-        if medians.get(model) is None:
+    for runs_of, started_at in rows[:len(running)]:
+        if medians.get(runs_of) is None:
             start_in = None
             break
         # One running longer than its model's median is taken to end soon: a tenth of it left.
-        start_in += max(medians[model] - (now - (started_at or now)), medians[model] / 10)
+        start_in += max(medians[runs_of] - (now - (started_at or now)), medians[runs_of] / 10)
     out = {}
-    for rank, (rid, (model, _)) in enumerate(zip(waiting, rows[len(running):])):
-        own = medians.get(model)
+    for rank, (rid, (runs_of, _)) in enumerate(zip(waiting, rows[len(running):])):
+        own = medians.get(runs_of)
         finish_in = None if start_in is None or own is None else start_in + own
         out[rid] = {"position": rank + 1, "ahead": rank, "start_in": _round(start_in),
                     "finish_in": _round(finish_in)}
@@ -65,13 +75,17 @@ def estimates(line, queue):
     return out
 
 
-def _medians(redis, queue, models):
+def _medians(redis, queue, fallbacks):
+    """{name: the median of its runs, else of its fallback's (None if neither ran)} for
+    {name: fallback}."""
+    names = sorted({*fallbacks, *fallbacks.values()})
     pipe = redis.pipeline(transaction=False)
-    models = sorted(models)
-    for model in models:
-        pipe.lrange(SERVICE.format(queue, model), 0, -1)
-    return {model: statistics.median(float(s) for s in runs) if runs else None
-            for model, runs in zip(models, pipe.execute())}
+    for name in names:
+        pipe.lrange(SERVICE.format(queue, name), 0, -1)
+    found = {name: statistics.median(float(s) for s in runs) if runs else None
+             for name, runs in zip(names, pipe.execute())}
+    return {name: found[name] if found[name] is not None else found[fallback]
+            for name, fallback in fallbacks.items()}
 
 
 def _round(seconds):

@@ -176,7 +176,7 @@ class Running:
         self.heartbeat.lock = None
         job = self.job or {}
         if self.state == "done" and self.metrics is not None and job.get("kind") != "embed":
-            eta.record(self.metrics.pipe, self.queue, job.get("model", ""),
+            eta.record(self.metrics.pipe, self.queue, job.get("model", ""), job.get("asker", ""),
                        time.monotonic() - self.began)
         kept = job.get("cache")
         if kept and self.state == "done" and self.metrics is not None:  # RESPONSE_CACHE_TTL

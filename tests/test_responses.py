@@ -102,6 +102,15 @@ ADD = {"type": "function", "name": "add", "description": "Add two integers.",
                       "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}
 
 
+def test_a_namespace_is_its_members_under_its_name(stack):
+    from chatbot.api.responses_request import tools
+
+    members = tools([{"type": "namespace", "name": "math", "tools": [ADD]},
+                     {"type": "namespace", "name": "empty"}])
+    assert [t["function"]["name"] for t in members] == ["math.add"]
+    assert members[0]["function"]["parameters"] == ADD["parameters"]
+
+
 def test_a_tool_round_trip(stack, client):
     asked = client.responses.create(model=MODEL, input="What is 2+3? Use the add tool.",
                                     tools=[ADD], **SAMPLING)

@@ -146,15 +146,15 @@ def _text(value, where):
     return value
 
 
-def tools(tools):
+def tools(given):
     """Responses' flat function tools ({type, name, description, parameters}) as Ollama's;
     a namespace's members under its name (namespace.member)."""
-    if tools is None:
+    if given is None:
         return []
-    if not isinstance(tools, list):
+    if not isinstance(given, list):
         raise ApiError(400, "invalid tools: must be an array")
     out = []
-    for tool in tools:
+    for tool in given:
         if not isinstance(tool, dict):
             raise ApiError(400, "invalid tools: each must be an object")
         if tool.get("type") not in ("function", "namespace"):

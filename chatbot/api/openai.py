@@ -190,15 +190,22 @@ def _tool_call(call):
     function = call.get("function") if isinstance(call, dict) else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
         raise ApiError(400, "invalid tool_calls: each needs a function with a name")
-    arguments = function.get("arguments") or "{}"
+    parsed = tool_arguments(function.get("arguments"), "invalid tool call arguments")
+    out = {"function": {"name": function["name"], "arguments": parsed}}
+    return {"id": call["id"], **out} if call.get("id") else out
+
+
+def tool_arguments(text, error):
+    """A tool call's arguments, sent as JSON text (empty: none), as the object Ollama keeps
+    (key order kept); anything else is a 400 saying `error`."""
+    text = text or "{}"
     try:
-        parsed = json.loads(arguments) if isinstance(arguments, str) else None
+        parsed = json.loads(text) if isinstance(text, str) else None
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict):
-        raise ApiError(400, "invalid tool call arguments")
-    out = {"function": {"name": function["name"], "arguments": parsed}}
-    return {"id": call["id"], **out} if call.get("id") else out
+        raise ApiError(400, error)
+    return parsed
 
 
 def _options(body):

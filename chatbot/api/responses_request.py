@@ -7,7 +7,7 @@ import time
 from flask import g
 
 from chatbot.api.errors import ApiError
-from chatbot.api.openai import think
+from chatbot.api.openai import think, tool_arguments
 from chatbot.store import leading_system
 
 
@@ -126,13 +126,8 @@ def _content(content, where):
 
 def _function_call(item, i):
     name = _text(item.get("name"), f"input[{i}].name")
-    arguments = item.get("arguments") or "{}"
-    try:
-        parsed = json.loads(arguments) if isinstance(arguments, str) else None
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        raise ApiError(400, f"input[{i}]: failed to parse function call arguments")
+    parsed = tool_arguments(item.get("arguments"),
+                            f"input[{i}]: failed to parse function call arguments")
     call = {"function": {"name": name, "arguments": parsed}}
     call_id = item.get("call_id")
     return {"id": _text(call_id, f"input[{i}].call_id"), **call} if call_id else call

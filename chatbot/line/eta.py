@@ -51,13 +51,13 @@ def estimates(line, queue):
     pipe = redis.pipeline(transaction=False)
     for rid in running + waiting:
         pipe.hmget(INFO.format(rid), "model", "started_at", "asker")
-    medians, rows = {}, []
+    fallbacks, rows = {}, []
     for model, started_at, asker in pipe.execute():
         model = model.decode() if model else ""
         mine = f"{model}|{asker.decode() if asker else ''}"
         rows.append((mine, float(started_at) if started_at else None))
-        medians[mine] = model  # its asker's runs, else its model's
-    medians = _medians(redis, queue, medians)
+        fallbacks[mine] = model  # its asker's runs, else its model's
+    medians = _medians(redis, queue, fallbacks)
     now, start_in = time.time(), 0.0
     for runs_of, started_at in rows[:len(running)]:
         if medians.get(runs_of) is None:

@@ -82,6 +82,7 @@ def load(instance_path):
         "KEEP_ALIVE_MIN": _duration("KEEP_ALIVE_MIN"),
         "KEEP_ALIVE_MAX": _duration("KEEP_ALIVE_MAX"),
         "PINNED_MODELS": _key_names("PINNED_MODELS"),
+        "PRELOAD_MODELS": _key_names("PRELOAD_MODELS"),  # loaded when the workers start
         "WARM_PASSES": _int("WARM_PASSES", 0),
         "WARM_WINDOW": _int("WARM_WINDOW", 8),
         "WARM_SLOTS": _int("WARM_SLOTS", 1),

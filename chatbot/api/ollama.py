@@ -4,7 +4,7 @@ With several hosts, listings are merged, a request about a model goes to a host 
 it, and the rest (pull, create, blobs, version) to the first host."""
 from flask import Blueprint, Response, current_app, redirect, request
 
-from chatbot.upstream import routing
+from chatbot.upstream import resident, routing
 from chatbot import web
 from chatbot.api import auth, embeddings, turns, validate, wire
 from chatbot.api.errors import ApiError
@@ -87,7 +87,19 @@ def show():
 
 @bp.get("/api/ps")
 def ps():
-    return listing("/api/ps")  # what is loaded now: never kept
+    """What is loaded now (never kept). Beyond Ollama, while requests wait in line for a model
+    their host has not loaded, `queued` lists those models and how many wait for each."""
+    router = routing.get()
+    waiting = {host: resident.waiting_models(router.line, queue)
+               for host, queue in router.queues.items()}
+    if not any(waiting.values()):
+        return listing("/api/ps")
+    listings = router.listings("/api/ps")
+    answer = router.merged("/api/ps", listings)
+    queued = resident.queued_loads(waiting, {host: resident.names(models)
+                                             for host, models in listings.items()})
+    return Response(dumps({**answer, **({"queued": queued} if queued else {})}),
+                    mimetype="application/json")
 
 
 @bp.post("/api/embed")

@@ -230,8 +230,9 @@ PATHS = {
                               ok(JSON, schema=obj(cloud=obj(disabled=BOOL, source=STR))))},
     "/api/tags": {"get": op("Models available", {**ok(JSON, schema=obj(models=array(OBJ))),
                                                  **PASSTHROUGH})},
-    "/api/ps": {"get": op("Models loaded", {**ok(JSON, schema=obj(models=array(OBJ))),
-                                            **PASSTHROUGH})},
+    "/api/ps": {"get": op("Models loaded; `queued`: models requests wait in line to load",
+                          {**ok(JSON, schema=obj(models=array(OBJ), queued=array(obj(
+                              name=STR, model=STR, requests=INT)))), **PASSTHROUGH})},
     "/api/show": {"post": model_op("A model's details", "ModelRequest", JSON)},
     "/api/chat": {"post": turn("Chat (queued; stored in the session)", "ChatRequest")},
     "/api/generate": {"post": turn("Generate (queued; stored in the session)", "GenerateRequest")},

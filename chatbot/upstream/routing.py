@@ -48,18 +48,26 @@ class Router:
             raise UpstreamError(404, f"model '{model}' not found")
         return found
 
-    def merged(self, path):
-        """`models` of /api/tags or /api/ps from every host that answers, one entry a name."""
-        models, errors = {}, []
+    def merged(self, path, listings=None):
+        """`models` of /api/tags or /api/ps from every host that answers, one entry a name
+        (`listings`: the hosts' as `listings(path)` read them)."""
+        models = {}
+        for entries in (listings or self.listings(path)).values():
+            for entry in entries:
+                models.setdefault(entry.get("name") or entry.get("model"), entry)
+        return {"models": list(models.values())}
+
+    def listings(self, path):
+        """{host: its `models` of /api/tags or /api/ps} for every host that answers."""
+        found, errors = {}, []
         for host in self.hosts:
             try:
-                for entry in self.upstreams[host].get_json(path).get("models") or []:
-                    models.setdefault(entry.get("name") or entry.get("model"), entry)
+                found[host] = self.upstreams[host].get_json(path).get("models") or []
             except UpstreamError as exc:
                 errors.append(exc)
         if len(errors) == len(self.hosts):
             raise errors[0]
-        return {"models": list(models.values())}
+        return found
 
     def choose(self, model, session_id):
         """(host, queue) for a request: a host that has the model, the session's own while it

@@ -5,7 +5,7 @@ import json
 import uuid
 
 from celery import Celery, Task
-from celery.signals import setup_logging, worker_init
+from celery.signals import setup_logging, worker_init, worker_ready
 from kombu import Connection
 
 from chatbot.tokens import encoding
@@ -29,6 +29,7 @@ def celery_init_app(app):
         # name wins over the glob.
         "task_routes": {"chatbot.archive_idle_sessions": {"queue": MAINTENANCE_QUEUE},
                         "chatbot.sweep_line": {"queue": MAINTENANCE_QUEUE},
+                        "chatbot.keep_models_loaded": {"queue": MAINTENANCE_QUEUE},
                         "chatbot.*": {"queue": QUEUE}},
         "beat_schedule": {
             "archive-idle-sessions": {"task": "chatbot.archive_idle_sessions",
@@ -48,6 +49,10 @@ def celery_init_app(app):
         # No task events by default (each costs a publish per task): Flower switches them on
         # in the workers while it runs (its --enable_events, on by default).
     })
+    if app.config["PINNED_MODELS"]:  # loaded again whenever their host drops them
+        celery.conf.beat_schedule["keep-models-loaded"] = {
+            "task": "chatbot.keep_models_loaded", "schedule": SWEEP_EVERY,
+            "options": {"expires": SWEEP_EVERY}}
     celery.set_default()
 
     @worker_init.connect(weak=False)
@@ -55,6 +60,14 @@ def celery_init_app(app):
         from chatbot.store import checkpoint_behind
 
         checkpoint_behind(app)
+
+    @worker_ready.connect(weak=False)
+    def _preload(sender, **_):
+        """The maintenance worker, once started, has PRELOAD_MODELS and PINNED_MODELS loaded
+        (as its first task, so that its start does not wait for them)."""
+        if MAINTENANCE_QUEUE in sender.app.amqp.queues.consume_from and \
+                (app.config["PRELOAD_MODELS"] or app.config["PINNED_MODELS"]):
+            sender.app.send_task("chatbot.keep_models_loaded", kwargs={"preload": True})
 
     app.extensions["celery"] = celery
     app.extensions["run_next_messages"] = RunNextMessages(celery)

@@ -11,6 +11,7 @@ from flask import current_app
 
 from chatbot.line import events, running as runs, sweep
 from chatbot.ops import logs, timing
+from chatbot.upstream import resident
 from chatbot.flow.flow import create_chat_flow
 from chatbot.flow.window import Fetched
 from chatbot.store.models import db, utcnow
@@ -201,3 +202,16 @@ def sweep_line():
     if cleared:
         log.info("swept %d stale request(s) from the line", cleared)
     return cleared
+
+
+@shared_task(name="chatbot.keep_models_loaded")
+def keep_models_loaded(preload=False):
+    """PINNED_MODELS (and PRELOAD_MODELS, when the maintenance worker starts) loaded on every
+    idle host that has dropped them (chatbot.upstream.resident)."""
+    config = current_app.config
+    pinned = config["PINNED_MODELS"]
+    models = pinned | config["PRELOAD_MODELS"] if preload else pinned
+    if not models:
+        return []
+    return resident.keep_loaded(current_app.extensions["router"], models,
+                                lambda model: -1 if model in pinned else config["KEEP_ALIVE_MAX"])

@@ -89,6 +89,9 @@ def test_metrics_move_by_the_right_amounts(stack):
     assert moved("chatbot_queue_wait_seconds_count", queue="ollama") == 4
     assert moved("chatbot_queue_wait_seconds_sum", queue="ollama") > 0
     assert moved("chatbot_time_to_first_token_seconds_count") == 4
+    prompt_evals = [r.json()["prompt_eval_duration"] for r in replies]
+    assert moved("chatbot_prompt_eval_seconds_count", model=MODEL, pick="fair") == 4
+    assert moved("chatbot_prompt_eval_seconds_sum", model=MODEL) >= sum(prompt_evals) / 1e9
     assert moved("chatbot_proxy_overhead_seconds_count") == 4
     assert moved("chatbot_request_duration_seconds_count", endpoint="/api/chat") == 4
     assert ("chatbot_queue_depth", (("queue", "ollama"),)) in after

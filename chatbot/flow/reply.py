@@ -62,10 +62,16 @@ class CallUpstream(Node):
         if exec_res["error"]:
             shared["metrics"].inc("chatbot_upstream_errors_total", host=shared["upstream"].host,
                                   status=str(exec_res["error"]["status"]))
-        if exec_res["final"]:
-            shared["metrics"].inc("chatbot_tokens_generated_total",
-                                  exec_res["final"].get("eval_count") or 0,
+        final = exec_res["final"]
+        if final:
+            shared["metrics"].inc("chatbot_tokens_generated_total", final.get("eval_count") or 0,
                                   model=shared["job"]["model"])
+            # By how the line picked the request: what a warm pick saves is the difference.
+            if isinstance(final.get("prompt_eval_duration"), (int, float)):
+                shared["metrics"].observe("chatbot_prompt_eval_seconds",
+                                          final["prompt_eval_duration"] / 1e9,
+                                          model=shared["job"]["model"],
+                                          pick=shared["running"].picked)
 
 
 class CallEmbed(Node):

@@ -30,6 +30,8 @@ METRICS = {
     "chatbot_queue_wait_seconds": ("histogram", "Time a request waited in line.", LATENCY_BUCKETS),
     "chatbot_line_picks_total": ("counter", "Requests taken from the line: fair, warm, model, "
                                  "aged.", None),
+    "chatbot_prompt_eval_seconds": ("histogram", "The upstream's prompt evaluation time per "
+                                    "request, by how the line picked it.", LATENCY_BUCKETS),
     "chatbot_time_to_first_token_seconds": ("histogram",
                                             "From request received to its first token.",
                                             LATENCY_BUCKETS),

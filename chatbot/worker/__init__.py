@@ -65,7 +65,7 @@ def celery_init_app(app):
     def _preload(sender, **_):
         """The maintenance worker, once started, has PRELOAD_MODELS and PINNED_MODELS loaded
         (as its first task, so that its start does not wait for them)."""
-        if MAINTENANCE_QUEUE in sender.app.amqp.queues.consume_from and \
+        if MAINTENANCE_QUEUE in (sender.app.amqp.queues.consume_from or ()) and \
                 (app.config["PRELOAD_MODELS"] or app.config["PINNED_MODELS"]):
             sender.app.send_task("chatbot.keep_models_loaded", kwargs={"preload": True})
 

@@ -135,7 +135,7 @@ def test_api_ps_shows_the_models_requests_wait_to_load(stack, engine_url):
                          10, None, "a queued load")
         answer = requests.get(url + "/api/ps", timeout=10).json()
         assert answer["queued"] == [{"name": MODEL, "model": MODEL, "requests": 1}]
-        assert answer["models"] == []
+        assert MODEL not in [m["name"] for m in answer["models"]]
         keep(engine_url)  # loaded now: what waits for it needs no load
         assert "queued" not in requests.get(url + "/api/ps", timeout=10).json()
     finally:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .limits import env_count
+
 log = logging.getLogger(__name__)
 DEFAULT_MB = 256
 SEQ = 0  # llama-cpp-python decodes every prompt as sequence 0
@@ -58,13 +60,7 @@ class PromptCache:
 
     @classmethod
     def from_env(cls, environ=None):
-        raw = ((environ or os.environ).get("ENGINE_CACHE_MB") or "").strip()
-        try:
-            mb = int(raw) if raw else DEFAULT_MB
-        except ValueError:
-            mb = -1
-        if mb < 0:
-            raise ValueError(f"ENGINE_CACHE_MB must be a number of megabytes, got {raw!r}")
+        mb = env_count(environ or os.environ, "ENGINE_CACHE_MB", DEFAULT_MB, "megabytes")
         return cls(mb * 1024 * 1024)
 
     def restore(self, llm, tokens):

@@ -25,6 +25,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from .limits import env_count
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LOADED = 3
@@ -54,15 +56,8 @@ class Resident:
 
     @classmethod
     def from_env(cls, prompts, environ=None):
-        raw = ((environ or os.environ).get("ENGINE_MAX_LOADED_MODELS") or "").strip()
-        try:
-            value = int(raw) if raw else DEFAULT_MAX_LOADED
-        except ValueError:
-            value = -1
-        if value < 0:
-            raise ValueError("ENGINE_MAX_LOADED_MODELS must be a number of models (0: no "
-                             f"bound), got {raw!r}")
-        return cls(value, prompts)
+        return cls(env_count(environ or os.environ, "ENGINE_MAX_LOADED_MODELS",
+                             DEFAULT_MAX_LOADED, "models (0: no bound)"), prompts)
 
     def files(self):
         return {*self.chat, *self.embed}

@@ -15,8 +15,8 @@ An instance unloaded to make room gives its prompt states to the prompt cache to
 swap evaluates only its new tokens. Every other unload (expired, keep_alive 0, a reload with
 other sizes, a deleted name, shutdown) drops them, as before.
 
-Loads and unloads (by reason) are counted for the engine's /metrics. Call everything with
-the engine lock held.
+Loads and unloads (by reason) of instances (a file's chat and embedding instances are two)
+are counted for the engine's /metrics. Call everything with the engine lock held.
 """
 import itertools
 import logging

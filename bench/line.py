@@ -2,7 +2,8 @@
 first come first served, the plain fair order and the new one (tokens, bands, warm order).
 
     PYTHONPATH=. .venv/bin/python bench/line.py [--seed 29] [--orders fifo,fair,new]
-        [--repeat 1] [--cache-mb 256] [--engine-threads 1]
+        [--repeat 1] [--cache-mb 256] [--engine-threads 1] [--max-loaded N]
+        [--second-model-askers 1]
 
 For each order it starts `chatbot up` on free ports (its own Redis, a fresh SQLite in a temp
 dir, the bundled engine, keys on: one key per asker, AUTO_TITLES off so that only the trace
@@ -13,9 +14,14 @@ runs), warms both models with one request each, replays the trace, reads the eng
   short questions, to ~1,200 tokens of history; 0.5-3 s of thinking between turns;
 - short: one-line questions in one session, 1-4 s of thinking;
 - other: a conversation on a second model, `smollm2-b` (the same GGUF under another path in
-  CHATBOT_ENGINE_MODELS: the engine loads it separately; it keeps every loaded model and has
-  no setting that bounds them, so a swap costs no load here: see model switches);
-- batch: five documents of ~1,650 tokens to summarize, back to back, a new session each.
+  CHATBOT_ENGINE_MODELS: the engine loads it separately, and keeps up to
+  ENGINE_MAX_LOADED_MODELS model files loaded: `--max-loaded 1` makes every swap a load);
+- batch: five documents of ~1,650 tokens to summarize, back to back, a new session each;
+- with `--second-model-askers K`, K-1 more conversations on the second model (other2, ...),
+  made after the others so that theirs stay the same: then requests for both models wait
+  together and an order can group them. Left at 1 (the default, the trace of the earlier
+  figures), "other" has one request at a time, so each of its turns is a swap in and a
+  swap out whatever the order.
 
 Every turn is streamed (temperature 0, num_predict 16, num_ctx 4096 for every request of a
 model, so nothing reloads). Orders: fifo (QUEUE_ORDER=fifo), fair (the defaults), new
@@ -28,7 +34,11 @@ Figures, per order:
   first prompt (an opening turn, a document), which no order can find in the cache;
 - time to first token (what the streaming client waits from sending to the first chunk),
   p50/p95 per asker and overall;
-- model loads (final chunks with load_duration > 0) and model switches (runs in the order the
+- conversations' cached share: the same, over the conversation askers' requests only (chat*,
+  short, other*; not the batch key's one-shot documents), from the engine's counters
+  attributed to each request as it ran (bench/cache_share.py);
+- model loads (final chunks with load_duration > 0; in brackets the engine's
+  chatbot_engine_model_loads_total over the trace) and model switches (runs in the order the
   worker started them whose model differs from the run before: what a host that keeps one
   model loaded would load);
 - wait / fair share, per asker: its requests' waits in line (started_at - queued_at) summed,
@@ -57,6 +67,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.cache_share import Watch, share  # noqa: E402
 from bench.chaos import ready  # noqa: E402
 from bench.turn_cost import WORDS, document, figures  # noqa: E402
 from chatbot.engine.models import default_model_path  # noqa: E402
@@ -65,10 +76,12 @@ from chatbot.ops import procs  # noqa: E402
 MODEL, OTHER = "smollm2:135m", "smollm2-b"
 OPTIONS = {"temperature": 0, "seed": 1, "num_predict": 16, "num_ctx": 4096}
 TOKENS_PER_STATE_KB, LONGEST = 23, 1500  # what a kept prompt state costs; the longest thread
+LOADS = "chatbot_engine_model_loads_total"
 
 
-def trace(seed):
-    """[(asker, model, start delay, [(session, content, think after)])], the same per seed."""
+def trace(seed, second_model_askers=1):
+    """[(asker, model, start delay, [(session, content, think after)])], the same per seed
+    (more askers on the second model leave the others' the same)."""
     rng = random.Random(seed)
 
     def conversation(notes_words, turns, think):
@@ -88,6 +101,8 @@ def trace(seed):
     askers.append(("batch", MODEL, 0.0, [
         (str(uuid.UUID(int=rng.getrandbits(128))), "Summarize this document in one line:\n\n"
          + document(rng.getrandbits(32), 1600), 0.0) for _ in range(5)]))
+    askers += [(f"other{i}", OTHER, rng.uniform(0, 2), conversation(300, 6, (0.5, 3)))
+               for i in range(2, second_model_askers + 1)]
     return askers
 
 
@@ -161,7 +176,7 @@ def replay(url, keys, askers):
     return rows
 
 
-def run(order, settings, askers, cache_mb, threads):
+def run(order, settings, askers, cache_mb, threads, max_loaded=None):
     tmp = Path(tempfile.mkdtemp(prefix=f"chatbot-line-{order}-"))
     (tmp / "models").mkdir()
     (tmp / "models" / f"{OTHER}.gguf").symlink_to(default_model_path())
@@ -175,6 +190,8 @@ def run(order, settings, askers, cache_mb, threads):
            "MAX_QUEUE_PER_KEY": "0", **settings}
     if threads:
         env["CHATBOT_ENGINE_THREADS"] = str(threads)
+    if max_loaded is not None:
+        env["ENGINE_MAX_LOADED_MODELS"] = str(max_loaded)
     web, engine = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{engine_port}"
     up = procs.spawn([procs.bin_path("chatbot"), "up", "--port", web_port, "--engine-port",
                       engine_port], env=env, log=tmp / "up.log")
@@ -183,14 +200,19 @@ def run(order, settings, askers, cache_mb, threads):
         for model in (MODEL, OTHER):  # loads both and gives the estimate a run of each
             turn(web, keys[names[0]], "warmup", model, str(uuid.uuid4()), "hello")
         before, load, started = figures(engine), os.getloadavg()[0], time.time()
-        rows = replay(web, keys, askers)
+        with Watch(engine) as watch:
+            rows = replay(web, keys, askers)
         took, after, load = time.time() - started, figures(engine), max(load, os.getloadavg()[0])
     finally:
         procs.stop(up, timeout=60)
     cached = {k: after[k] - before[k] for k in ("reused_tokens_total", "evaluated_tokens_total")}
-    (tmp / f"rows-{order}.json").write_text(json.dumps({"engine_cache": cached, "rows": rows},
-                                                       indent=1))
-    return {"rows": rows, "took": took, "load": load, "tmp": tmp, "cached": cached}
+    unattributed = watch.attribute(rows)
+    loads = after[LOADS] - before[LOADS]
+    (tmp / f"rows-{order}.json").write_text(json.dumps(
+        {"engine_cache": cached, "unattributed": unattributed, "engine_loads": loads,
+         "rows": rows}, indent=1))
+    return {"rows": rows, "took": took, "load": load, "tmp": tmp, "cached": cached,
+            "engine_loads": loads, "unattributed": unattributed}
 
 
 def pct(values, q):
@@ -237,6 +259,8 @@ def summary(result):
         firsts.setdefault(r["session"], r.get("prompt_eval_count") or 0)
     return {
         "share": c["reused_tokens_total"] / max(1, sum(c.values())),
+        "conversations": share([r for r in rows if r["asker"] != "batch"]),
+        "engine_loads": result["engine_loads"],
         "later": c["reused_tokens_total"] / max(1, sum(c.values()) - sum(firsts.values())),
         "ttft": (pct([r["ttft"] for r in ok], 0.5), pct([r["ttft"] for r in ok], 0.95)),
         "loads": sum((r.get("load_duration") or 0) > 0 for r in rows), "switches": switches,
@@ -257,32 +281,44 @@ def main():
     parser.add_argument("--engine-threads", type=int, default=1,
                         help="llama.cpp threads (0: all cores); 1 keeps a shared machine's "
                              "spin-waiting threads from slowing it tens of times")
+    parser.add_argument("--max-loaded", type=int, default=None,
+                        help="ENGINE_MAX_LOADED_MODELS for the engine (unset: its default, 3)")
+    parser.add_argument("--second-model-askers", type=int, default=1,
+                        help="conversations on the second model (1: the earlier figures' trace)")
     args = parser.parse_args()
+    if args.second_model_askers < 1 or (args.max_loaded is not None and args.max_loaded < 0):
+        parser.error("--second-model-askers must be 1 or more, --max-loaded 0 or more")
     slots = max(1, args.cache_mb * 1024 // (TOKENS_PER_STATE_KB * LONGEST))
     orders = {"fifo": {"QUEUE_ORDER": "fifo"}, "fair": {"QUEUE_ORDER": "fair"},
               "new": {"QUEUE_ORDER": "fair", "FAIR_COST": "tokens", "WARM_PASSES": "2",
                       "WARM_WINDOW": "8", "WARM_SLOTS": str(slots), "BATCH_KEYS": "batch",
                       "BATCH_MAX_WAIT_SECONDS": "60"}}
-    askers = trace(args.seed)
+    askers = trace(args.seed, args.second_model_askers)
+    bound = "default" if args.max_loaded is None else args.max_loaded
     print(f"trace seed {args.seed}: " + ", ".join(f"{a[0]} {len(a[3])} turns" for a in askers)
-          + f"; ENGINE_CACHE_MB={args.cache_mb}, new order WARM_SLOTS={slots}", flush=True)
+          + f"; ENGINE_CACHE_MB={args.cache_mb}, ENGINE_MAX_LOADED_MODELS={bound}, "
+          f"new order WARM_SLOTS={slots}", flush=True)
     results = {}
     for round_ in range(args.repeat):
         for order in args.orders.split(","):
-            result = run(order, orders[order], askers, args.cache_mb, args.engine_threads)
+            result = run(order, orders[order], askers, args.cache_mb, args.engine_threads,
+                         args.max_loaded)
             name = order if args.repeat == 1 else f"{order} #{round_ + 1}"
             results[name] = summary(result) | {k: result[k] for k in ("took", "load", "tmp")}
             s = results[name]
             print(f"{name}: {s['requests']} requests ({s['failed']} failed) in {s['took']:.0f} s, "
-                  f"load avg up to {s['load']:.1f}; rows in {s['tmp']}", flush=True)
+                  f"load avg up to {s['load']:.1f}; cache tokens unattributed "
+                  f"{result['unattributed']}; rows in {s['tmp']}", flush=True)
     names = [a[0] for a in askers]
-    print("\n| order | cached share (of later turns) | TTFT p50 / p95 | model loads / switches "
+    print("\n| order | cached share (of later turns) | conversations' cached share "
+          "| TTFT p50 / p95 | model loads (engine) / switches "
           "| worst wait / fair share | ETA error p50 / p90 (n) | run, load avg |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for order, s in results.items():
         worst = max(s["ratios"].items(), key=lambda kv: kv[1] if kv[1] == kv[1] else -1)
-        print(f"| {order} | {s['share']:.2f} ({s['later']:.2f}) "
-              f"| {s['ttft'][0]:.2f} / {s['ttft'][1]:.2f} s | {s['loads']} / {s['switches']} "
+        print(f"| {order} | {s['share']:.2f} ({s['later']:.2f}) | {s['conversations']:.2f} "
+              f"| {s['ttft'][0]:.2f} / {s['ttft'][1]:.2f} s "
+              f"| {s['loads']} ({s['engine_loads']:.0f}) / {s['switches']} "
               f"| {worst[1]:.1f} ({worst[0]}) "
               f"| {s['eta'][0]:.2f} / {s['eta'][1]:.2f} ({s['eta'][2]}) "
               f"| {s['took']:.0f} s, {s['load']:.1f} |")

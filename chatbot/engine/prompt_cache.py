@@ -10,7 +10,10 @@ evaluates, so a state's other tokens never reach another prompt. Prefixes are co
 by token, never by hash.
 
 ENGINE_CACHE_MB (default 256; 0 turns it off) bounds the states kept, least recently used out
-first. States belong to one loaded Llama and go with it. A hit is a prompt of which at least
+first. States belong to one loaded Llama and go with it, except when it is unloaded to make
+room for another model (resident.py): then they are kept, detached, and a reload of the same
+file at the same n_ctx adopts them (llama.cpp checks a state's shape as it loads it; one
+that does not fit is dropped and the prompt evaluated whole). A hit is a prompt of which at least
 half was not evaluated again (from a kept state, or from the live context: the turn right
 after its own); a load, a kept state loaded.
 """
@@ -21,6 +24,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+
+from .limits import env_count
 
 log = logging.getLogger(__name__)
 DEFAULT_MB = 256
@@ -38,9 +43,10 @@ def common_prefix(a, b):
 
 @dataclass
 class State:
-    llm: object
+    llm: object  # None while its model is unloaded and the state kept for a reload
     tokens: np.ndarray
     data: ctypes.Array  # llama.cpp's bytes, handed back to it as they are (no copies)
+    family: tuple = None  # set when detached: what a reload must match to adopt it
 
 
 class PromptCache:
@@ -54,13 +60,7 @@ class PromptCache:
 
     @classmethod
     def from_env(cls, environ=None):
-        raw = ((environ or os.environ).get("ENGINE_CACHE_MB") or "").strip()
-        try:
-            mb = int(raw) if raw else DEFAULT_MB
-        except ValueError:
-            mb = -1
-        if mb < 0:
-            raise ValueError(f"ENGINE_CACHE_MB must be a number of megabytes, got {raw!r}")
+        mb = env_count(environ or os.environ, "ENGINE_CACHE_MB", DEFAULT_MB, "megabytes")
         return cls(mb * 1024 * 1024)
 
     def restore(self, llm, tokens):
@@ -114,10 +114,21 @@ class PromptCache:
         while self.bytes > self.budget:
             self._drop(next(iter(self.states)))
 
-    def forget(self, llm):
-        """`llm` is unloaded: its states can never be loaded again."""
+    def forget(self, llm, keep_as=None):
+        """`llm` is unloaded: its states go, or with keep_as (its file and n_ctx) are kept,
+        still within the budget, for adopt()."""
         for key in [k for k, s in self.states.items() if s.llm is llm]:
-            self._drop(key)
+            if keep_as is None:
+                self._drop(key)
+            else:
+                self.states[key].llm, self.states[key].family = None, keep_as
+
+    def adopt(self, llm, family):
+        """`llm` was just loaded: it takes the kept states of an earlier instance of its
+        family (the same file, unchanged, at the same n_ctx)."""
+        for state in self.states.values():
+            if state.llm is None and state.family == family:
+                state.llm, state.family = llm, None
 
     def _drop(self, key):
         self.bytes -= len(self.states.pop(key).data)

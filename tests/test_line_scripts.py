@@ -273,6 +273,26 @@ def test_claim_prefers_the_loaded_model_and_passes_nobody_with_warm_order_off(li
     assert [running.claim(line, queue).request_id for _ in plain] == plain
 
 
+def test_claim_takes_the_loaded_model_before_a_warm_thread_on_another(line, queue):
+    web, mine = warm_line(line, queue, passes=2), str(uuid.uuid4())
+    line.order = {**line.order, "warm_slots": 3}
+    done = {"t": events.DONE, "d": {}}
+    for asker, session, model in (("a", mine, "small"), ("c", None, "big")):  # big loaded last
+        admit(line, queue, web, asker=asker, weight=1, session=session, info={"model": model})
+        line.move(running.claim(line, queue).request_id, queue, ("running",), "done", done)
+    warm_small = admit(line, queue, web, asker="a", weight=1, session=mine,
+                       info={"model": "small"})[0]
+    cold_big = admit(line, queue, web, asker="e", weight=1, info={"model": "big"})[0]
+    taken = running.claim(line, queue)
+    assert taken.request_id == cold_big and taken.picked == "model"  # no swap for a cache hit
+    line.move(cold_big, queue, ("running",), "done", done)
+    cold_small = admit(line, queue, web, asker="b", weight=1, info={"model": "small"})[0]
+    line.redis.zadd(WAITING.format(queue), {cold_small: 0})  # b's turn before a's
+    taken = running.claim(line, queue)  # nothing for big waits: the warm thread goes first
+    assert taken.request_id == warm_small and taken.picked == "warm"
+    assert line.info(cold_small)["passed"] == 1.0
+
+
 def test_move_charges_the_asker_its_tokens_when_it_ends(line, queue):
     line.max_queue = 10
     web = lease(line)

@@ -13,9 +13,10 @@
 -- Which request is taken (pick): the head, but a batch request whose turn has come and that has
 -- waited `batch_wait` seconds goes before the interactive ones (0: never; ageing), and within
 -- the first `warm_window` of the head's band one whose thread the host served last (`warm`:
--- its last `warm_slots` session|model, newest first; its prompt is still cached there), else
--- one for the model it has loaded (the newest's), goes first, unless the head has been passed
--- `warm_passes` times already (each request passed over counts one; 0: the head, always).
+-- its last `warm_slots` session|model, newest first; its prompt is still cached there) on the
+-- model it has loaded (the newest's), else one for that model, else a warm one on another
+-- model, goes first, unless the head has been passed `warm_passes` times already (each
+-- request passed over counts one; 0: the head, always).
 -- include: helpers
 -- KEYS: waiting, started, fair, task_list, warm
 -- ARGV: now, heartbeat_ttl, queue_timeout, started_fmt, started_notice, gone_event, gone_notice
@@ -50,15 +51,19 @@ local function pick(head_id, head_score)
   for _, thread in ipairs(served) do is_warm[thread] = true end
   local window = redis.call('ZRANGE', waiting, 0, math.max(1, tonumber(warm_window)) - 1,
                             'WITHSCORES')
-  local band, chosen, same_model = lib.band_of(head_score), nil, nil
+  -- A warm thread on the loaded model, else any request for it (no load: a load costs more
+  -- than a cached prompt saves), else a warm thread on another model.
+  local band, chosen, same_model, warm_elsewhere = lib.band_of(head_score), nil, nil, nil
   for i = 1, #window, 2 do
     if lib.band_of(window[i + 1]) ~= band then break end
     local thread, model = thread_of(window[i])
-    if is_warm[thread] then chosen = i break end
+    if is_warm[thread] and model == loaded then chosen = i break end
     if not same_model and model == loaded then same_model = i end
+    if not warm_elsewhere and is_warm[thread] then warm_elsewhere = i end
   end
-  local how = chosen and 'warm' or (same_model and 'model') or 'fair'
-  chosen = chosen or same_model or 1
+  local how = (chosen and 'warm') or (same_model and 'model') or (warm_elsewhere and 'warm')
+    or 'fair'
+  chosen = chosen or same_model or warm_elsewhere or 1
   for i = 1, chosen - 2, 2 do redis.call('HINCRBY', KEY.req .. window[i], 'passed', 1) end
   return window[chosen], chosen == 1 and 'fair' or how
 end

@@ -9,6 +9,7 @@ import requests
 
 from chatbot.ops import procs
 from chatbot.flow.title import cleaned
+from chatbot.store import ChatSession, db, open_session, set_title_if_unset
 from tests.conftest import MODEL, own_stack
 
 OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 8}
@@ -65,6 +66,19 @@ def test_an_api_session_names_itself_and_a_users_title_stays(engine_url, tmp_pat
         assert chat(url, mine, "What is the capital of France?").status_code == 200
         time.sleep(2)
         assert title(url, mine) == "My own title"
+
+
+def test_a_title_is_set_once_through_the_turns_connection(stack):
+    """The worker names a session through the plain Connection its turn wrote through; a
+    session named meanwhile (by its user) keeps its name."""
+    with stack.app.app_context():
+        sid = str(uuid.uuid4())
+        open_session(sid)
+        with db.engine.connect() as conn:
+            assert set_title_if_unset(sid, "First", conn)
+            assert not set_title_if_unset(sid, "Second", conn)
+        db.session.expire_all()
+        assert db.session.get(ChatSession, sid).title == "First"
 
 
 def test_a_title_is_cleaned_to_one_short_line():

@@ -51,13 +51,14 @@ class NameSession(Node):
         return said and cleaned(said["content"])
 
     def post(self, shared, prep_res, exec_res):
-        if exec_res and store.set_title_if_unset(shared["job"]["session_id"], exec_res):
+        if exec_res and store.set_title_if_unset(shared["job"]["session_id"], exec_res,
+                                                 shared.get("writes")):
             shared["running"].notice("title", {"session_id": shared["job"]["session_id"],
                                                "title": exec_res})
 
 
 def others_wait(running):
-    return running.line.counts(running.queue)[0] > 0
+    return running.line.waiting(running.queue) > 0
 
 
 def cleaned(text):

@@ -118,6 +118,10 @@ class Line:
         rank = self.redis.zrank(WAITING.format(queue), request_id)
         return None if rank is None else rank + 1
 
+    def waiting(self, queue):
+        """How many requests wait in line (one command: a title asks it at every token)."""
+        return self.redis.zcard(WAITING.format(queue))
+
     def counts(self, queue):
         """(requests waiting, requests running: one per worker), in one round trip."""
         pipe = self.redis.pipeline(transaction=False)

@@ -63,13 +63,17 @@ def session_title(session_id):
                               .where(ChatSession.id == session_id)).scalar()
 
 
-def set_title_if_unset(session_id, title):
+def set_title_if_unset(session_id, title, conn=None):
     """Name the session unless it has a title (one a user set is never replaced)."""
-    done = db.session.execute(db.update(ChatSession).where(
-        ChatSession.id == session_id, ChatSession.title.is_(None)).values(title=title)
-        .execution_options(synchronize_session=False))
-    db.session.commit()
+    conn = conn or db.session
+    done = conn.execute(_SET_TITLE, {"session": session_id, "new_title": title})
+    conn.commit()
     return done.rowcount == 1
+
+
+_SET_TITLE = db.update(ChatSession.__table__).where(
+    ChatSession.id == db.bindparam("session"), ChatSession.title.is_(None)).values(
+    title=db.bindparam("new_title"))
 
 
 def session_owner(session_id):

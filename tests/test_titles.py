@@ -4,13 +4,15 @@ import json
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
 from chatbot.ops import procs
-from chatbot.flow.title import cleaned
+from chatbot.flow.title import ASK, cleaned
 from chatbot.store import ChatSession, db, open_session, set_title_if_unset
 from tests.conftest import MODEL, own_stack
+from tests.test_summary import Tap
 
 OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 8}
 
@@ -66,6 +68,25 @@ def test_an_api_session_names_itself_and_a_users_title_stays(engine_url, tmp_pat
         assert chat(url, mine, "What is the capital of France?").status_code == 200
         time.sleep(2)
         assert title(url, mine) == "My own title"
+
+
+def test_titles_wait_until_the_worker_has_nothing_to_run(engine_url, tmp_path, logs_dir):
+    """A title is owed until the worker's line is empty: two new sessions' first turns sent at
+    once are both answered before the model is asked for either title (one that waited was
+    not named at all before), and then both are named."""
+    tap = Tap(engine_url)
+    try:
+        with own_stack(tap.url, tmp_path, logs_dir, "titles-owed", AUTO_TITLES="true") as (_, url):
+            sids = [str(uuid.uuid4()) for _ in range(2)]
+            with ThreadPoolExecutor(2) as pool:
+                replies = list(pool.map(lambda sid: chat(url, sid, "How do I bake bread?"), sids))
+            assert [r.status_code for r in replies] == [200, 200]
+            procs.wait_until(lambda: all(title(url, sid) for sid in sids), 60, what="the titles")
+            chats = [body for path, body in tap.seen if path == "/api/chat"]
+            assert [body["messages"][0]["content"] == ASK for body in chats] == [
+                False, False, True, True]
+    finally:
+        tap.server.shutdown()
 
 
 def test_a_title_is_set_once_through_the_turns_connection(stack):

@@ -31,7 +31,7 @@ def create_chat_flow():
     call_chat, store_reply, shrink = CallChat(), StoreReply(), ShrinkContext()
     begin - "chat" >> load >> size >> retrieve >> build >> store_chat >> call_chat \
         >> store_reply >> Calibrate() >> finish_chat
-    finish_chat >> NameSession()  # AUTO_TITLES: after a session's first reply, if nobody waits
+    finish_chat >> NameSession()  # AUTO_TITLES: a session's first reply makes a title owed
     # The upstream refused the context as too long: leave out more history, send it again.
     call_chat - "too_long" >> shrink >> call_chat
     shrink - "give_up" >> store_reply

@@ -28,6 +28,7 @@ Shared store (built by chatbot.worker.tasks):
   summarizer {model, max_tokens} when CONTEXT_STRATEGY=summarize, else None
   summary    the thread's newest summary of its dropped history (LoadThread, SummarizeDropped)
   writes     the Connection the turn's writes go through (chatbot.worker.tasks; None: the session)
+  titles     what the worker owes new sessions (chatbot.flow.title.Titles), asked when it idles
   span       (first, last) seq of the messages a new summary must cover (BuildContext)
   window, budget, figures   the model's window, our tokens the context may use, and the
              calibration (ratio, overhead) they were sized with (SizeWindow)

@@ -118,6 +118,11 @@ class Line:
         rank = self.redis.zrank(WAITING.format(queue), request_id)
         return None if rank is None else rank + 1
 
+    def notice(self, channel, event, data):
+        """Tell a request's SSE listeners something more, after it ended too (a session's
+        title)."""
+        self.redis.publish(channel, events.sse_message(event, data))
+
     def waiting(self, queue):
         """How many requests wait in line (one command: a title asks it at every token)."""
         return self.redis.zcard(WAITING.format(queue))

@@ -157,10 +157,6 @@ class Running:
         pipe.publish(self.channel, events.sse_message(event, data or {}))
         pipe.execute()
 
-    def notice(self, event, data):
-        """Tell its SSE listeners something more, after it ended too (a session's title)."""
-        self.line.redis.publish(self.channel, events.sse_message(event, data))
-
     def end(self, reply):
         """End it with the flow's reply: its state and final event, the chunks not yet sent,
         its tokens settled against its reservation and its metrics written, all in one round

@@ -13,6 +13,7 @@ from chatbot.line import events, running as runs, sweep
 from chatbot.ops import logs, timing
 from chatbot.upstream import resident
 from chatbot.flow.flow import create_chat_flow
+from chatbot.flow.title import Titles
 from chatbot.flow.window import Fetched
 from chatbot.store.models import db, utcnow
 from chatbot.worker import QUEUE
@@ -22,6 +23,7 @@ from chatbot.store import lifecycle  # noqa: F401  registers chatbot.archive_idl
 log = logging.getLogger(__name__)
 DRAIN_SECONDS = 0.5  # a task runs further requests for this long, then hands back to Celery
 LINGER_SECONDS = 0.25  # ... waiting this long for each next one when none waits
+TITLES = Titles()  # what this worker owes new sessions (AUTO_TITLES), asked when it idles
 
 
 @shared_task(name="chatbot.run_next", bind=True)
@@ -39,7 +41,8 @@ def run_next(self, queue=QUEUE):
     claimed in the round trip that ends the one before it (chatbot.line.running.NextClaim). A
     busy line then costs one Celery delivery, ack and log line per drain instead of per
     request, one round trip to Redis per request, and back-to-back requests skip the broker's
-    hop."""
+    hop. A task that stops with its line empty asks the titles its worker owes (TITLES) first,
+    each given up once a request waits."""
     line, writes = current_app.extensions["line"], Writes()
     drain_until = time.monotonic() + DRAIN_SECONDS
     # owed: the next claim takes a waiting task message, this task's own having run a request;
@@ -84,6 +87,12 @@ def run_next(self, queue=QUEUE):
                     continue
             if _time_to_stop(drain_until):
                 break
+        stopping = worker_state.should_stop or worker_state.should_terminate
+        if wait and TITLES.owed and not stopping:
+            try:  # the line is empty: the worker would idle
+                TITLES.ask(line, queue, writes.get())
+            except Exception:  # noqa: BLE001  a title is never worth a failed task
+                logs.incident(log, "asking for titles failed")
     finally:
         writes.close()
     return ran
@@ -163,7 +172,7 @@ def run_claimed(running, marks, writes, calibrations=None):
             "calibrations": calibrations,
             "metrics": metrics, "reserve": current_app.config["CONTEXT_REPLY_RESERVE"],
             "summarizer": summarizer(current_app.config),
-            "auto_titles": current_app.config["AUTO_TITLES"],
+            "auto_titles": current_app.config["AUTO_TITLES"], "titles": TITLES,
             "writes": writes.get(),
         })
     except Exception:  # the waiting client must hear of it rather than hang

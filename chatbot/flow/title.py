@@ -1,9 +1,9 @@
 """AUTO_TITLES: after a session's first reply, the worker asks the model for a short title,
 stored unless the session has one (a user's title is never replaced), and told to the
 request's SSE listeners (`title`). Only while nobody waits in line: the flow owes the title
-(NameSession), and the worker asks the titles it owes when it is about to idle, its line empty
-(Titles.ask, from chatbot.worker.tasks), each streamed and given up at the next token once a
-request waits. So a client that sends its next request as soon as it has a reply never waits
+(NameSession), and the worker asks the titles it owes when nobody came for a while (a linger
+found nobody: Titles.ask, from chatbot.worker.tasks), each streamed and given up at the next
+token once a request waits. So a client that sends its next request as soon as it has a reply never waits
 behind a title (shared store: see chatbot.flow.nodes; `titles` is the worker's Titles)."""
 import collections
 import logging

@@ -41,8 +41,9 @@ def run_next(self, queue=QUEUE):
     claimed in the round trip that ends the one before it (chatbot.line.running.NextClaim). A
     busy line then costs one Celery delivery, ack and log line per drain instead of per
     request, one round trip to Redis per request, and back-to-back requests skip the broker's
-    hop. A task that stops with its line empty asks the titles its worker owes (TITLES) first,
-    each given up once a request waits."""
+    hop. The titles its worker owes (TITLES) are asked only when a linger found nobody, each
+    given up once a request waits: a task that owes some and ends with its line empty lingers
+    once more first."""
     line, writes = current_app.extensions["line"], Writes()
     drain_until = time.monotonic() + DRAIN_SECONDS
     # owed: the next claim takes a waiting task message, this task's own having run a request;
@@ -50,6 +51,7 @@ def run_next(self, queue=QUEUE):
     # busy: others waited when the last request ended, so the next one is claimed in the
     # round trip that ends the one before it (runs.NextClaim), which then is `pending`
     ran, owed, wait, busy, pending, task_id = 0, False, False, False, None, self.request.id
+    idle, late = False, False  # a linger found nobody; the drain went on past its end
     try:
         while True:
             marks = {"task": timing.now()}
@@ -65,6 +67,7 @@ def run_next(self, queue=QUEUE):
                 marks["task"] = timing.now()  # the hop ends when the message came
                 task_id, owed = _task_id(queue, message), False
                 if claimed is None and task_id is None:
+                    idle = True
                     break  # none came (or not ours): back to Celery
             else:
                 claimed = runs.claim(line, queue, task_list=queue if owed else None,
@@ -86,10 +89,11 @@ def run_next(self, queue=QUEUE):
                     pending = claimed.next  # a request claimed is run, whatever the time
                     continue
             if _time_to_stop(drain_until):
-                break
-        stopping = worker_state.should_stop or worker_state.should_terminate
-        if wait and TITLES.owed and not stopping:
-            try:  # the line is empty: the worker would idle
+                if not (wait and TITLES.owed) or late or _stopping():
+                    break
+                late = True  # one more linger: the titles are asked if nobody comes
+        if idle and TITLES.owed and not _stopping():
+            try:  # nobody came for LINGER_SECONDS: the worker would idle
                 TITLES.ask(line, queue, writes.get())
             except Exception:  # noqa: BLE001  a title is never worth a failed task
                 logs.incident(log, "asking for titles failed")
@@ -99,8 +103,11 @@ def run_next(self, queue=QUEUE):
 
 
 def _time_to_stop(drain_until):
-    return time.monotonic() > drain_until or worker_state.should_stop \
-        or worker_state.should_terminate
+    return time.monotonic() > drain_until or _stopping()
+
+
+def _stopping():
+    return worker_state.should_stop or worker_state.should_terminate
 
 
 class Writes:

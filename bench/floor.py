@@ -23,7 +23,7 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from sidebyside import Door, cpu_seconds, processes, throughput  # noqa: E402
+from sidebyside import Door, cpu_seconds, processes, start_fake, throughput  # noqa: E402
 
 from chatbot.ops import procs  # noqa: E402
 
@@ -97,15 +97,13 @@ def main():
     folder = tempfile.mkdtemp(prefix="chatbot-floor-")
     children = []
     try:
-        fake_port, web_port, redis_port = procs.free_port(), procs.free_port(), procs.free_port()
-        fake = f"http://127.0.0.1:{fake_port}"
-        children.append(procs.spawn([sys.executable, os.path.join(HERE, "fake_ollama.py"),
-                                     "--port", str(fake_port)], log=os.path.join(folder, "fake.log")))
-        procs.wait_until(lambda: procs.http_ok(fake + "/api/version"), 30, children[-1], "fake")
+        fake_proc, fake = start_fake(folder)
+        children.append(fake_proc)
+        web_port, redis_port = procs.free_port(), procs.free_port()
         redis_proc, redis_url = procs.start_redis(redis_port, log=os.path.join(folder, "redis.log"))
         children.append(redis_proc)
-        children.append(procs.spawn([procs.bin_path("gunicorn"), "-k", "gevent", "-w", "1",
-                                     "-b", f"127.0.0.1:{web_port}", "--chdir", HERE, "floor:bare()"],
+        children.append(procs.spawn([procs.bin_path("gunicorn"), "-k", "gevent", "-w", "1", "-b",
+                                     f"127.0.0.1:{web_port}", "--chdir", HERE, "floor:bare()"],
                                     log=os.path.join(folder, "web.log")))
         web = f"http://127.0.0.1:{web_port}"
         procs.wait_until(lambda: Door("bare web", web, "ollama").call(False), 30,

@@ -227,6 +227,16 @@ def report_layers(layers):
             print(f"| {ABOUT[layer]} | {ms(statistics.median(values))} | {ms(p95(values))} |")
 
 
+def start_fake(logdir):
+    """bench/fake_ollama.py on a free port: (its process, its URL)."""
+    port = procs.free_port()
+    proc = procs.spawn([sys.executable, os.path.join(HERE, "fake_ollama.py"), "--port", str(port)],
+                       log=os.path.join(logdir, "fake.log"))
+    url = f"http://127.0.0.1:{port}"
+    procs.wait_until(lambda: procs.http_ok(url + "/api/version"), 30, proc, "fake")
+    return proc, url
+
+
 def start_litellm(fake, logdir, binary=None):
     """A LiteLLM proxy (one worker) in front of the fake, or None when it is not installed.
     `binary`: its `litellm` command, else the one beside this interpreter."""
@@ -267,11 +277,8 @@ def main():
     try:
         fake = args.fake
         if not fake:
-            port = procs.free_port()
-            children.append(procs.spawn([sys.executable, os.path.join(HERE, "fake_ollama.py"),
-                                         "--port", str(port)], log=os.path.join(logdir, "fake.log")))
-            fake = f"http://127.0.0.1:{port}"
-            procs.wait_until(lambda: procs.http_ok(fake + "/api/version"), 30, children[-1], "fake")
+            proc, fake = start_fake(logdir)
+            children.append(proc)
         doors = [Door("direct", fake, "ollama")]
         if not args.no_litellm:
             proc, url = start_litellm(fake, logdir, args.litellm)

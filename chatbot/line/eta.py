@@ -89,7 +89,8 @@ def _medians(redis, queue, fallbacks):
 
 
 def _round(seconds):
-    return None if seconds is None else round(seconds, 2)
+    """To the hundredth; a wait, however short, is not 0."""
+    return None if seconds is None else max(round(seconds, 2), 0.01 if seconds > 0 else 0.0)
 
 
 def said(estimate):

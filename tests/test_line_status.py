@@ -136,3 +136,29 @@ def test_an_estimate_prices_each_request_by_its_askers_runs(redis_url):
     assert [board[i]["start_in"] for i in ids] == [0.0, 20.0, 21.0]
     # the model's median of its runs (1 and 20): 10.5
     assert board[ids[2]]["finish_in"] == 31.5
+
+
+def test_an_estimate_prices_a_request_by_its_size_too(redis_url):
+    """A chat's opening notes are priced as its long runs, its questions as its short ones; a
+    size its asker never sent, as the model's runs of that size."""
+    import redis as redis_py
+
+    from chatbot.line import eta
+    from chatbot.line.core import Line
+    from tests.test_line_scripts import admit, lease
+
+    line = Line(redis_py.Redis.from_url(redis_url), max_queue=10, queue_timeout=60,
+                relay_ttl=60)
+    queue = f"eta-{uuid.uuid4().hex[:8]}"
+    notes, question = [{"role": "user", "content": "n" * 5000}], [{"role": "user", "content": "q"}]
+    assert (eta.size(notes), eta.size(question)) == ("m", "s")
+    pipe = line.redis.pipeline()
+    for asker, seconds, sent in (("chat", 6.0, notes), ("chat", 1.0, question),
+                                 ("docs", 20.0, [{"content": "d" * 9000}])):
+        eta.record(pipe, queue, "m", asker, seconds, eta.size(sent))
+    pipe.execute()
+    web = lease(line)
+    ids = [admit(line, queue, web, asker=a, weight=1, info={"size": s})[0]
+           for a, s in (("chat", "m"), ("chat", "s"), ("new", "l"), ("new", "m"))]
+    board = eta.estimates(line, queue)
+    assert [board[i]["finish_in"] - board[i]["start_in"] for i in ids] == [6.0, 1.0, 20.0, 6.0]

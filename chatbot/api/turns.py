@@ -140,6 +140,7 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
                 "channel": ev.sse_channel(owner, g.request_id), **tally}
         if same:
             info["same"] = same
+        info["size"] = eta.size(messages)  # what prices it in a waiting one's estimate
         if resumable:
             info.update(resumable=current_app.config["RESUME_GRACE_SECONDS"],
                         wire=json.dumps([*answer[0].recipe(), answer[1]]))

@@ -43,8 +43,10 @@ Figures, per order:
   model loaded would load);
 - wait / fair share, per asker: its requests' waits in line (started_at - queued_at) summed,
   over the waits a fair line of equal turns promises them: for each request, what the request
-  running when it was admitted still had to run, plus one run (that asker's median) of each
-  other asker with a request waiting then. 1.0: as fair as equal turns; the target is <= 2;
+  running when it was admitted still had to run, plus its asker's own requests waiting
+  then, plus a round of the other askers' waiting requests for each of those and one for
+  itself (each request counted at what its run really took). 1.0: as fair as equal turns;
+  the target is <= 2;
 - ETA error: |start_in - actual| / actual, start_in read from GET /api/queue/<id> as soon as
   the request waits (polled every 50 ms from its admission), actual = its started_at - the
   time it was read; over requests that waited at least 1 s once read (for shorter waits the
@@ -225,20 +227,21 @@ def pct(values, q):
 def fair_ratios(rows):
     """{asker: its waits summed / the waits a fair line of equal turns promises them}."""
     done = [r for r in rows if r.get("started_at") and r.get("finished_at")]
-    runs = {}
-    for r in done:
-        runs.setdefault(r["asker"], []).append(r["finished_at"] - r["started_at"])
-    median = {a: statistics.median(v) for a, v in runs.items()}
     waited, promised = {}, {}
     for r in done:
         t = r["queued_at"]
         running = [x["finished_at"] - t for x in done
                    if x is not r and x["started_at"] <= t < x["finished_at"]]
-        others = {x["asker"] for x in done
-                  if x["asker"] != r["asker"] and x["queued_at"] <= t < x["started_at"]}
+        ahead = {}  # each asker's requests waiting when r came, their runs in arrival order
+        for x in sorted(done, key=lambda x: x["queued_at"]):
+            if x is not r and x["queued_at"] <= t < x["started_at"]:
+                ahead.setdefault(x["asker"], []).append(x["finished_at"] - x["started_at"])
+        # Equal turns: r's asker's own requests ahead, each a round of every other asker's
+        # waiting requests, then r's own round: the runs those requests really took.
+        own = ahead.pop(r["asker"], [])
         waited[r["asker"]] = waited.get(r["asker"], 0) + r["started_at"] - t
-        promised[r["asker"]] = promised.get(r["asker"], 0) + sum(running) + sum(
-            median[a] for a in others)
+        promised[r["asker"]] = promised.get(r["asker"], 0) + sum(running) + sum(own) + sum(
+            sum(runs[:len(own) + 1]) for runs in ahead.values())
     return {a: waited[a] / promised[a] if promised[a] > 0.05 else float("nan") for a in waited}
 
 

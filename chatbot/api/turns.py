@@ -140,7 +140,7 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
                 "channel": ev.sse_channel(owner, g.request_id), **tally}
         if same:
             info["same"] = same
-        info["size"] = eta.size(messages)  # what prices it in a waiting one's estimate
+        info["size"] = eta.size(messages)  # what prices it in estimates, and its run after
         if resumable:
             info.update(resumable=current_app.config["RESUME_GRACE_SECONDS"],
                         wire=json.dumps([*answer[0].recipe(), answer[1]]))
@@ -149,7 +149,8 @@ def submit(kind, model, messages, upstream_body, session_id, answer=None, resuma
         job = {"request_id": g.request_id, "session_id": sid, "kind": kind, "path": path,
                "model": model, "messages": messages, "upstream": {**upstream_body, "model": model},
                "host": host, "queue": queue, "fresh": bool(g.get("fresh_session")),
-               "owner": owner, "asker": owner or sid, "channel": info["channel"],
+               "owner": owner, "asker": owner or sid, "size": info["size"],
+               "channel": info["channel"],
                "quiet": bool(info.get("quiet")),
                "max_seconds": current_app.config["MAX_REQUEST_SECONDS"], "cache": cache,
                "branch": branch}

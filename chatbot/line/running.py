@@ -173,7 +173,7 @@ class Running:
         job = self.job or {}
         if self.state == "done" and self.metrics is not None and job.get("kind") != "embed":
             eta.record(self.metrics.pipe, self.queue, job.get("model", ""), job.get("asker", ""),
-                       time.monotonic() - self.began, eta.size(job.get("messages")))
+                       time.monotonic() - self.began, job.get("size", "s"))
         kept = job.get("cache")
         if kept and self.state == "done" and self.metrics is not None:  # RESPONSE_CACHE_TTL
             self.metrics.pipe.set(RESPONSE.format(kept[0]), json.dumps(

@@ -37,7 +37,12 @@ class Catalog:
         return self._known(model)
 
     def _known(self, model):
-        return model in self.names or (":" not in model and f"{model}:latest" in self.names)
+        return model in self.names or full_name(model) in self.names
+
+
+def full_name(model):
+    """A model's name as Ollama lists it ("llama3" is "llama3:latest")."""
+    return model if ":" in model else f"{model}:latest"
 
 
 class Answers:

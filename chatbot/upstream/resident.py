@@ -11,13 +11,9 @@
 import logging
 
 from chatbot.upstream import UpstreamError
+from chatbot.upstream.catalog import full_name
 
 log = logging.getLogger(__name__)
-
-
-def full_name(model):
-    """A model's name as /api/ps lists it ("llama3" is "llama3:latest")."""
-    return model if ":" in model else f"{model}:latest"
 
 
 def names(models):
